@@ -1,0 +1,1 @@
+"""QGIS Processing provider ``cloudprob``: thin adapters from Processing parameters to ``core``."""

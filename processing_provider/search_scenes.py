@@ -1,0 +1,218 @@
+"""``cloudprob:searchscenes`` — Search Sentinel-2 scenes (adapter over core.search)."""
+from __future__ import annotations
+
+import json
+from datetime import date
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterDateTime,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QCoreApplication, QDate, QDateTime, Qt, QVariant
+
+from ..core.progress import Cancelled
+from ..core.search import DEFAULT_COLLECTION, EARTH_SEARCH_V1, SearchError, SearchRequest, search_scenes
+from ..core.stac import Scene
+from .dependencies import can_execute
+from .feedback import FeedbackProgress, core_logging_to
+from .styling import StylePostProcessor
+
+WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+
+
+def scene_fields() -> QgsFields:
+    """Fields of the scene footprints layer; later stages read ``stac_item`` back."""
+    fields = QgsFields()
+    fields.append(QgsField("item_id", QVariant.String))
+    fields.append(QgsField("collection", QVariant.String))
+    fields.append(QgsField("datetime", QVariant.DateTime))
+    fields.append(QgsField("platform", QVariant.String))
+    fields.append(QgsField("mgrs_tile", QVariant.String))
+    fields.append(QgsField("epsg", QVariant.Int))
+    fields.append(QgsField("relative_orbit", QVariant.Int))
+    fields.append(QgsField("scene_cloud", QVariant.Double))
+    fields.append(QgsField("nodata_pct", QVariant.Double))
+    fields.append(QgsField("processing_baseline", QVariant.String))
+    fields.append(QgsField("datatake_id", QVariant.String))
+    fields.append(QgsField("stac_item", QVariant.String))
+    return fields
+
+
+def footprint_geometry(scene: Scene) -> QgsGeometry:
+    """The item's GeoJSON footprint as a multipolygon in EPSG:4326 (empty if it has none)."""
+    if not scene.geometry:
+        return QgsGeometry()
+    from osgeo import ogr
+
+    ogr_geom = ogr.CreateGeometryFromJson(json.dumps(scene.geometry))
+    if ogr_geom is None:
+        return QgsGeometry()
+    geom = QgsGeometry.fromWkt(ogr_geom.ExportToWkt())
+    geom.convertToMultiType()
+    return geom
+
+
+def scene_feature(scene: Scene, fields: QgsFields) -> QgsFeature:
+    """One feature of the footprints layer."""
+    feature = QgsFeature(fields)
+    feature.setGeometry(footprint_geometry(scene))
+    when = QDateTime.fromString(scene.datetime.replace("Z", ""), Qt.ISODateWithMs)
+    when.setTimeSpec(Qt.UTC)
+    values = {
+        "item_id": scene.item_id,
+        "collection": scene.collection,
+        "datetime": when,
+        "platform": scene.platform,
+        "mgrs_tile": scene.mgrs_tile,
+        "epsg": scene.epsg,
+        "relative_orbit": scene.relative_orbit,
+        "scene_cloud": scene.scene_cloud,
+        "nodata_pct": scene.nodata_pct,
+        "processing_baseline": scene.processing_baseline,
+        "datatake_id": scene.datatake_id,
+        "stac_item": scene.item_json(),
+    }
+    for name, value in values.items():
+        feature.setAttribute(name, value)
+    return feature
+
+
+class SearchScenesAlgorithm(QgsProcessingAlgorithm):
+    """STAC item search for an area and dates; one footprint feature per scene."""
+
+    STAC_URL = "STAC_URL"
+    COLLECTION = "COLLECTION"
+    AOI = "AOI"
+    START_DATE = "START_DATE"
+    END_DATE = "END_DATE"
+    MAX_SCENE_CLOUD = "MAX_SCENE_CLOUD"
+    MAX_ITEMS = "MAX_ITEMS"
+    OUTPUT = "OUTPUT"
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("SearchScenesAlgorithm", text)
+
+    def createInstance(self):  # noqa: N802
+        return SearchScenesAlgorithm()
+
+    def name(self) -> str:
+        return "searchscenes"
+
+    def displayName(self) -> str:  # noqa: N802
+        return self.tr("Search Sentinel-2 scenes")
+
+    def group(self) -> str:
+        return self.tr("Scenes")
+
+    def groupId(self) -> str:  # noqa: N802
+        return "scenes"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.tr(
+            "Searches a STAC API (Earth Search v1 by default) for Sentinel-2 scenes that touch the area "
+            "in the period, and writes one footprint (EPSG:4326) per scene with its date, platform, MGRS tile, "
+            "EPSG code, relative orbit, scene-level cloud cover (eo:cloud_cover, percent of the whole "
+            "product — not of your area), no-data percent, processing baseline, datatake id (shared by every "
+            "product of one acquisition) and the item's JSON, so later stages need no further STAC requests.\n\n"
+            "A cloud limit is sent to the server only where the API declares the 'query' or 'filter' "
+            "conformance class, and every item is checked again here: servers that ignore a filter do not "
+            "produce a wrong list.\n\n"
+            "Dates are UTC days, both included. Maximum scenes 0 = all."
+        )
+
+    def canExecute(self):  # noqa: N802
+        return can_execute("pystac_client")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        last_year = date.today().year - 1
+        self.addParameter(QgsProcessingParameterString(self.STAC_URL, self.tr("STAC API URL"), EARTH_SEARCH_V1))
+        self.addParameter(QgsProcessingParameterString(self.COLLECTION, self.tr("Collection"), DEFAULT_COLLECTION))
+        self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Area of interest")))
+        self.addParameter(
+            QgsProcessingParameterDateTime(
+                self.START_DATE, self.tr("Start date (UTC, included)"), QgsProcessingParameterDateTime.Date,
+                QDate(last_year, 1, 1),
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterDateTime(
+                self.END_DATE, self.tr("End date (UTC, included)"), QgsProcessingParameterDateTime.Date,
+                QDate(last_year, 12, 31),
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MAX_SCENE_CLOUD, self.tr("Maximum scene cloud cover (eo:cloud_cover, %)"),
+                QgsProcessingParameterNumber.Double, 100.0, False, 0.0, 100.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MAX_ITEMS, self.tr("Maximum number of scenes (0 = all)"), QgsProcessingParameterNumber.Integer,
+                0, False, 0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Sentinel-2 scenes"), QgsProcessing.TypeVectorPolygon)
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        start = self.parameterAsDate(parameters, self.START_DATE, context)
+        end = self.parameterAsDate(parameters, self.END_DATE, context)
+        if not start.isValid() or not end.isValid():
+            raise QgsProcessingException(self.tr("Start and end dates are required (YYYY-MM-DD)."))
+        extent = self.parameterAsExtent(parameters, self.AOI, context, WGS84)
+        if extent.isNull():
+            raise QgsProcessingException(self.tr("The area of interest is empty."))
+        request = SearchRequest(
+            url=self.parameterAsString(parameters, self.STAC_URL, context).strip(),
+            collection=self.parameterAsString(parameters, self.COLLECTION, context).strip(),
+            bbox=(extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()),
+            start=date(start.year(), start.month(), start.day()),
+            end=date(end.year(), end.month(), end.day()),
+            max_scene_cloud=self.parameterAsDouble(parameters, self.MAX_SCENE_CLOUD, context),
+            max_items=self.parameterAsInt(parameters, self.MAX_ITEMS, context),
+        )
+        feedback.pushInfo(
+            f"Searching {request.url} collection '{request.collection}' for {request.start} … {request.end}, "
+            f"area {tuple(round(v, 5) for v in request.bbox)} (EPSG:4326)."
+        )
+        try:
+            with core_logging_to(feedback):
+                result = search_scenes(request, FeedbackProgress(feedback))
+        except Cancelled:
+            feedback.pushWarning(self.tr("Search cancelled; nothing was written."))
+            return {}
+        except SearchError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+        fields = scene_fields()
+        sink, dest_id = self.parameterAsSink(
+            parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon, WGS84
+        )
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+        for scene in result.scenes:
+            if not sink.addFeature(scene_feature(scene, fields), QgsFeatureSink.FastInsert):
+                raise QgsProcessingException(f"Could not write scene {scene.item_id}: {sink.lastError()}")
+        datatakes = len({s.datatake_id for s in result.scenes})
+        feedback.pushInfo(
+            f"{len(result.scenes)} scenes from {datatakes} acquisitions (datatakes) written"
+            + (f"; the server matched {result.matched}" if result.matched is not None else "")
+            + "."
+        )
+        StylePostProcessor.attach(context, dest_id, "scene_footprints.qml", "Sentinel-2 scenes")
+        return {self.OUTPUT: dest_id}

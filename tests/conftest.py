@@ -1,0 +1,75 @@
+"""Shared fixtures: the plugin importable as ``cloud_probability``, the sample archive, and
+real servers on loopback (nginx for COGs with Range support, ``rustac serve`` for STAC).
+
+QGIS itself is started by pytest-qgis (headless); core tests do not touch it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / ".build"
+SHARED = ROOT.parent / "shared"
+REALDATA = SHARED / "realdata"
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def _plugin_on_path() -> None:
+    """Make the checkout importable under the installed folder name ``cloud_probability``."""
+    plugins = BUILD / "plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    link = plugins / "cloud_probability"
+    if not link.exists():
+        link.symlink_to(ROOT, target_is_directory=True)
+    for path in (str(plugins), str(ROOT / "scripts")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+_plugin_on_path()
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """``../shared/realdata`` (real Sentinel-2 STAC items and rasters)."""
+    if not REALDATA.is_dir():
+        pytest.fail(f"{REALDATA} is missing: the tests need ../shared beside the checkout")
+    return REALDATA
+
+
+@pytest.fixture(scope="session")
+def sample_archive() -> Path:
+    """The small sample archive, generated once and reused while its spec is unchanged."""
+    from cloud_probability.core.sample_archive import SampleSpec, generate
+
+    return generate(BUILD / "sample-small", SampleSpec.small())
+
+
+@pytest.fixture(scope="session")
+def sample_servers(sample_archive, tmp_path_factory):
+    """nginx over the archive's COGs and rustac over its items, stopped at the end."""
+    import servers
+
+    with servers.SampleServers(sample_archive, tmp_path_factory.mktemp("servers")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def provider(qgis_processing):
+    """The ``cloudprob`` provider registered in the session's Processing registry."""
+    from qgis.core import QgsApplication
+
+    from cloud_probability.processing_provider.provider import CloudProbabilityProvider
+
+    registry = QgsApplication.processingRegistry()
+    existing = registry.providerById("cloudprob")
+    if existing is not None:
+        return existing
+    instance = CloudProbabilityProvider()
+    assert registry.addProvider(instance)
+    return instance

@@ -1,0 +1,48 @@
+"""core/ imports neither QGIS nor Qt, and runs in a Python that never loaded them."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parent.parent / "core"
+FORBIDDEN = ("qgis", "PyQt5", "PyQt6", "sip", "processing")
+
+
+def _imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module:
+                names.append(node.module)
+            elif node.level > 1:  # reaching out of core/ into the plugin's other folders
+                names.append("." * node.level + (node.module or ""))
+    return names
+
+
+def test_no_qgis_or_qt_import_under_core():
+    offenders = {}
+    for path in sorted(CORE.rglob("*.py")):
+        bad = [n for n in _imports(path) if n.split(".")[0] in FORBIDDEN or n.startswith("..")]
+        if bad:
+            offenders[str(path.relative_to(CORE.parent))] = bad
+    assert not offenders, f"core/ must not import QGIS, Qt or the other plugin folders: {offenders}"
+
+
+def test_core_modules_import_without_qgis(tmp_path):
+    modules = sorted(p.stem for p in CORE.glob("*.py") if p.stem != "__init__")
+    assert modules, "no core modules found"
+    link = tmp_path / "cloud_probability"
+    link.symlink_to(CORE.parent, target_is_directory=True)
+    code = (
+        "import sys, importlib\n"
+        f"for m in {modules!r}: importlib.import_module('cloud_probability.core.' + m)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('qgis', 'PyQt5', 'PyQt6'))\n"
+        "print(loaded)\n"
+        "sys.exit(1 if loaded else 0)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
