@@ -95,16 +95,30 @@ def _stac_io(request: SearchRequest):
 
 
 def _explain(url: str, exc: BaseException) -> SearchError:
-    """Translate what requests/pystac raise into a sentence naming the problem."""
+    """Translate what requests/pystac raise into a sentence naming the problem.
+
+    pystac-client wraps transport errors in its own ``APIError``, so look through the chain
+    of causes and, as a last resort, at the text urllib3 leaves in the message.
+    """
     import requests
 
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
     text = str(exc)
-    if isinstance(exc, requests.exceptions.Timeout):
-        return SearchError(f"The STAC API at {url} did not answer in time ({text}).")
-    if isinstance(exc, requests.exceptions.ConnectionError):
+    if any(isinstance(e, requests.exceptions.Timeout) for e in chain) or "timed out" in text.lower():
+        return SearchError(f"The STAC API at {url} did not answer in time: {text}")
+    if any(isinstance(e, requests.exceptions.ConnectionError) for e in chain) or any(
+        marker in text for marker in ("NewConnectionError", "Connection refused", "Name or service not known")
+    ):
         return SearchError(f"Cannot reach the STAC API at {url}: {text}")
-    if isinstance(exc, (json.JSONDecodeError, ValueError, KeyError, TypeError)):
-        return SearchError(f"{url} does not answer as a STAC API (its landing page is not STAC JSON: {text}).")
+    not_stac = ("JSONDecodeError", "STACTypeError", "ClientTypeError", "does not represent a STACObject")
+    if any(isinstance(e, (json.JSONDecodeError, KeyError, TypeError)) for e in chain) or any(
+        marker in type(e).__name__ or marker in str(e) for e in chain for marker in not_stac
+    ):
+        return SearchError(f"{url} does not answer as a STAC API (not STAC JSON: {text})")
     return SearchError(f"The STAC API at {url} failed: {text}")
 
 

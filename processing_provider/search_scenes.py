@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterNumber,
+    QgsProcessingParameters,
     QgsProcessingParameterString,
     QgsWkbTypes,
 )
@@ -170,8 +171,9 @@ class SearchScenesAlgorithm(QgsProcessingAlgorithm):
         )
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        start = self.parameterAsDate(parameters, self.START_DATE, context)
-        end = self.parameterAsDate(parameters, self.END_DATE, context)
+        # QgsProcessingAlgorithm.parameterAsDate only exists from QGIS 3.28 on
+        start = QgsProcessingParameters.parameterAsDate(self.parameterDefinition(self.START_DATE), parameters, context)
+        end = QgsProcessingParameters.parameterAsDate(self.parameterDefinition(self.END_DATE), parameters, context)
         if not start.isValid() or not end.isValid():
             raise QgsProcessingException(self.tr("Start and end dates are required (YYYY-MM-DD)."))
         extent = self.parameterAsExtent(parameters, self.AOI, context, WGS84)
