@@ -1,0 +1,40 @@
+# Two commands on a fresh Debian 12 machine (as root): `make demo` and `make test`.
+# Both install what they need first: Debian's QGIS 3.22 stack, a .venv on /usr/bin/python3
+# with --system-site-packages (so QGIS, GDAL, rasterio, numpy come from Debian: one GDAL in
+# the process), and the pinned pip packages of requirements.txt under constraints.txt.
+SHELL := /bin/bash
+SYSTEM_PYTHON := /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-scipy python3-geopandas gdal-bin \
+                python3-venv python3-pip nginx-light xvfb
+export QT_QPA_PLATFORM ?= offscreen
+
+.PHONY: all deps system test demo bench zip clean
+
+all: test
+
+system:
+	@scripts/install_system.sh $(APT_PACKAGES)
+
+$(VENV)/.installed: requirements.txt constraints.txt | system
+	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt
+	@touch $@
+
+deps: system $(VENV)/.installed
+
+test: deps
+	$(PY) -m pytest
+
+demo: deps
+	$(PY) scripts/demo.py
+
+bench: deps
+	$(PY) benchmarks/run.py
+
+zip:
+	scripts/make_zip.sh
+
+clean:
+	rm -rf .build demo_out bench_out dist .qgis-settings
