@@ -150,10 +150,11 @@ def unreliable_api(realdata):
                         "https://api.stacspec.org/v1.0.0/core",
                         "https://api.stacspec.org/v1.0.0/item-search",
                         "https://api.stacspec.org/v1.0.0/item-search#query",
+                        "https://api.stacspec.org/v1.0.0/collections",
                     ],
                     "links": [
                         {"rel": "self", "href": base + "/"}, {"rel": "root", "href": base + "/"},
-                        {"rel": "search", "href": base + "/search", "method": "POST"},
+                        {"rel": "search", "href": base + "/search", "method": "POST", "type": "application/geo+json"},
                         {"rel": "data", "href": base + "/collections"},
                     ],
                 })

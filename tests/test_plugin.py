@@ -1,0 +1,53 @@
+"""The plugin loads the way QGIS loads it, and says clearly what is missing."""
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_metadata():
+    meta = configparser.ConfigParser()
+    meta.read(ROOT / "metadata.txt")
+    general = meta["general"]
+    assert general["name"] == "Cloud Probability"
+    assert general["qgisMinimumVersion"] == "3.22"
+    assert general["hasProcessingProvider"] == "yes"
+    assert general["license"] == "GPL-2.0-or-later"
+    for key in ("version", "about", "description", "tracker", "repository", "author", "email"):
+        assert general.get(key), key
+    assert (ROOT / general["icon"]).is_file()
+    assert general["icon"] in (ROOT / "resources.qrc").read_text()
+
+
+def test_class_factory_registers_and_unloads_the_provider(qgis_iface, qgis_processing):
+    from qgis.core import QgsApplication
+
+    import cloud_probability
+
+    registry = QgsApplication.processingRegistry()
+    had = registry.providerById("cloudprob")
+    if had is not None:  # the session fixture's provider; the plugin must add its own
+        registry.removeProvider(had)
+    plugin = cloud_probability.classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        provider = registry.providerById("cloudprob")
+        assert provider is not None and provider.name() == "Cloud probability (Sentinel-2)"
+        assert [a.id() for a in provider.algorithms()] == ["cloudprob:searchscenes"]
+        assert not provider.icon().isNull()
+    finally:
+        plugin.unload()
+    assert registry.providerById("cloudprob") is None
+
+
+def test_missing_package_is_named_with_the_install_command():
+    from cloud_probability.processing_provider.dependencies import can_execute
+
+    assert can_execute("json") == (True, "")
+    ok, message = can_execute("exactextract", "no_such_module_for_cloudprob")
+    assert not ok
+    assert "no_such_module_for_cloudprob" in message
+    assert "exactextract" not in message  # installed here, so not named
+    assert "pip install" in message and "numpy==" in message and "OSGeo4W" in message
