@@ -1,0 +1,234 @@
+"""Cloud cover *inside an area* for each acquisition, read from only the area's window.
+
+Products of one datatake (MGRS tiles of one pass, split datastrips, reprocessed duplicates)
+are one observation: their masks are put on one grid and combined pixel by pixel (the newest
+processing baseline first), so a pixel is counted once whatever the number of products.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .masks import NODATA, Fractions, MaskError, MaskSpec, dilate_clouds, fractions, mask_from_scl, mask_from_score
+from .progress import Cancelled, NullProgress, Progress
+from .reading import (
+    Grid, ReadError, area_in_crs, area_mask, gdal_http_env, grid_of, network_bytes, network_bytes_reset,
+    read_on_grid, read_window,
+)
+from .stac import Scene
+
+
+@dataclass
+class Observation:
+    """One acquisition (datatake) over the area."""
+
+    datatake_id: str
+    scenes: list[Scene]
+    fractions: Fractions | None = None
+    error: str | None = None
+    grid: Grid | None = field(default=None, repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)  # kept only when asked
+    inside: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def cloud_pct(self) -> float | None:
+        return None if self.fractions is None else self.fractions.cloud_pct
+
+    @property
+    def scene(self) -> Scene:
+        """The product that stands for the observation (the first read)."""
+        return self.scenes[0]
+
+
+def group_by_datatake(scenes: list[Scene]) -> list[list[Scene]]:
+    """Scenes grouped by datatake, oldest acquisition first; within a group the newest
+    processing baseline first (a reprocessed product replaces the old one where both have data)."""
+    groups: dict[str, list[Scene]] = {}
+    for scene in scenes:
+        groups.setdefault(scene.datatake_id, []).append(scene)
+    out = []
+    for members in groups.values():
+        members.sort(key=lambda s: (-_baseline_number(s), s.item_id))
+        out.append(members)
+    out.sort(key=lambda g: min(s.datetime for s in g))
+    return out
+
+
+def _baseline_number(scene: Scene) -> float:
+    try:
+        return float(scene.processing_baseline or 0)
+    except ValueError:
+        return 0.0
+
+
+def _touches(scene: Scene, area_lonlat) -> bool:
+    if not scene.geometry:
+        return True
+    from shapely.geometry import shape
+
+    try:
+        return shape(scene.geometry).intersects(area_lonlat)
+    except Exception:
+        return True
+
+
+def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid) -> np.ndarray:
+    """One product's mask (0 clear, 1 cloud, 2 shadow, 3 snow, 255 no data) on ``grid``."""
+    if spec.source == "scl":
+        href = scene.asset_href(spec.asset or "scl")
+        if not href:
+            raise MaskError(f"Scene {scene.item_id} has no '{spec.asset}' asset (SCL).")
+        values, valid = read_on_grid(href, grid)
+        mask = mask_from_scl(values, spec)
+        mask[~valid] = NODATA
+        return mask
+    if spec.source == "score":
+        href = scene.asset_href(spec.asset)
+        if not href:
+            raise MaskError(f"Scene {scene.item_id} has no score asset '{spec.asset}'.")
+        values, valid = read_on_grid(href, grid)
+        mask = mask_from_score(values, spec)
+        mask[~valid] = NODATA
+        return mask
+    if spec.source == "s2cloudless":
+        from .s2cloudless_mask import scene_mask
+
+        return scene_mask(scene, grid, spec.threshold)
+    raise MaskError(f"Unknown mask source '{spec.source}'.")
+
+
+def _first_grid(scene: Scene, spec: MaskSpec, area, area_epsg: int, resolution: float, halo_m: float) -> Grid | None:
+    """The grid of the first product: its own pixels (or overview pixels) around the area."""
+    key = {"scl": spec.asset or "scl", "score": spec.asset}.get(spec.source, "red")
+    href = scene.asset_href(key) or scene.asset_href("red") or scene.asset_href("B04")
+    if not href:
+        raise MaskError(f"Scene {scene.item_id} has no '{key}' asset.")
+    window = read_window(href, area, area_epsg, resolution=resolution, halo_m=halo_m)
+    if window is None:
+        return None
+    grid = grid_of(window)
+    if spec.source == "s2cloudless" and abs(grid.resolution - resolution) > 1e-6:
+        # s2cloudless reads many bands at several resolutions: define the grid at ``resolution``
+        from rasterio.transform import Affine
+
+        t = grid.transform
+        factor = resolution / grid.resolution
+        shape = (max(1, int(np.ceil(grid.shape[0] / factor))), max(1, int(np.ceil(grid.shape[1] / factor))))
+        grid = Grid(grid.crs, Affine(resolution, 0, t.c, 0, -resolution, t.f), shape)
+    return grid
+
+
+def observe(
+    group: list[Scene], spec: MaskSpec, area, area_epsg: int, resolution: float = 20.0, keep_mask: bool = False,
+) -> Observation:
+    """Cloud fractions of one datatake inside ``area`` (shapely geometry in EPSG ``area_epsg``)."""
+    obs = Observation(group[0].datatake_id, list(group))
+    area_lonlat = area_in_crs(area, area_epsg, 4326)
+    members = [s for s in group if _touches(s, area_lonlat)]
+    if not members:
+        obs.fractions = Fractions(None, None, None, 0.0, 0, 0)
+        return obs
+    obs.scenes = members + [s for s in group if s not in members]
+    halo = spec.buffer_m
+    try:
+        grid = None
+        for scene in members:
+            grid = _first_grid(scene, spec, area, area_epsg, resolution, halo)
+            if grid is not None:
+                obs.scenes = [scene] + [s for s in obs.scenes if s is not scene]
+                break
+        if grid is None:
+            obs.fractions = Fractions(None, None, None, 0.0, 0, 0)
+            return obs
+        combined = None
+        for scene in obs.scenes:
+            if scene not in members:
+                continue
+            mask = scene_mask_on_grid(scene, spec, grid)
+            if combined is None:
+                combined = mask
+            else:
+                gaps = combined == NODATA
+                combined[gaps] = mask[gaps]
+            if not (combined == NODATA).any():
+                break  # the area is covered: other products of this datatake add nothing
+        combined = dilate_clouds(combined, spec.buffer_m, grid.resolution)
+        inside = area_mask(area, area_epsg, _as_window(combined, grid))
+        obs.fractions = fractions(combined, inside, spec.count_shadows)
+        obs.grid = grid
+        if keep_mask:
+            obs.mask, obs.inside = combined, inside
+    except (ReadError, MaskError) as exc:
+        obs.error = str(exc)
+    return obs
+
+
+def _as_window(data, grid: Grid):
+    from .reading import Window
+
+    return Window(data, grid.transform, grid.crs, None, grid.resolution)
+
+
+@dataclass
+class ScreenResult:
+    observations: list[Observation]
+    bytes_fetched: int
+    errors: int
+
+
+def screen_scenes(
+    scenes: list[Scene],
+    area,
+    area_epsg: int,
+    spec: MaskSpec,
+    resolution: float = 20.0,
+    concurrency: int = 8,
+    progress: Progress | None = None,
+) -> ScreenResult:
+    """Observe every datatake of ``scenes`` over ``area``, ``concurrency`` at a time.
+
+    Returns observations ranked by area cloud share (clearest first; no data and read errors
+    last). Progress advances as acquisitions finish; Cancel stops waiting work and raises
+    :class:`~core.progress.Cancelled`. Bytes fetched are GDAL's own network statistics.
+    """
+    progress = progress or NullProgress()
+    groups = group_by_datatake(scenes)
+    if not groups:
+        return ScreenResult([], 0, 0)
+    network_bytes_reset()
+    observations: list[Observation] = []
+
+    def work(group: list[Scene]) -> Observation:
+        if progress.is_canceled():
+            raise Cancelled("cancelled by the user")
+        with gdal_http_env():
+            return observe(group, spec, area, area_epsg, resolution)
+
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="cloudprob-screen")
+    try:
+        futures = [pool.submit(work, g) for g in groups]
+        for n, future in enumerate(cf.as_completed(futures), start=1):
+            if progress.is_canceled():
+                raise Cancelled("cancelled by the user")
+            obs = future.result()
+            if obs.error:
+                progress.warning(f"Could not read {', '.join(s.item_id for s in obs.scenes)}: {obs.error}")
+            observations.append(obs)
+            progress.set_progress(100.0 * n / len(groups))
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    observations.sort(key=_rank)
+    errors = sum(1 for o in observations if o.error)
+    return ScreenResult(observations, network_bytes(), errors)
+
+
+def _rank(obs: Observation):
+    if obs.error:
+        return (2, 0.0, obs.scene.datetime)
+    if obs.cloud_pct is None:
+        return (1, 0.0, obs.scene.datetime)
+    return (0, obs.cloud_pct, obs.scene.datetime)
