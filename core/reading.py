@@ -37,6 +37,21 @@ class ReadError(Exception):
     """A raster (window) could not be read; the message names the file and the cause."""
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What rasterio raises for unreadable files: in rasterio 1.3 RasterioIOError is an
+    OSError and not a RasterioError, and GDAL's own errors (CPLE_*) can surface too."""
+    import rasterio.errors
+
+    errors: list[type[BaseException]] = [rasterio.errors.RasterioError, rasterio.errors.RasterioIOError, OSError]
+    try:
+        from rasterio._err import CPLE_BaseError
+
+        errors.append(CPLE_BaseError)
+    except ImportError:  # a rasterio that moved it
+        pass
+    return tuple(errors)
+
+
 def vsi_path(href: str) -> str:
     """GDAL path for an asset href (http(s) → /vsicurl/, s3:// → /vsis3/, local paths as they are)."""
     if href.startswith(("http://", "https://")):
@@ -63,6 +78,13 @@ def network_bytes_reset() -> None:
 
     gdal.SetConfigOption("CPL_VSIL_NETWORK_STATS_ENABLED", "YES")
     gdal.NetworkStatsReset()
+
+
+def clear_http_cache() -> None:
+    """Forget what GDAL cached of remote files (its /vsicurl/ cache is process wide)."""
+    from osgeo import gdal
+
+    gdal.VSICurlClearCache()
 
 
 def network_bytes() -> int:
@@ -191,25 +213,26 @@ def read_window(
                 data = ds.read(indexes, window=win)
             transform = ds.window_transform(win) * rasterio.Affine.scale(factor)
             return Window(data, transform, ds.crs, ds.nodata, native)
-    except rasterio.errors.RasterioError as exc:
+    except _read_errors() as exc:
         raise ReadError(f"{href}: {exc}") from exc
+
+
+_RASTERIZE_LOCK = threading.Lock()
 
 
 def area_mask(area, area_epsg: int, window: Window) -> np.ndarray:
     """True for the window's pixels whose centre lies inside ``area``.
 
-    Point-in-polygon on pixel centres with GEOS (rasterio's rasterize uses a GDAL MEM dataset
-    that warns spuriously when called from several threads at once).
+    GDAL's rule, as in QGIS, gdal_rasterize and cutlines (centres on the boundary follow its
+    half-open scanline convention). Serialised: rasterio rasterizes through a GDAL MEM dataset
+    that misbehaves (spurious georeferencing warnings) when several threads do it at once;
+    it takes about a millisecond.
     """
-    from shapely import vectorized
+    from rasterio import features
 
-    rows, cols = window.data.shape[-2:]
-    t = window.transform
     local = area_in_crs(area, area_epsg, window.crs)
-    cc, rr = np.meshgrid(np.arange(cols) + 0.5, np.arange(rows) + 0.5)
-    x = t.c + cc * t.a + rr * t.b
-    y = t.f + cc * t.d + rr * t.e
-    return vectorized.contains(local, x, y)
+    with _RASTERIZE_LOCK:
+        return features.geometry_mask([local], out_shape=window.data.shape[-2:], transform=window.transform, invert=True)
 
 
 @dataclass(frozen=True)
@@ -248,5 +271,42 @@ def read_on_grid(href: str, grid: Grid, band: int = 1, resampling: str = "neares
                 values = vrt.read(band)
                 valid = vrt.read_masks(band) > 0
                 return values, valid
-    except rasterio.errors.RasterioError as exc:
+    except _read_errors() as exc:
         raise ReadError(f"{href}: {exc}") from exc
+
+
+def write_raster(path: str, data: np.ndarray, grid: Grid, nodata: float | None, tags: dict | None = None) -> None:
+    """Write ``data`` on ``grid`` as a tiled, DEFLATE-compressed GeoTIFF with overviews.
+
+    Written to a temporary file beside ``path`` and renamed at the end: a failed or cancelled
+    run never leaves a half-written raster behind.
+    """
+    import os
+
+    import rasterio
+    from rasterio.enums import Resampling
+
+    bands = data[np.newaxis] if data.ndim == 2 else data
+    tmp = f"{path}.part-{os.getpid()}-{threading.get_ident()}.tif"
+    profile = dict(
+        driver="GTiff", width=bands.shape[2], height=bands.shape[1], count=bands.shape[0], dtype=bands.dtype.name,
+        crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, blockxsize=256, blockysize=256,
+        compress="DEFLATE", predictor=2 if bands.dtype.kind in "iu" else 3, BIGTIFF="IF_SAFER",
+    )
+    if bands.shape[1] < 256 or bands.shape[2] < 256:
+        profile.update(tiled=False)
+        profile.pop("blockxsize")
+        profile.pop("blockysize")
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(bands)
+            if tags:
+                dst.update_tags(**{k: str(v) for k, v in tags.items()})
+            factors = [f for f in (2, 4, 8, 16, 32) if min(bands.shape[1:]) // f >= 64]
+            if factors:
+                categorical = bands.dtype.kind in "iu"
+                dst.build_overviews(factors, Resampling.nearest if categorical else Resampling.average)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -12,6 +12,8 @@ ICON = Path(__file__).resolve().parent.parent / "icons" / "cloudprob.svg"
 # (module, class) of every algorithm; a broken one is logged and the rest still load.
 ALGORITHMS = [
     ("search_scenes", "SearchScenesAlgorithm"),
+    ("screen_scenes", "ScreenScenesAlgorithm"),
+    ("cloud_mask", "CloudMaskAlgorithm"),
 ]
 
 

@@ -26,7 +26,7 @@ def _plugin_on_path() -> None:
     link = plugins / "cloud_probability"
     if not link.exists():
         link.symlink_to(ROOT, target_is_directory=True)
-    for path in (str(plugins), str(ROOT / "scripts")):
+    for path in (str(plugins), str(ROOT / "scripts"), str(ROOT / "tests")):
         if path not in sys.path:
             sys.path.insert(0, path)
 
@@ -73,3 +73,46 @@ def provider(qgis_processing):
     instance = CloudProbabilityProvider()
     assert registry.addProvider(instance)
     return instance
+
+
+@pytest.fixture(scope="session")
+def eolearn_servers(realdata, tmp_path_factory):
+    """The 68 eo-learn dates (CLM, CLP, 1 − CLP as COGs with STAC items), served for real."""
+    import realdata_archives
+    import servers
+
+    archive = realdata_archives.write_eolearn_archive(BUILD / "realdata-eolearn", realdata)
+    with servers.SampleServers(archive, tmp_path_factory.mktemp("eolearn-servers")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def sen2r_servers(realdata, tmp_path_factory):
+    """The two real SCL crops over Lake Barbellino, served for real."""
+    import realdata_archives
+    import servers
+
+    archive = realdata_archives.write_sen2r_archive(BUILD / "realdata-sen2r", realdata)
+    with servers.SampleServers(archive, tmp_path_factory.mktemp("sen2r-servers")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def l1c_servers(realdata, tmp_path_factory):
+    """The five real 13-band L1C reference scenes (two processing baselines), served for real."""
+    import realdata_archives
+    import servers
+
+    archive = realdata_archives.write_l1c_reference_archive(BUILD / "realdata-l1c", realdata)
+    with servers.SampleServers(archive, tmp_path_factory.mktemp("l1c-servers")) as running:
+        yield running
+
+
+def served_scenes(running):
+    """The Scenes of a served archive, as a STAC search would return them."""
+    import json
+
+    from cloud_probability.core.stac import normalise_item
+
+    items = json.loads((running.workdir / "served_items.json").read_text())["features"]
+    return [normalise_item(i) for i in items]

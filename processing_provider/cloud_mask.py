@@ -1,0 +1,127 @@
+"""``cloudprob:cloudmask`` — One scene's cloud mask (adapter over core.screening/core.masks)."""
+from __future__ import annotations
+
+from qgis.core import (
+    QgsFeatureRequest,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterString,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+from ..core.masks import MASK_LEGEND, NODATA
+from ..core.reading import gdal_http_env, write_raster
+from ..core.screening import observe
+from .common import add_mask_parameters, area_geometry, mask_spec, scenes_from_source
+from .styling import StylePostProcessor
+
+
+class CloudMaskAlgorithm(QgsProcessingAlgorithm):
+    """0 clear, 1 cloud, 2 cloud shadow, 3 snow/ice, 255 no data, for one scene."""
+
+    SCENES = "SCENES"
+    SCENE_ID = "SCENE_ID"
+    AOI = "AOI"
+    RESOLUTION = "RESOLUTION"
+    OUTPUT = "OUTPUT"
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("CloudMaskAlgorithm", text)
+
+    def createInstance(self):  # noqa: N802
+        return CloudMaskAlgorithm()
+
+    def name(self) -> str:
+        return "cloudmask"
+
+    def displayName(self) -> str:  # noqa: N802
+        return self.tr("Cloud mask of one scene")
+
+    def group(self) -> str:
+        return self.tr("Scenes")
+
+    def groupId(self) -> str:  # noqa: N802
+        return "scenes"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.tr(
+            "Writes the cloud mask of one scene: 0 clear, 1 cloud, 2 cloud shadow, 3 snow/ice, 255 no data, "
+            "on the scene's own grid (UTM), over the area if one is given, else over the whole scene.\n\n"
+            "The scene is the one named by Scene id in the scenes layer, else the first selected feature, "
+            "else the first feature. Mask sources: the scene classification layer (SCL; cloud classes are a "
+            "parameter, default 8, 9, 10), a score raster under a STAC asset (Cloud Score+ cs_cdf: cloud "
+            "where below the threshold, default 0.60; Sentinel Hub CLP 0–255 or an s2cloudless probability: "
+            "cloud where at or above the threshold, default 0.4), or the s2cloudless model run on the L1C "
+            "bands (optional package s2cloudless). Grow clouds by: dilates cloud pixels by that many metres."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterString(
+            self.SCENE_ID, self.tr("Scene id (empty: first selected, else first scene)"), "", optional=True))
+        add_mask_parameters(self, with_shadows=False)
+        self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Area of interest (empty: whole scene)"), optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Double, 20.0, False, 10.0, 1000.0))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Cloud mask")))
+
+    def _scene(self, parameters, context, feedback):
+        layer = self.parameterAsVectorLayer(parameters, self.SCENES, context)
+        source = self.parameterAsSource(parameters, self.SCENES, context)
+        if source is None:
+            raise QgsProcessingException(self.invalidSourceError(parameters, self.SCENES))
+        wanted = (self.parameterAsString(parameters, self.SCENE_ID, context) or "").strip()
+        selected = layer.selectedFeatureIds() if layer is not None and not wanted else None
+        pairs = scenes_from_source(source, feedback, selected_ids=selected or None)
+        if wanted:
+            pairs = [p for p in pairs if p[0].item_id == wanted]
+            if not pairs:
+                raise QgsProcessingException(f"No scene with id '{wanted}' in the scenes layer.")
+        if not pairs:
+            raise QgsProcessingException(self.tr("The scenes layer holds no scenes."))
+        return pairs[0]
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        scene, feature = self._scene(parameters, context, feedback)
+        spec = mask_spec(self, parameters, context)
+        if parameters.get(self.AOI):
+            crs = self.parameterAsExtentCrs(parameters, self.AOI, context)
+            area, epsg = area_geometry(self.parameterAsExtentGeometry(parameters, self.AOI, context, crs), crs, context)
+        else:
+            from shapely.geometry import shape
+
+            if not scene.geometry:
+                raise QgsProcessingException(f"Scene {scene.item_id} has no footprint; give an area of interest.")
+            area, epsg = shape(scene.geometry), 4326
+        feedback.pushInfo(f"Cloud mask of {scene.item_id} from '{spec.source}'.")
+        feedback.setProgress(5)
+        with gdal_http_env():
+            obs = observe([scene], spec, area, epsg, self.parameterAsDouble(parameters, self.RESOLUTION, context), keep_mask=True)
+        if obs.error:
+            raise QgsProcessingException(f"Could not make the mask of {scene.item_id}: {obs.error}")
+        if obs.mask is None:
+            raise QgsProcessingException(f"Scene {scene.item_id} has no data in the area.")
+        if feedback.isCanceled():
+            return {}
+        feedback.setProgress(80)
+        out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        mask = obs.mask.copy()
+        mask[~obs.inside] = NODATA
+        write_raster(out, mask, obs.grid, NODATA, tags={
+            "item_id": scene.item_id, "mask_source": spec.source,
+            "legend": ", ".join(f"{k} {v}" for k, v in MASK_LEGEND.items()),
+        })
+        f = obs.fractions
+        feedback.pushInfo(
+            f"Inside the area: {f.cloud_pct if f.cloud_pct is not None else float('nan'):.2f} % cloud, "
+            f"{f.valid_pct:.2f} % with valid data."
+        )
+        StylePostProcessor.attach(context, out, "cloud_mask.qml", f"Cloud mask {scene.item_id}")
+        feedback.setProgress(100)
+        return {self.OUTPUT: out}

@@ -1,0 +1,122 @@
+"""Parameters and translations shared by the algorithms that read scenes and make masks."""
+from __future__ import annotations
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeatureRequest,
+    QgsGeometry,
+    QgsProcessingException,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+
+from ..core.masks import PRESET_LABELS, PRESETS, MaskError, MaskSpec, parse_classes, preset
+from ..core.stac import ItemError, Scene, scene_from_json
+
+MASK_SOURCE = "MASK_SOURCE"
+CLOUD_CLASSES = "CLOUD_CLASSES"
+COUNT_SHADOWS = "COUNT_SHADOWS"
+SCORE_ASSET = "SCORE_ASSET"
+THRESHOLD = "THRESHOLD"
+BUFFER = "BUFFER"
+MASK_SOURCES = list(PRESETS)
+
+
+def add_mask_parameters(alg, with_shadows: bool = True) -> None:
+    """MASK_SOURCE, CLOUD_CLASSES, COUNT_SHADOWS, SCORE_ASSET, THRESHOLD and BUFFER."""
+    alg.addParameter(QgsProcessingParameterEnum(
+        MASK_SOURCE, alg.tr("Mask source"), options=[PRESET_LABELS[k] for k in MASK_SOURCES], defaultValue=0))
+    alg.addParameter(QgsProcessingParameterString(
+        CLOUD_CLASSES, alg.tr("SCL classes counted as cloud (comma separated)"), "8,9,10"))
+    if with_shadows:
+        alg.addParameter(QgsProcessingParameterBoolean(
+            COUNT_SHADOWS, alg.tr("Count cloud shadows (SCL 3) as cloud"), False))
+    alg.addParameter(QgsProcessingParameterString(
+        SCORE_ASSET, alg.tr("Score raster asset key (empty: the mask source's default)"), "", optional=True))
+    alg.addParameter(QgsProcessingParameterNumber(
+        THRESHOLD, alg.tr("Score threshold, 0–1 (empty: the mask source's default)"),
+        QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0))
+    alg.addParameter(QgsProcessingParameterNumber(
+        BUFFER, alg.tr("Grow clouds by (metres)"), QgsProcessingParameterNumber.Double, 0.0, False, 0.0, 5000.0))
+
+
+def mask_spec(alg, parameters, context) -> MaskSpec:
+    """The MaskSpec the user asked for; QgsProcessingException on nonsense."""
+    from dataclasses import replace
+
+    name = MASK_SOURCES[alg.parameterAsEnum(parameters, MASK_SOURCE, context)]
+    try:
+        spec = preset(name)
+        changes = {"cloud_classes": parse_classes(alg.parameterAsString(parameters, CLOUD_CLASSES, context))}
+    except MaskError as exc:
+        raise QgsProcessingException(str(exc)) from exc
+    if alg.parameterDefinition(COUNT_SHADOWS) is not None:
+        changes["count_shadows"] = alg.parameterAsBool(parameters, COUNT_SHADOWS, context)
+    asset = (alg.parameterAsString(parameters, SCORE_ASSET, context) or "").strip()
+    if asset and spec.source == "score":
+        changes["asset"] = asset
+    if parameters.get(THRESHOLD) not in (None, ""):
+        changes["threshold"] = alg.parameterAsDouble(parameters, THRESHOLD, context)
+    changes["buffer_m"] = alg.parameterAsDouble(parameters, BUFFER, context)
+    return replace(spec, **changes)
+
+
+def scenes_from_source(source, feedback, selected_ids=None) -> list[tuple[Scene, object]]:
+    """(Scene, feature) for each feature of a scenes layer made by cloudprob:searchscenes."""
+    if source is None:
+        raise QgsProcessingException("No scenes layer given.")
+    if source.fields().indexOf("stac_item") < 0:
+        raise QgsProcessingException(
+            "The scenes layer has no 'stac_item' field: use the output of 'Search Sentinel-2 scenes' "
+            "(cloudprob:searchscenes)."
+        )
+    out = []
+    request = QgsFeatureRequest()
+    if selected_ids:
+        request.setFilterFids(list(selected_ids))
+    for feature in source.getFeatures(request):
+        text = feature["stac_item"]
+        try:
+            out.append((scene_from_json(text), feature))
+        except (ItemError, ValueError, TypeError) as exc:
+            feedback.pushWarning(f"Feature {feature.id()} does not hold a readable STAC item ({exc}); skipped.")
+    return out
+
+
+def area_geometry(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, context):
+    """(shapely geometry, EPSG code) of a QGIS geometry; non-EPSG CRSs go through EPSG:4326."""
+    from shapely import wkt
+
+    if geometry is None or geometry.isEmpty():
+        raise QgsProcessingException("The area of interest is empty.")
+    authid = crs.authid()
+    if authid.upper().startswith("EPSG:"):
+        return wkt.loads(geometry.asWkt()), int(authid.split(":")[1])
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    g = QgsGeometry(geometry)
+    g = g.densifyByCount(16)
+    g.transform(QgsCoordinateTransform(crs, wgs84, context.transformContext()))
+    return wkt.loads(g.asWkt()), 4326
+
+
+def area_from_parameters(alg, parameters, context, extent_name: str, layer_name: str | None):
+    """The area: the (selected) polygons of ``layer_name`` if given, else the extent ``extent_name``."""
+    if layer_name and parameters.get(layer_name):
+        source = alg.parameterAsSource(parameters, layer_name, context)
+        if source is None:
+            raise QgsProcessingException(alg.invalidSourceError(parameters, layer_name))
+        geoms = [f.geometry() for f in source.getFeatures() if f.hasGeometry() and not f.geometry().isEmpty()]
+        if not geoms:
+            raise QgsProcessingException("The area layer has no polygons.")
+        union = QgsGeometry.unaryUnion(geoms)
+        if union.isNull() or union.isEmpty():
+            raise QgsProcessingException("The area layer's polygons could not be combined (invalid geometries?).")
+        return area_geometry(union.makeValid() if not union.isGeosValid() else union, source.sourceCrs(), context)
+    if not parameters.get(extent_name):
+        raise QgsProcessingException("Give an area of interest (an extent or a polygon layer).")
+    crs = alg.parameterAsExtentCrs(parameters, extent_name, context)
+    geometry = alg.parameterAsExtentGeometry(parameters, extent_name, context, crs)
+    return area_geometry(geometry, crs, context)

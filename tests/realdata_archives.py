@@ -1,0 +1,140 @@
+"""Real Sentinel-2 data from ../shared/realdata written as COGs with STAC items, in the
+layout the loopback servers serve (items/collection.json, items/items.json, relative hrefs).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_bounds
+
+L1C_ASSETS = ["coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09",
+              "cirrus", "swir16", "swir22"]  # REFERENCE_SCENES band order B01…B12 with B8A after B08
+
+
+def write_cog(path: Path, data: np.ndarray, crs: str, transform, nodata=None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bands = data[np.newaxis] if data.ndim == 2 else data
+    profile = dict(driver="COG", width=bands.shape[2], height=bands.shape[1], count=bands.shape[0],
+                   dtype=bands.dtype.name, crs=crs, transform=transform, compress="DEFLATE", blocksize=128)
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(bands)
+
+
+def _item(item_id: str, when: datetime, epsg: int, bounds, assets: dict, baseline: str = "02.04",
+          collection: str = "sentinel-2-l2a", platform: str = "sentinel-2a") -> dict:
+    from pyproj import Transformer
+    from shapely.geometry import box, mapping
+    from shapely.ops import transform
+
+    footprint = transform(Transformer.from_crs(epsg, 4326, always_xy=True).transform, box(*bounds))
+    stamp = when.strftime("%Y%m%dT%H%M%S")
+    sat = "S2" + platform[-1].upper()
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": collection,
+        "geometry": mapping(footprint), "bbox": list(footprint.bounds), "links": [],
+        "properties": {
+            "datetime": when.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "platform": platform, "proj:epsg": epsg,
+            "s2:processing_baseline": baseline, "s2:datatake_id": f"G{sat}_{stamp}_000000_N{baseline}",
+            "eo:cloud_cover": None,
+        },
+        "assets": assets,
+    }
+
+
+def _finish(out: Path, items: list[dict], collection: str = "sentinel-2-l2a") -> Path:
+    (out / "items").mkdir(parents=True, exist_ok=True)
+    times = sorted(i["properties"]["datetime"] for i in items)
+    (out / "items" / "collection.json").write_text(json.dumps({
+        "type": "Collection", "stac_version": "1.0.0", "id": collection, "description": "real data (tests)",
+        "license": "various", "links": [],
+        "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[times[0], times[-1]]]}},
+    }))
+    (out / "items" / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    return out
+
+
+def eolearn_patch(realdata: Path) -> dict:
+    base = realdata / "eolearn_testeopatch" / "TestEOPatch"
+    coords = json.loads((base / "bbox.geojson").read_text())["coordinates"][0]  # a Polygon in EPSG:32633
+    bounds = (min(c[0] for c in coords), min(c[1] for c in coords), max(c[0] for c in coords), max(c[1] for c in coords))
+    times = json.loads((base / "timestamps.json").read_text())
+    return {
+        "bounds": bounds, "epsg": 32633, "times": [datetime.fromisoformat(t).replace(tzinfo=timezone.utc) for t in times],
+        "clm": np.load(base / "mask" / "CLM.npy")[..., 0],
+        "clp": np.load(base / "data" / "CLP.npy")[..., 0],
+        "cloud_coverage": np.load(base / "scalar" / "CLOUD_COVERAGE.npy")[:, 0].astype(np.float64),
+        "valid_count": np.load(base / "mask_timeless" / "VALID_COUNT.npy")[..., 0],
+    }
+
+
+def write_eolearn_archive(out: Path, realdata: Path) -> Path:
+    """The 68 eo-learn dates: assets ``clm`` (uint8 cloud mask), ``clp`` (s2cloudless
+    probability 0–1) and ``cs_cdf`` (1 − CLP, a clear score in the manner of Cloud Score+)."""
+    if (out / "items" / "items.json").exists():
+        return out
+    p = eolearn_patch(realdata)
+    rows, cols = p["clm"].shape[1:]
+    transform = from_bounds(*p["bounds"], cols, rows)
+    items = []
+    for t, when in enumerate(p["times"]):
+        item_id = f"S2A_33TVM_{when:%Y%m%dT%H%M%S}_L2A"  # 2015-12-08 has two acquisitions
+        folder = f"eolearn/{item_id}"
+        write_cog(out / folder / "CLM.tif", p["clm"][t].astype(np.uint8), "EPSG:32633", transform)
+        write_cog(out / folder / "CLP.tif", p["clp"][t].astype(np.float32), "EPSG:32633", transform)
+        write_cog(out / folder / "CS_CDF.tif", (1.0 - p["clp"][t]).astype(np.float32), "EPSG:32633", transform)
+        assets = {k: {"href": f"{folder}/{name}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"]}
+                  for k, name in (("clm", "CLM"), ("clp", "CLP"), ("cs_cdf", "CS_CDF"))}
+        items.append(_item(item_id, when, 32633, p["bounds"], assets))
+    return _finish(out, items)
+
+
+def write_sen2r_archive(out: Path, realdata: Path) -> Path:
+    """The two real SCL crops over Lake Barbellino (EPSG:32632, 20 m)."""
+    if (out / "items" / "items.json").exists():
+        return out
+    items = []
+    for name, when in (("S2A2A_20170703_022_Barbellino_SCL_10.tif", datetime(2017, 7, 3, 10, 20, 21, tzinfo=timezone.utc)),
+                       ("S2A2A_20190723_022_Barbellino_SCL_10.tif", datetime(2019, 7, 23, 10, 20, 31, tzinfo=timezone.utc))):
+        with rasterio.open(realdata / "sen2r_barbellino" / name) as src:
+            data, transform, bounds, nodata = src.read(1), src.transform, tuple(src.bounds), src.nodata
+        item_id = f"S2A_32TNS_{when:%Y%m%d}_0_L2A"
+        write_cog(out / "sen2r" / item_id / "SCL.tif", data, "EPSG:32632", transform, nodata=0 if nodata is None else nodata)
+        assets = {"scl": {"href": f"sen2r/{item_id}/SCL.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"]}}
+        items.append(_item(item_id, when, 32632, bounds, assets, baseline="02.05"))
+    return _finish(out, items)
+
+
+def write_l1c_reference_archive(out: Path, realdata: Path) -> Path:
+    """The five 13-band L1C reference scenes, twice: once as baseline 05.09 digital numbers
+    (reflectance × 10000 + 1000 offset) and once as baseline 03.01 (no offset)."""
+    if (out / "items" / "items.json").exists():
+        return out
+    scenes = np.load(realdata / "eolearn_testeopatch" / "REFERENCE_SCENES.npy")
+    p = eolearn_patch(realdata)
+    rows, cols = scenes.shape[1:3]
+    transform = from_bounds(*p["bounds"], cols, rows)
+    items = []
+    for k in range(scenes.shape[0]):
+        for baseline, offset, hour in (("05.09", 1000, 10), ("03.01", 0, 11)):
+            when = datetime(2022, 6, 1 + k, hour, 0, 0, tzinfo=timezone.utc)
+            item_id = f"S2A_33TVM_{when:%Y%m%d}_{0 if offset else 1}_L1C"
+            folder = f"l1c/{item_id}"
+            assets = {}
+            for b, key in enumerate(L1C_ASSETS):
+                dn = np.round(scenes[k, :, :, b] * 10000 + offset).astype(np.uint16)
+                write_cog(out / folder / f"{key}.tif", dn, "EPSG:32633", transform, nodata=0)
+                assets[key] = {"href": f"{folder}/{key}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"]}
+            items.append(_item(item_id, when, 32633, p["bounds"], assets, baseline=baseline, collection="sentinel-2-l1c"))
+    return _finish(out, items, collection="sentinel-2-l1c")
+
+
+def reset(out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)

@@ -1,0 +1,230 @@
+"""core.screening and core.masks on real data and on the sample archive's truth, every read
+going through GDAL /vsicurl/ against nginx on loopback."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import served_scenes
+from shapely.geometry import box, shape
+
+from cloud_probability.core import sample_archive as sa
+from cloud_probability.core.masks import (
+    CLEAR, CLOUD, NODATA, PRESETS, SHADOW, SNOW, MaskSpec, dilate_clouds, mask_from_scl, mask_from_score,
+)
+from cloud_probability.core.progress import Cancelled, NullProgress
+from cloud_probability.core.screening import screen_scenes
+
+
+def test_mask_from_scl_classes():
+    scl = np.arange(12, dtype=np.uint8)
+    assert mask_from_scl(scl, PRESETS["scl"]).tolist() == [
+        NODATA, NODATA, CLEAR, SHADOW, CLEAR, CLEAR, CLEAR, CLEAR, CLOUD, CLOUD, CLOUD, SNOW]
+    spec = replace(PRESETS["scl"], cloud_classes=(3, 8, 9))  # cirrus not cloud, shadows are
+    assert mask_from_scl(scl, spec).tolist()[3] == CLOUD and mask_from_scl(scl, spec).tolist()[10] == CLEAR
+
+
+def test_score_directions():
+    values = np.array([0.1, 0.39, 0.4, 0.9, np.nan])
+    assert mask_from_score(values, PRESETS["s2cloudless_probability"]).tolist() == [CLEAR, CLEAR, CLOUD, CLOUD, NODATA]
+    assert mask_from_score(values, PRESETS["cloud_score_plus"]).tolist() == [CLOUD, CLOUD, CLOUD, CLEAR, NODATA]
+    clp = np.array([0, 101, 102, 255], dtype=np.uint8)  # Sentinel Hub CLP is 0–255
+    assert mask_from_score(clp, PRESETS["sentinelhub_clp"]).tolist() == [CLEAR, CLEAR, CLOUD, CLOUD]
+
+
+def test_dilation_is_a_disc_in_metres_and_keeps_no_data():
+    mask = np.zeros((11, 11), np.uint8)
+    mask[5, 5] = CLOUD
+    mask[0, :] = NODATA
+    grown = dilate_clouds(mask, 40.0, 20.0)  # 2 pixels
+    assert (grown == CLOUD).sum() == 13  # the radius-2 disc
+    assert (grown[0] == NODATA).all()
+    assert (dilate_clouds(mask, 19.0, 20.0) == mask).all()
+
+
+def test_sen2r_scene_gives_its_13_1_percent(sen2r_servers):
+    scenes = served_scenes(sen2r_servers)
+    with rasterio.open(scenes[0].item["assets"]["scl"]["href"].replace(sen2r_servers.cogs.url, str(sen2r_servers.archive))) as ds:
+        area = box(*ds.bounds)
+    result = screen_scenes(scenes, area, 32632, PRESETS["scl"])
+    by_day = {o.scene.datetime[:10]: o.fractions for o in result.observations}
+    assert by_day["2017-07-03"].cloud_pct == pytest.approx(100 * 33 / 252)  # classes 8 (30 px) + 9 (3 px)
+    assert round(by_day["2017-07-03"].cloud_pct, 1) == 13.1
+    assert by_day["2017-07-03"].valid_pct == 100.0 and by_day["2017-07-03"].area_pixels == 252
+    assert by_day["2019-07-23"].cloud_pct == 0.0
+    assert [o.scene.datetime[:10] for o in result.observations] == ["2019-07-23", "2017-07-03"]  # clearest first
+    assert 0 < result.bytes_fetched
+
+
+def test_sen2r_polygon_area(sen2r_servers, realdata):
+    """A non-rectangular area: only pixels whose centre is inside count (checked with GDAL's rasterizer)."""
+    from rasterio import features
+
+    polygon = json.loads((realdata / "sen2r_barbellino" / "barbellino.geojson").read_text())
+    geom = shape(polygon["features"][0]["geometry"] if "features" in polygon else polygon)
+    scenes = served_scenes(sen2r_servers)
+    result = screen_scenes(scenes, geom, 32632, PRESETS["scl"])
+    obs = next(o for o in result.observations if o.scene.datetime.startswith("2017"))
+    with rasterio.open(sen2r_servers.archive / scenes[0].item["assets"]["scl"]["href"].split(sen2r_servers.cogs.url + "/")[-1]) as ds:
+        scl = ds.read(1)
+        inside = features.geometry_mask([geom], scl.shape, ds.transform, invert=True)
+    expected = 100 * np.isin(scl[inside], [8, 9, 10]).sum() / inside.sum()
+    assert obs.fractions.area_pixels == inside.sum() < 252
+    assert obs.fractions.cloud_pct == pytest.approx(expected)
+
+
+def test_eolearn_cloud_coverage_per_date(eolearn_servers, realdata):
+    """CLM written as COGs: the whole patch's cloud share per date equals CLOUD_COVERAGE."""
+    import realdata_archives
+
+    patch = realdata_archives.eolearn_patch(realdata)
+    scenes = served_scenes(eolearn_servers)
+    spec = MaskSpec(source="score", asset="clm", threshold=0.5, cloud_when="above")
+    area = box(*patch["bounds"]).buffer(-1.0)  # pixel centres of the whole patch
+    result = screen_scenes(scenes, area, 32633, spec, resolution=10.0, concurrency=8)
+    assert len(result.observations) == 68 and result.errors == 0
+    got = {o.scene.datetime: o.fractions.cloud_pct / 100 for o in result.observations}
+    for t, when in enumerate(patch["times"]):
+        key = when.strftime("%Y-%m-%dT%H:%M:%S.000000Z").replace(".000000Z", "Z")
+        value = next(v for k, v in got.items() if k.startswith(when.strftime("%Y-%m-%dT%H:%M:%S")))
+        assert value == pytest.approx(patch["clm"][t].mean(), abs=1e-12), key
+        # CLOUD_COVERAGE is stored as float16: it is our value rounded to float16
+        assert np.float16(value) == np.float16(patch["cloud_coverage"][t]), key
+        assert value == pytest.approx(patch["cloud_coverage"][t], abs=2.5e-4), key
+
+
+def test_eolearn_probability_rasters_both_directions(eolearn_servers, realdata):
+    """CLP (cloud when ≥ 0.4) and 1 − CLP as a clear score (cloud when < 0.6) agree with numpy."""
+    import realdata_archives
+
+    patch = realdata_archives.eolearn_patch(realdata)
+    scenes = served_scenes(eolearn_servers)
+    area = box(*patch["bounds"]).buffer(-1.0)
+    clp = screen_scenes(scenes, area, 32633, PRESETS["s2cloudless_probability"].__class__(
+        source="score", asset="clp", threshold=0.4, cloud_when="above"), resolution=10.0)
+    cs = screen_scenes(scenes, area, 32633, replace(PRESETS["cloud_score_plus"], threshold=0.6), resolution=10.0)
+    a = {o.scene.item_id: o.fractions.cloud_pct for o in clp.observations}
+    b = {o.scene.item_id: o.fractions.cloud_pct for o in cs.observations}
+    order = sorted(a)
+    expected = [100 * (patch["clp"][t] >= 0.4).mean() for t in range(68)]
+    assert [a[k] for k in order] == pytest.approx(expected, abs=1e-9)
+    # 1 − CLP < 0.6 ⇔ CLP > 0.4: equal up to pixels exactly at 0.4 after float32 rounding
+    assert [b[k] for k in order] == pytest.approx(expected, abs=0.05)
+
+
+def _interior_area(layout, code: str, size_m: float = 1200.0):
+    """A box inside one tile and outside every other tile (so one product per acquisition)."""
+    tiles = {t.code: t for t in layout.tiles}
+    own = sa._tile_polygon_27700(tiles[code])
+    others = [sa._tile_polygon_27700(t) for c, t in tiles.items() if c != code]
+    free = own
+    for o in others:
+        free = free.difference(o)
+    free = free.buffer(-50.0)
+    c = free.representative_point()
+    area = box(c.x - size_m / 2, c.y - size_m / 2, c.x + size_m / 2, c.y + size_m / 2).intersection(free)
+    assert area.area > 0.5 * size_m**2
+    return area
+
+
+def test_sample_archive_area_fraction_equals_the_generator_truth(sample_servers, sample_archive):
+    """Per acquisition, screening over HTTP gives exactly the generator's own pixel counts."""
+    spec = sa.SampleSpec.small()
+    layout = sa.make_layout(spec)
+    area = _interior_area(layout, "30UYC")
+    tile = next(t for t in layout.tiles if t.code == "30UYC")
+    x, y = sa.tile_positions_27700(tile, slice(0, tile.size_px))
+    from shapely import vectorized
+
+    inside = vectorized.contains(area, x, y)
+    scenes = served_scenes(sample_servers)
+    result = screen_scenes(scenes, area, 27700, PRESETS["scl"], concurrency=8)
+    assert result.errors == 0 and len(result.observations) == len(layout.datatakes)
+    checked = 0
+    for obs in result.observations:
+        d = next(d for d in layout.datatakes if f"{d.satellite}_{d.sensing:%Y%m%dT%H%M%S}" == obs.datatake_id)
+        product = sa.Product(d, tile)  # the whole tile, whatever datastrips it came in
+        scl = sa.render_scl(layout, sa.DatatakeFields(layout, d), product)
+        values = scl[inside]
+        valid = np.count_nonzero(values > 1)
+        assert obs.fractions.valid_pixels == valid, obs.datatake_id
+        if valid:
+            assert obs.fractions.cloud_pct == pytest.approx(100 * np.isin(values, [8, 9, 10]).sum() / valid, abs=1e-9)
+            assert obs.fractions.shadow_pct == pytest.approx(100 * (values == 3).sum() / valid, abs=1e-9)
+            assert obs.fractions.snow_pct == pytest.approx(100 * (values == 11).sum() / valid, abs=1e-9)
+            checked += 1
+        if len(obs.scenes) > 1:  # split datastrips / reprocessed duplicate combined into one
+            assert obs.fractions.valid_pixels <= obs.fractions.area_pixels
+    assert checked > 100
+
+
+def test_area_across_the_utm_boundary_counts_each_pixel_once(sample_servers, sample_archive):
+    info = json.loads((sample_archive / "archive.json").read_text())
+    x0, y0, x1, y1 = info["aoi_27700"]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    area = box(cx - 600, cy - 600, cx + 600, cy + 600)  # straddles 0° E
+    result = screen_scenes(served_scenes(sample_servers), area, 27700, PRESETS["scl"])
+    multi = [o for o in result.observations if len(o.scenes) > 1]
+    assert multi and all(o.fractions.valid_pixels <= o.fractions.area_pixels for o in result.observations)
+    assert max(o.fractions.valid_pct for o in result.observations) > 99.0
+    zones = {s.epsg for o in multi for s in o.scenes}
+    assert zones == {32630, 32631}
+
+
+def test_unreadable_scene_is_marked_not_dropped_nor_clear(sample_servers):
+    scenes = served_scenes(sample_servers)[:12]
+    broken = scenes[3]
+    item = json.loads(broken.item_json())
+    item["assets"]["scl"]["href"] = item["assets"]["scl"]["href"].replace("SCL.tif", "MISSING.tif")
+    from cloud_probability.core.stac import normalise_item
+
+    scenes[3] = normalise_item(item)
+    progress = _Recorder()
+    area = shape(broken.geometry).representative_point().buffer(0.002)
+    result = screen_scenes(scenes, area, 4326, PRESETS["scl"], progress=progress)
+    bad = [o for o in result.observations if o.error]
+    assert len(bad) == 1 and bad[0].fractions is None and broken.item_id in [s.item_id for s in bad[0].scenes]
+    assert result.observations[-1] is bad[0]  # ranked last
+    assert any(broken.item_id in w for w in progress.warnings)
+
+
+class _Recorder(NullProgress):
+    def __init__(self, cancel_after: int | None = None):
+        self.warnings, self.steps, self.cancel_after = [], 0, cancel_after
+
+    def warning(self, message):
+        self.warnings.append(message)
+
+    def set_progress(self, percent):
+        self.steps += 1
+
+    def is_canceled(self):
+        return self.cancel_after is not None and self.steps >= self.cancel_after
+
+
+def test_cancel_stops_the_screening(sample_servers):
+    progress = _Recorder(cancel_after=3)
+    scenes = served_scenes(sample_servers)
+    area = shape(scenes[0].geometry).centroid.buffer(0.003)
+    with pytest.raises(Cancelled):
+        screen_scenes(scenes, area, 4326, PRESETS["scl"], concurrency=2, progress=progress)
+    assert progress.steps < 20
+
+
+def test_windows_fetch_a_fraction_of_the_files(sample_servers, sample_archive):
+    scenes = served_scenes(sample_servers)
+    layout = sa.make_layout(sa.SampleSpec.small())
+    area = _interior_area(layout, "30UYC", size_m=300.0)
+    from cloud_probability.core.reading import clear_http_cache
+
+    clear_http_cache()  # earlier tests read these windows: GDAL would answer from memory
+    before = sample_servers.cogs.bytes_sent()
+    result = screen_scenes(scenes, area, 27700, PRESETS["scl"])
+    served = sample_servers.cogs.bytes_sent() - before
+    whole = sum((sample_archive / s.item["assets"]["scl"]["href"].split(sample_servers.cogs.url + "/")[-1]).stat().st_size
+                for o in result.observations for s in o.scenes[:1])
+    assert 0 < result.bytes_fetched <= served * 1.01
+    assert served < 0.8 * whole  # a 300 m window of a 3.2 km tile
