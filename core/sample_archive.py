@@ -48,6 +48,7 @@ SCL_WATER, SCL_UNCLASSIFIED, SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH, SCL_CIRRUS, SCL_S
 
 GREENWICH_27700 = (538_900.0, 177_600.0)  # 0° E, 51.48° N, on the British National Grid
 RES = 20.0  # metres, SCL resolution
+GENERATOR_VERSION = 2  # bump when the output changes for the same spec: cached archives are rebuilt
 ZONE_EPSG = {30: 32630, 31: 32631}
 TILE_SQUARES = {30: ["YC", "YD", "XC", "XD"], 31: ["CT", "CU", "DT", "DU"]}
 
@@ -70,7 +71,7 @@ class SampleSpec:
     edge_bias: float = 0.08  # added to the cloud probability in that band (fraction)
     urban_false_cloud: float = 0.15  # rate at which clear urban pixels are classified as cloud
     shadow_shift_m: tuple[float, float] = (-300.0, 400.0)  # shadow offset from its cloud (x, y metres)
-    truecolor_every: int = 6  # write red/green/blue for every N-th datatake
+    truecolor_every: int = 6  # write red/green/blue for every N-th datatake (0: never)
     n_zones: int = 300
     blocksize: int = 128  # COG internal tile size (GDAL minimum)
     max_datatakes: int = 0  # 0 = all in the period (benchmarks may cap the count)
@@ -83,7 +84,8 @@ class SampleSpec:
     @staticmethod
     def full(**changes) -> "SampleSpec":
         """Real-size 5490×5490 tiles (benchmarks); cap ``max_datatakes`` to bound the time."""
-        base = dict(tile_px=5490, overlap_px=490, cloud_corr_m=6000.0, lattice_m=200.0, blocksize=512, n_zones=2000)
+        base = dict(tile_px=5490, overlap_px=490, cloud_corr_m=6000.0, lattice_m=200.0, blocksize=512, n_zones=2000,
+                    shadow_shift_m=(-1500.0, 2000.0))
         base.update(changes)
         return SampleSpec(**base)
 
@@ -223,7 +225,7 @@ class DatatakeFields:
         sx, sy = spec.shadow_shift_m
         z_src = _normal_cdf(self._lattice(self.g, x - sx, y - sy))
         q_src = np.minimum(true_probability(x - sx, y - sy, layout.aoi), 0.99)
-        shadow = ~cloudy & (z_src < q_src) & ((q_src - z_src) / q_src > 0.2)
+        shadow = ~cloudy & (z_src < q_src)  # the cloud the sun shines through is cloud there
 
         ix = np.floor(x / RES).astype(np.int64)
         iy = np.floor(y / RES).astype(np.int64)
@@ -234,6 +236,9 @@ class DatatakeFields:
         water = river_mask(layout, x, y)
 
         scl = np.full(x.shape, SCL_VEGETATION, dtype=np.uint8)
+        # static land cover: 100 m parcels of bare soil among vegetation (as real SCLs have)
+        parcel = _hash01(ix // 5, iy // 5, spec.seed + 17)
+        scl[parcel < 0.22] = SCL_NOT_VEGETATED
         scl[urban] = SCL_NOT_VEGETATED
         scl[water] = SCL_WATER
         scl[u2 < 0.010] = SCL_DARK
@@ -704,12 +709,42 @@ def _products(layout: Layout) -> list[Product]:
     return products
 
 
-def generate(out_dir: str | Path, spec: SampleSpec | None = None, progress: Progress | None = None) -> Path:
+def _render_datatake(spec: SampleSpec, work: str, index: int, products: list[Product], truecolor: bool) -> list[tuple[dict, dict]]:
+    """Render and write every product of one datatake; (item, truth) for those with data.
+
+    Runs in a worker process too, so it rebuilds the (deterministic) layout from the spec.
+    """
+    layout = make_layout(spec)
+    datatake = layout.datatakes[index]
+    fields_ = DatatakeFields(layout, datatake)
+    out = []
+    for product in products:
+        product = Product(datatake, product.tile, product.sequence, product.baseline, product.part, product.generated)
+        scl = render_scl(layout, fields_, product)
+        counts = _class_counts(scl)
+        if counts[SCL_NODATA] == scl.size:
+            continue
+        folder = Path(work) / product.folder
+        _write_cog(folder / "SCL.tif", scl, product.tile, RES, 0, "NEAREST", spec.blocksize)
+        if truecolor:
+            rgb = render_truecolor(scl, seed=spec.seed * 7 + index * 31 + product.sequence)
+            for band, i in (("B04", 0), ("B03", 1), ("B02", 2)):
+                _write_cog(folder / f"{band}.tif", rgb[i], product.tile, 10.0, 0, "AVERAGE", spec.blocksize)
+        truth = {
+            "datatake": datatake.datatake_id, "tile": product.tile.code, "epsg": product.tile.epsg,
+            "orbit": datatake.orbit, "part": product.part, "baseline": product.baseline, "class_counts": counts,
+        }
+        out.append((_item(layout, product, counts, truecolor), truth))
+    return out
+
+
+def generate(out_dir: str | Path, spec: SampleSpec | None = None, progress: Progress | None = None, workers: int = 1) -> Path:
     """Write a sample archive for ``spec`` into ``out_dir``; return its folder.
 
-    A finished archive (``archive.json`` present with the same spec) is reused as it is;
-    anything else in ``out_dir`` is replaced. Written to a temporary sibling first and moved
-    into place at the end, so a cancelled run leaves no half-written archive.
+    A finished archive (``archive.json`` with the same spec and generator version) is reused as
+    it is; anything else in ``out_dir`` is replaced. Written to a temporary sibling first and
+    moved into place at the end, so a cancelled run leaves no half-written archive.
+    ``workers`` > 1 renders datatakes in that many processes (full-size archives).
     """
     spec = spec or SampleSpec.small()
     progress = progress or NullProgress()
@@ -718,7 +753,8 @@ def generate(out_dir: str | Path, spec: SampleSpec | None = None, progress: Prog
     spec_dict = json.loads(json.dumps(asdict(spec), default=str))
     if manifest.exists():
         try:
-            if json.loads(manifest.read_text())["spec"] == spec_dict:
+            done = json.loads(manifest.read_text())
+            if done["spec"] == spec_dict and done.get("generator_version") == GENERATOR_VERSION:
                 return out
         except (ValueError, KeyError):
             pass
@@ -726,53 +762,51 @@ def generate(out_dir: str | Path, spec: SampleSpec | None = None, progress: Prog
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    pool = None
     try:
         layout = make_layout(spec)
-        products = _products(layout)
-        items = []
-        scene_truth = {}
-        fields_cache: dict[int, DatatakeFields] = {}
-        tc_indices = {d.index for d in layout.datatakes if d.index % max(1, spec.truecolor_every) == 0}
-        for n, product in enumerate(products):
-            check_cancel(progress)
-            d = product.datatake
-            if d.index not in fields_cache:
-                fields_cache.clear()
-                fields_cache[d.index] = DatatakeFields(layout, d)
-            scl = render_scl(layout, fields_cache[d.index], product)
-            counts = _class_counts(scl)
-            if counts[SCL_NODATA] == scl.size:
-                continue
-            folder = work / product.folder
-            _write_cog(folder / "SCL.tif", scl, product.tile, RES, 0, "NEAREST", spec.blocksize)
-            truecolor = d.index in tc_indices
-            if truecolor:
-                rgb = render_truecolor(scl, seed=spec.seed * 7 + n)
-                for band, i in (("B04", 0), ("B03", 1), ("B02", 2)):
-                    _write_cog(folder / f"{band}.tif", rgb[i], product.tile, 10.0, 0, "AVERAGE", spec.blocksize)
-            item = _item(layout, product, counts, truecolor)
-            items.append(item)
-            scene_truth[product.item_id] = {
-                "datatake": d.datatake_id,
-                "tile": product.tile.code,
-                "epsg": product.tile.epsg,
-                "orbit": d.orbit,
-                "part": product.part,
-                "baseline": product.baseline,
-                "class_counts": counts,
-            }
-            progress.set_progress(90.0 * (n + 1) / len(products))
+        by_datatake: dict[int, list[Product]] = {}
+        for product in _products(layout):
+            by_datatake.setdefault(product.datatake.index, []).append(product)
+        tc = {d.index for d in layout.datatakes if spec.truecolor_every > 0 and d.index % spec.truecolor_every == 0}
+        jobs = [(spec, str(work), i, by_datatake[i], i in tc) for i in sorted(by_datatake)]
+        results: dict[int, list] = {}
+        if workers > 1:
+            import concurrent.futures as cf
+            import multiprocessing
+
+            pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            futures = {pool.submit(_render_datatake, *job): job[2] for job in jobs}
+            for n, future in enumerate(cf.as_completed(futures), start=1):
+                check_cancel(progress)
+                results[futures[future]] = future.result()
+                progress.set_progress(90.0 * n / len(jobs))
+        else:
+            for n, job in enumerate(jobs, start=1):
+                check_cancel(progress)
+                results[job[2]] = _render_datatake(*job)
+                progress.set_progress(90.0 * n / len(jobs))
+        items, scene_truth = [], {}
+        for i in sorted(results):
+            for item, truth in results[i]:
+                items.append(item)
+                scene_truth[item["id"]] = truth
         _write_stac(work, items, layout)
         check_cancel(progress)
         _write_truth(work, layout, scene_truth)
         progress.set_progress(97.0)
         _write_zones(work, layout)
         (work / "archive.json").write_text(
-            json.dumps({"spec": spec_dict, "items": len(items), "aoi_27700": layout.aoi, "datatakes": len(layout.datatakes)}, indent=1)
+            json.dumps({"spec": spec_dict, "generator_version": GENERATOR_VERSION, "items": len(items),
+                        "aoi_27700": layout.aoi, "datatakes": len(layout.datatakes)}, indent=1)
         )
     except BaseException:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(work, ignore_errors=True)
         raise
+    if pool is not None:
+        pool.shutdown(wait=True)
     if out.exists():
         shutil.rmtree(out)
     work.rename(out)
@@ -907,9 +941,10 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("out")
     parser.add_argument("--full", action="store_true", help="real-size 5490×5490 tiles")
     parser.add_argument("--max-datatakes", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering datatakes")
     args = parser.parse_args(list(argv) if argv is not None else None)
     spec = SampleSpec.full(max_datatakes=args.max_datatakes) if args.full else SampleSpec.small(max_datatakes=args.max_datatakes)
-    path = generate(args.out, spec)
+    path = generate(args.out, spec, workers=args.workers)
     print(path)
 
 
