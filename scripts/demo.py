@@ -3,8 +3,11 @@
 1. writes the sample archive (a synthetic year of Sentinel-2 L2A scenes around Greenwich,
    with its truth) under .build/sample-small, unless it is there already;
 2. serves it for real on loopback: nginx for the COGs (HTTP Range), `rustac serve` for STAC;
-3. runs `cloudprob:searchscenes` for the archive's area and 2024 through scripts/qgis_process;
-4. writes demo_out/scenes.gpkg and prints a short summary.
+3. through scripts/qgis_process: `cloudprob:searchscenes` for the archive's area and 2024,
+   `cloudprob:screenscenes` for a 2 km × 2 km area around Greenwich (cloud inside the area, not
+   the scene's), and `cloudprob:cloudmask` of the clearest acquisition;
+4. writes demo_out/scenes.gpkg, demo_out/screened.gpkg, demo_out/cloud_mask.tif and prints a
+   short summary.
 """
 from __future__ import annotations
 
@@ -28,6 +31,20 @@ def _plugin_importable() -> None:
     sys.path[:0] = [str(plugins), str(ROOT / "scripts")]
 
 
+def _run(algorithm: str, args: list[str]):
+    """Run one algorithm through scripts/qgis_process; (JSON report, seconds) or (None, s)."""
+    cmd = [str(ROOT / "scripts" / "qgis_process"), "--json", "run", algorithm, "--", *args]
+    print(f"$ scripts/qgis_process run {algorithm} -- …")
+    t0 = time.monotonic()
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.monotonic() - t0
+    if run.returncode != 0:
+        print(run.stdout[-4000:], run.stderr[-4000:], sep="\n", file=sys.stderr)
+        print(f"{algorithm} failed", file=sys.stderr)
+        return None, elapsed
+    return json.loads(run.stdout), elapsed
+
+
 def main() -> int:
     _plugin_importable()
     import servers
@@ -40,31 +57,39 @@ def main() -> int:
           f"in {time.monotonic() - t0:.1f} s")
     OUT.mkdir(exist_ok=True)
     scenes_path = OUT / "scenes.gpkg"
-    if scenes_path.exists():
-        scenes_path.unlink()
+    for old in ("scenes.gpkg", "screened.gpkg", "cloud_mask.tif"):
+        if (OUT / old).exists():
+            (OUT / old).unlink()
     xmin, ymin, xmax, ymax = info["aoi_27700"]
     with servers.SampleServers(archive, BUILD / "demo-servers") as running:
         print(f"STAC API {running.stac.url}   COGs {running.cogs.url}")
-        cmd = [
-            str(ROOT / "scripts" / "qgis_process"), "--json", "run", "cloudprob:searchscenes", "--",
+        report, elapsed = _run("cloudprob:searchscenes", [
             f"STAC_URL={running.stac.url}", "COLLECTION=sentinel-2-l2a",
             f"AOI={xmin},{xmax},{ymin},{ymax} [EPSG:27700]",
-            "START_DATE=2024-01-01", "END_DATE=2024-12-31", "MAX_SCENE_CLOUD=100",
-            f"OUTPUT={scenes_path}",
-        ]
-        print("$ " + " ".join(cmd[:4] + ["--", "…"]))
-        t1 = time.monotonic()
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            print(run.stdout[-4000:], run.stderr[-4000:], sep="\n", file=sys.stderr)
-            print("cloudprob:searchscenes failed", file=sys.stderr)
+            "START_DATE=2024-01-01", "END_DATE=2024-12-31", "MAX_SCENE_CLOUD=100", f"OUTPUT={scenes_path}",
+        ])
+        if report is None:
             return 1
-        elapsed = time.monotonic() - t1
-    report = json.loads(run.stdout)
-    for line in report.get("log", {}).get("info", [])[-3:]:
-        print("  " + line)
+        gx, gy = 538_900, 177_600  # Greenwich, on the UTM 30/31 boundary
+        screened_path = OUT / "screened.gpkg"
+        screen, screen_s = _run("cloudprob:screenscenes", [
+            f"SCENES={scenes_path}", f"AOI={gx - 1000},{gx + 1000},{gy - 1000},{gy + 1000} [EPSG:27700]",
+            "MAX_AOI_CLOUD=100", "MIN_AOI_VALID=50", f"OUTPUT={screened_path}",
+        ])
+        if screen is None:
+            return 1
+        import geopandas as gpd
 
-    import geopandas as gpd
+        screened = gpd.read_file(screened_path).sort_values("aoi_rank")
+        clearest = screened.iloc[0]
+        mask_path = OUT / "cloud_mask.tif"
+        ranked = gpd.read_file(scenes_path).sort_values("scene_cloud")
+        half_cloudy = ranked.iloc[len(ranked) // 2]  # a scene with clouds, shadows and clear ground
+        mask, mask_s = _run("cloudprob:cloudmask", [
+            f"SCENES={scenes_path}", f"SCENE_ID={half_cloudy['item_id']}", f"OUTPUT={mask_path}",
+        ])
+        if mask is None:
+            return 1
 
     scenes = gpd.read_file(scenes_path)
     by_tile = scenes.groupby("mgrs_tile").size().to_dict()
@@ -77,9 +102,16 @@ def main() -> int:
           f"relative orbits: {sorted(scenes['relative_orbit'].unique().tolist())}")
     print(f"  scene cloud (eo:cloud_cover): median {scenes['scene_cloud'].median():.1f} %, "
           f"{len(clear)} scenes at most 10 %")
-    dup = scenes.groupby(["datatake_id", "mgrs_tile"]).size()
-    print(f"  products sharing a datatake and tile (split datastrips, reprocessing): {int((dup > 1).sum())}")
-    print("Open demo_out/scenes.gpkg in QGIS, or run any cloudprob algorithm with scripts/qgis_process.")
+    print(f"Wrote {screened_path.relative_to(ROOT)}: {len(screened)} acquisitions over 2 km × 2 km at Greenwich "
+          f"in {screen_s:.1f} s ({screen['log']['info'][-1].split('Fetched')[-1].strip()})")
+    print("  clearest over the area (area cloud vs the scene-level figure):")
+    for _, row in screened.head(5).iterrows():
+        print(f"    {str(row['datetime'])[:10]}  area {row['aoi_cloud_pct']:5.1f} %   scene {row['scene_cloud']:5.1f} %"
+              f"   valid {row['aoi_valid_pct']:5.1f} %   {row['n_products']} products")
+    misleading = screened[(screened["scene_cloud"] < 20) & (screened["aoi_cloud_pct"] > 50)]
+    print(f"  acquisitions whose scene says < 20 % cloud but the area is > 50 % cloudy: {len(misleading)}")
+    print(f"Wrote {mask_path.relative_to(ROOT)}: cloud mask of {half_cloudy['item_id']} in {mask_s:.1f} s")
+    print("Open demo_out/ in QGIS, or run any cloudprob algorithm with scripts/qgis_process.")
     return 0
 
 

@@ -231,3 +231,89 @@ def write_items_for(archive: Path, base_url: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data))
     return out
+
+
+class LatencyProxy:
+    """A TCP proxy on 127.0.0.1 that holds every client request ``latency_ms`` before passing
+    it to ``upstream_port``: an HTTP server as far away as a cloud bucket, on loopback.
+
+    HTTP/1.1 clients (curl/GDAL) send one request at a time per connection, so delaying each
+    chunk from the client delays each request once. Runs in a daemon thread: it ends with the
+    process at the latest.
+    """
+
+    def __init__(self, upstream_port: int, latency_ms: float, port: int | None = None):
+        import asyncio
+        import threading
+
+        self.upstream_port = upstream_port
+        self.latency = latency_ms / 1000.0
+        self.port = port or free_port()
+        self.loop = asyncio.new_event_loop()
+        self._server = None
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self._server = self.loop.run_until_complete(asyncio.start_server(self._handle, HOST, self.port))
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="latency-proxy", daemon=True)
+        self.thread.start()
+        if not started.wait(10):
+            raise RuntimeError("latency proxy did not start")
+
+    async def _handle(self, reader, writer) -> None:
+        import asyncio
+
+        try:
+            up_reader, up_writer = await asyncio.open_connection(HOST, self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def client_to_server() -> None:
+            try:
+                while True:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    await asyncio.sleep(self.latency)
+                    up_writer.write(data)
+                    await up_writer.drain()
+            finally:
+                up_writer.close()
+
+        async def server_to_client() -> None:
+            try:
+                while True:
+                    data = await up_reader.read(1 << 20)
+                    if not data:
+                        break
+                    writer.write(data)
+                    await writer.drain()
+            finally:
+                writer.close()
+
+        await asyncio.gather(client_to_server(), server_to_client(), return_exceptions=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            def shutdown() -> None:
+                if self._server is not None:
+                    self._server.close()
+                self.loop.stop()
+
+            self.loop.call_soon_threadsafe(shutdown)
+            self.thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
