@@ -252,27 +252,87 @@ def grid_of(window: Window) -> Grid:
     return Grid(window.crs, window.transform, tuple(window.data.shape[-2:]))
 
 
-def read_on_grid(href: str, grid: Grid, band: int = 1, resampling: str = "nearest") -> tuple[np.ndarray, np.ndarray]:
-    """Band ``band`` of ``href`` resampled onto ``grid`` (only the blocks it needs are read).
+class GridLookup:
+    """Where each pixel centre of a grid lies in other CRSs, computed once per CRS.
 
-    Returns ``(values, valid)``: ``valid`` is False outside the raster and where it has no data.
-    Raises :class:`ReadError`.
+    Nearest-neighbour resampling is then exact and cheap: a source pixel is the one that
+    contains the output pixel's centre (``floor`` of the exact PROJ transform), and every
+    product in the same UTM zone reuses the same transformed coordinates.
+    """
+
+    def __init__(self, grid: Grid):
+        self.grid = grid
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def coords(self, crs) -> tuple[np.ndarray, np.ndarray]:
+        """x, y (float64, grid shape) of the pixel centres in ``crs``."""
+        from pyproj import CRS, Transformer
+
+        dst = CRS.from_user_input(crs)
+        key = dst.to_wkt()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        rows, cols = self.grid.shape
+        t = self.grid.transform
+        cc, rr = np.meshgrid(np.arange(cols) + 0.5, np.arange(rows) + 0.5)
+        x = t.c + cc * t.a + rr * t.b
+        y = t.f + cc * t.d + rr * t.e
+        src = CRS.from_user_input(self.grid.crs)
+        if src != dst:
+            x, y = Transformer.from_crs(src, dst, always_xy=True).transform(x, y)
+        with self._lock:
+            self._cache[key] = (x, y)
+        return x, y
+
+
+def read_on_grid(href: str, grid: Grid, band: int = 1, resampling: str = "nearest",
+                 lookup: GridLookup | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Band ``band`` of ``href`` on ``grid``; only the blocks under the grid are read.
+
+    Nearest: the source pixel containing each output pixel's centre, with exact coordinates
+    (pass a shared ``lookup`` to transform the grid once for many rasters). Other resampling
+    goes through GDAL's warper. Returns ``(values, valid)``: ``valid`` is False outside the
+    raster and where it has no data. Raises :class:`ReadError`.
     """
     import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window as RWindow
 
     try:
         with rasterio.open(vsi_path(href)) as ds:
-            with WarpedVRT(
-                ds, crs=grid.crs, transform=grid.transform, width=grid.shape[1], height=grid.shape[0],
-                resampling=Resampling[resampling],
-            ) as vrt:
-                values = vrt.read(band)
-                valid = vrt.read_masks(band) > 0
-                return values, valid
+            if resampling != "nearest":
+                return _warp_on_grid(ds, grid, band, resampling)
+            lookup = lookup or GridLookup(grid)
+            x, y = lookup.coords(ds.crs)
+            inv = ~ds.transform
+            col = np.floor(inv.a * x + inv.b * y + inv.c).astype(np.int64)
+            row = np.floor(inv.d * x + inv.e * y + inv.f).astype(np.int64)
+            inside = (col >= 0) & (col < ds.width) & (row >= 0) & (row < ds.height)
+            dtype = np.dtype(ds.dtypes[band - 1])
+            values = np.zeros(grid.shape, dtype=dtype)
+            if not inside.any():
+                return values, inside
+            r0, r1 = int(row[inside].min()), int(row[inside].max()) + 1
+            c0, c1 = int(col[inside].min()), int(col[inside].max()) + 1
+            data = ds.read(band, window=RWindow(c0, r0, c1 - c0, r1 - r0))
+            ok = ds.read_masks(band, window=RWindow(c0, r0, c1 - c0, r1 - r0)) > 0
+            values[inside] = data[row[inside] - r0, col[inside] - c0]
+            valid = inside.copy()
+            valid[inside] = ok[row[inside] - r0, col[inside] - c0]
+            return values, valid
     except _read_errors() as exc:
         raise ReadError(f"{href}: {exc}") from exc
+
+
+def _warp_on_grid(ds, grid: Grid, band: int, resampling: str) -> tuple[np.ndarray, np.ndarray]:
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    with WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.shape[1], height=grid.shape[0],
+                   resampling=Resampling[resampling]) as vrt:
+        return vrt.read(band), vrt.read_masks(band) > 0
 
 
 def write_raster(path: str, data: np.ndarray, grid: Grid, nodata: float | None, tags: dict | None = None) -> None:

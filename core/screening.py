@@ -14,7 +14,7 @@ import numpy as np
 from .masks import NODATA, Fractions, MaskError, MaskSpec, dilate_clouds, fractions, mask_from_scl, mask_from_score
 from .progress import Cancelled, NullProgress, Progress
 from .reading import (
-    Grid, ReadError, area_in_crs, area_mask, gdal_http_env, grid_of, network_bytes, network_bytes_reset,
+    Grid, GridLookup, ReadError, area_in_crs, area_mask, gdal_http_env, grid_of, network_bytes, network_bytes_reset,
     read_on_grid, read_window,
 )
 from .stac import Scene
@@ -74,22 +74,16 @@ def _touches(scene: Scene, area_lonlat) -> bool:
         return True
 
 
-def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid) -> np.ndarray:
+def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLookup | None = None) -> np.ndarray:
     """One product's mask (0 clear, 1 cloud, 2 shadow, 3 snow, 255 no data) on ``grid``."""
-    if spec.source == "scl":
-        href = scene.asset_href(spec.asset or "scl")
+    if spec.source in ("scl", "score"):
+        key = (spec.asset or "scl") if spec.source == "scl" else spec.asset
+        href = scene.asset_href(key)
         if not href:
-            raise MaskError(f"Scene {scene.item_id} has no '{spec.asset}' asset (SCL).")
-        values, valid = read_on_grid(href, grid)
-        mask = mask_from_scl(values, spec)
-        mask[~valid] = NODATA
-        return mask
-    if spec.source == "score":
-        href = scene.asset_href(spec.asset)
-        if not href:
-            raise MaskError(f"Scene {scene.item_id} has no score asset '{spec.asset}'.")
-        values, valid = read_on_grid(href, grid)
-        mask = mask_from_score(values, spec)
+            what = "SCL" if spec.source == "scl" else "score raster"
+            raise MaskError(f"Scene {scene.item_id} has no '{key}' asset ({what}).")
+        values, valid = read_on_grid(href, grid, lookup=lookup)
+        mask = mask_from_scl(values, spec) if spec.source == "scl" else mask_from_score(values, spec)
         mask[~valid] = NODATA
         return mask
     if spec.source == "s2cloudless":
@@ -97,6 +91,27 @@ def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid) -> np.ndarray:
 
         return scene_mask(scene, grid, spec.threshold)
     raise MaskError(f"Unknown mask source '{spec.source}'.")
+
+
+def datatake_mask_on_grid(
+    products: list[Scene], spec: MaskSpec, grid: Grid, lookup: GridLookup | None = None
+) -> np.ndarray:
+    """The mask of one acquisition on ``grid``: its products in order (newest baseline first),
+    each filling only the pixels the ones before it left without data; clouds dilated last."""
+    lookup = lookup or GridLookup(grid)
+    combined = None
+    for scene in products:
+        mask = scene_mask_on_grid(scene, spec, grid, lookup)
+        if combined is None:
+            combined = mask
+        else:
+            gaps = combined == NODATA
+            combined[gaps] = mask[gaps]
+        if not (combined == NODATA).any():
+            break  # covered: the other products of this acquisition add nothing
+    if combined is None:
+        combined = np.full(grid.shape, NODATA, np.uint8)
+    return dilate_clouds(combined, spec.buffer_m, grid.resolution)
 
 
 def _first_grid(scene: Scene, spec: MaskSpec, area, area_epsg: int, resolution: float, halo_m: float) -> Grid | None:
@@ -142,19 +157,7 @@ def observe(
         if grid is None:
             obs.fractions = Fractions(None, None, None, 0.0, 0, 0)
             return obs
-        combined = None
-        for scene in obs.scenes:
-            if scene not in members:
-                continue
-            mask = scene_mask_on_grid(scene, spec, grid)
-            if combined is None:
-                combined = mask
-            else:
-                gaps = combined == NODATA
-                combined[gaps] = mask[gaps]
-            if not (combined == NODATA).any():
-                break  # the area is covered: other products of this datatake add nothing
-        combined = dilate_clouds(combined, spec.buffer_m, grid.resolution)
+        combined = datatake_mask_on_grid([s for s in obs.scenes if s in members], spec, grid)
         inside = area_mask(area, area_epsg, _as_window(combined, grid))
         obs.fractions = fractions(combined, inside, spec.count_shadows)
         obs.grid = grid
