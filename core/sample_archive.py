@@ -925,6 +925,59 @@ def _write_zones(work: Path, layout: Layout) -> None:
             w.writerow([code, f"{mean:.4f}", f"{geom.area:.1f}"])
 
 
+def observation_counts(
+    spec: SampleSpec, crs_epsg: int, transform, shape: tuple[int, int],
+    cloud_classes: tuple[int, ...] = (SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH, SCL_CIRRUS),
+    invalid_classes: tuple[int, ...] = (SCL_NODATA, SCL_DEFECTIVE), datatakes: list[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The generator's own valid and cloudy counts on a grid, from its in-memory scenes.
+
+    The rule an observation follows: per acquisition (datatake), a grid pixel takes the SCL
+    pixel that contains its centre (exact transform) from the first product, in order of
+    newest processing baseline then item id, whose pixel there is valid; an acquisition counts
+    once. ``datatakes`` restricts the count to those datatake indices.
+    """
+    from pyproj import Transformer
+
+    layout = make_layout(spec)
+    rows, cols = shape
+    cc, rr = np.meshgrid(np.arange(cols) + 0.5, np.arange(rows) + 0.5)
+    gx = transform.c + cc * transform.a + rr * transform.b
+    gy = transform.f + cc * transform.d + rr * transform.e
+    coords = {}
+    for epsg in {t.epsg for t in layout.tiles}:
+        coords[epsg] = Transformer.from_crs(crs_epsg, epsg, always_xy=True).transform(gx, gy)
+    valid = np.zeros(shape, np.uint16)
+    cloudy = np.zeros(shape, np.uint16)
+    by_datatake: dict[int, list[Product]] = {}
+    for product in _products(layout):
+        by_datatake.setdefault(product.datatake.index, []).append(product)
+    for index, products in sorted(by_datatake.items()):
+        if datatakes is not None and index not in datatakes:
+            continue
+        fields_ = DatatakeFields(layout, layout.datatakes[index])
+        products = sorted(products, key=lambda p: (-float(p.baseline), p.item_id))
+        value = np.zeros(shape, np.uint8)
+        filled = np.zeros(shape, bool)
+        for product in products:
+            tile = product.tile
+            x, y = coords[tile.epsg]
+            col = np.floor((x - tile.x0) / RES).astype(np.int64)
+            row = np.floor((tile.y0 - y) / RES).astype(np.int64)
+            inside = (col >= 0) & (col < tile.size_px) & (row >= 0) & (row < tile.size_px) & ~filled
+            if not inside.any():
+                continue
+            scl = render_scl(layout, fields_, product)
+            v = scl[row[inside], col[inside]]
+            ok = ~np.isin(v, invalid_classes)
+            idx = np.flatnonzero(inside)[ok]
+            value.flat[idx] = v[ok]
+            filled.flat[idx] = True
+        valid += filled
+        cloudy += filled & np.isin(value, cloud_classes)
+    return valid, cloudy
+
+
 def aoi_lonlat(archive: str | Path) -> tuple[float, float, float, float]:
     """The archive's area as (west, south, east, north) degrees."""
     info = json.loads((Path(archive) / "archive.json").read_text())

@@ -14,6 +14,7 @@ ALGORITHMS = [
     ("search_scenes", "SearchScenesAlgorithm"),
     ("screen_scenes", "ScreenScenesAlgorithm"),
     ("cloud_mask", "CloudMaskAlgorithm"),
+    ("cloud_frequency", "CloudFrequencyAlgorithm"),
 ]
 
 

@@ -1,0 +1,168 @@
+"""``cloudprob:cloudfrequency`` — per-pixel cloud probability over a period (adapter over core.frequency)."""
+from __future__ import annotations
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterCrs,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+from ..core.frequency import FrequencyError, cloud_frequency, grid_for_area, periods_for, utm_epsg
+from ..core.progress import Cancelled
+from ..core.reading import Grid
+from .common import add_mask_parameters, mask_spec, scenes_from_source
+from .feedback import FeedbackProgress, core_logging_to
+from .styling import StylePostProcessor
+
+PERIODS = ["all", "month"]
+
+
+class CloudFrequencyAlgorithm(QgsProcessingAlgorithm):
+    """Valid and cloudy observation counts and the cloud probability on one grid."""
+
+    SCENES = "SCENES"
+    AOI = "AOI"
+    TARGET_CRS = "TARGET_CRS"
+    RESOLUTION = "RESOLUTION"
+    GRID_LIKE = "GRID_LIKE"
+    PERIOD = "PERIOD"
+    CONCURRENCY = "CONCURRENCY"
+    OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
+    OUTPUT_VALID = "OUTPUT_VALID"
+    OUTPUT_CLOUDY = "OUTPUT_CLOUDY"
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("CloudFrequencyAlgorithm", text)
+
+    def createInstance(self):  # noqa: N802
+        return CloudFrequencyAlgorithm()
+
+    def name(self) -> str:
+        return "cloudfrequency"
+
+    def displayName(self) -> str:  # noqa: N802
+        return self.tr("Per-pixel cloud probability")
+
+    def group(self) -> str:
+        return self.tr("Cloud probability")
+
+    def groupId(self) -> str:  # noqa: N802
+        return "probability"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.tr(
+            "Composites every acquisition in the scenes layer onto one grid and counts, per pixel, the valid "
+            "observations and the cloudy ones; the cloud probability is cloudy / valid in percent (no data "
+            "where there is no valid observation). Keep the counts: a probability from 3 observations is not "
+            "one from 150.\n\n"
+            "Each acquisition counts once per pixel: neighbouring MGRS tiles, split datastrips and reprocessed "
+            "duplicates of one datatake are combined, and scenes from several UTM zones are resampled (nearest, "
+            "exact) onto the grid. Valid = every SCL class but no data (0) and defective (1); cloudy = the "
+            "cloud classes (8, 9, 10 by default), plus shadows (3) when asked.\n\n"
+            "Grid: the extent in the target CRS (default: the extent's CRS if projected, else the UTM zone of "
+            "its centre; EPSG:27700 for the UK) at the resolution, edges on multiples of the resolution; or the "
+            "grid of an existing raster. Period: one band for the whole period, or one per month.\n\n"
+            "Work is done in tiles and saved as it goes: a cancelled or failed run resumes from the finished "
+            "tiles when re-run with the same inputs, and never leaves half-written outputs."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Extent of the output grid"), optional=True))
+        self.addParameter(QgsProcessingParameterCrs(self.TARGET_CRS, self.tr("Target CRS (empty: see help)"), optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Double, 20.0, False, 1.0, 10000.0))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.GRID_LIKE, self.tr("Use the grid of this raster instead (optional)"), optional=True))
+        add_mask_parameters(self)
+        self.addParameter(QgsProcessingParameterEnum(
+            self.PERIOD, self.tr("Period"), options=[self.tr("Whole period (one band)"), self.tr("One band per month")],
+            defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.CONCURRENCY, self.tr("Scenes read at once"), QgsProcessingParameterNumber.Integer, 8, False, 1, 64))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, self.tr("Cloud probability (%)")))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_VALID, self.tr("Valid observations")))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLOUDY, self.tr("Cloudy observations")))
+
+    def _grid(self, parameters, context) -> Grid:
+        like = self.parameterAsRasterLayer(parameters, self.GRID_LIKE, context)
+        if like is not None:
+            import rasterio
+
+            with rasterio.open(like.source()) as ds:
+                return Grid(ds.crs, ds.transform, (ds.height, ds.width))
+        if not parameters.get(self.AOI):
+            raise QgsProcessingException(self.tr("Give the extent of the output grid (or a raster whose grid to use)."))
+        aoi_crs = self.parameterAsExtentCrs(parameters, self.AOI, context)
+        target = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
+        if not target.isValid():
+            if aoi_crs.isValid() and not aoi_crs.isGeographic():
+                target = aoi_crs
+            else:
+                centre = self.parameterAsExtent(parameters, self.AOI, context, QgsCoordinateReferenceSystem("EPSG:4326")).center()
+                target = QgsCoordinateReferenceSystem(f"EPSG:{utm_epsg(centre.x(), centre.y())}")
+        if target.isGeographic():
+            raise QgsProcessingException(self.tr("The target CRS must be projected (metres), e.g. EPSG:27700 or a UTM zone."))
+        extent = self.parameterAsExtent(parameters, self.AOI, context, target)
+        resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
+        crs_text = target.authid() if target.authid().upper().startswith("EPSG:") else target.toWkt()
+        grid = grid_for_area((extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()), crs_text, resolution)
+        if grid.shape[0] * grid.shape[1] > 4_000_000_000:
+            raise QgsProcessingException(f"The grid would have {grid.shape[0]} × {grid.shape[1]} pixels; use a coarser resolution.")
+        return grid
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        source = self.parameterAsSource(parameters, self.SCENES, context)
+        if source is None:
+            raise QgsProcessingException(self.invalidSourceError(parameters, self.SCENES))
+        scenes = [s for s, _ in scenes_from_source(source, feedback)]
+        if not scenes:
+            raise QgsProcessingException(self.tr("The scenes layer holds no scenes."))
+        grid = self._grid(parameters, context)
+        spec = mask_spec(self, parameters, context)
+        periods = periods_for(PERIODS[self.parameterAsEnum(parameters, self.PERIOD, context)], scenes)
+        outputs = {
+            "probability": self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context),
+            "valid": self.parameterAsOutputLayer(parameters, self.OUTPUT_VALID, context),
+            "cloudy": self.parameterAsOutputLayer(parameters, self.OUTPUT_CLOUDY, context),
+        }
+        feedback.pushInfo(
+            f"Grid {grid.shape[1]} × {grid.shape[0]} pixels of {grid.resolution:g} m in {grid.crs}; "
+            f"{len(scenes)} scenes, {len({s.datatake_id for s in scenes})} acquisitions; {len(periods)} band(s)."
+        )
+        try:
+            with core_logging_to(feedback):
+                result = cloud_frequency(
+                    scenes, grid, spec, outputs, periods,
+                    concurrency=self.parameterAsInt(parameters, self.CONCURRENCY, context),
+                    progress=FeedbackProgress(feedback),
+                )
+        except Cancelled:
+            feedback.pushWarning(self.tr("Cancelled; finished tiles are kept and a re-run resumes from them. Nothing was written."))
+            return {}
+        except FrequencyError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        mean = result.stats["mean_probability_pct"]
+        feedback.pushInfo(
+            f"{result.pixel_observations / 1e6:.1f} million pixel-observations from {result.acquisitions} acquisitions "
+            f"in {result.seconds:.1f} s ({result.pixel_observations / 1e6 / max(result.seconds, 1e-9):.1f} M/s); "
+            f"{result.tiles} tiles, {result.tiles_resumed} resumed from an earlier run; "
+            f"{result.bytes_fetched / 1e6:.1f} MB fetched. Mean probability: "
+            + ", ".join(f"{p.label} {m:.1f} %" if m is not None else f"{p.label} -" for p, m in zip(periods, mean))
+        )
+        StylePostProcessor.attach(context, outputs["probability"], "cloud_probability.qml", "Cloud probability (%)")
+        StylePostProcessor.attach(context, outputs["valid"], "observation_count.qml", "Valid observations")
+        StylePostProcessor.attach(context, outputs["cloudy"], "observation_count.qml", "Cloudy observations")
+        return {self.OUTPUT_PROBABILITY: outputs["probability"], self.OUTPUT_VALID: outputs["valid"],
+                self.OUTPUT_CLOUDY: outputs["cloudy"]}

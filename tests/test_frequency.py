@@ -1,0 +1,215 @@
+"""cloudprob:cloudfrequency and core.frequency: counts equal to the truth, exactly."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import served_scenes
+
+from cloud_probability.core import sample_archive as sa
+from cloud_probability.core.frequency import (
+    PROBABILITY_NODATA, FrequencyError, cloud_frequency, grid_for_area, periods_for, utm_epsg,
+)
+from cloud_probability.core.masks import PRESETS, MaskSpec
+from cloud_probability.core.progress import Cancelled, NullProgress
+from cloud_probability.core.reading import Grid
+
+
+def _outputs(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    return {k: str(folder / f"{k}.tif") for k in ("probability", "valid", "cloudy")}
+
+
+def _read(path, band=None):
+    with rasterio.open(path) as ds:
+        return ds.read() if band is None else ds.read(band)
+
+
+@pytest.fixture(scope="module")
+def national_grid(sample_archive):
+    """EPSG:27700 at 20 m over the whole archive: both UTM zones and the boundary between."""
+    x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
+    return grid_for_area((x0, y0, x1, y1), "EPSG:27700", 20.0)
+
+
+@pytest.fixture(scope="module")
+def truth_counts(national_grid):
+    return sa.observation_counts(sa.SampleSpec.small(), 27700, national_grid.transform, national_grid.shape)
+
+
+def test_counts_equal_the_generator_counts_across_utm_zones(sample_servers, national_grid, truth_counts, tmp_path):
+    scenes = served_scenes(sample_servers)
+    assert {s.epsg for s in scenes} == {32630, 32631}
+    out = _outputs(tmp_path / "year")
+    result = cloud_frequency(scenes, national_grid, PRESETS["scl"], out, tile_px=96, concurrency=4,
+                             cache_dir=tmp_path / "cache")
+    valid, cloudy = truth_counts
+    got_valid, got_cloudy, prob = _read(out["valid"], 1), _read(out["cloudy"], 1), _read(out["probability"], 1)
+    np.testing.assert_array_equal(got_valid, valid)
+    np.testing.assert_array_equal(got_cloudy, cloudy)
+    assert valid.min() < valid.max() <= len(sa.make_layout(sa.SampleSpec.small()).datatakes)  # partial swaths
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.where(valid > 0, (100.0 * cloudy / valid).astype(np.float32), PROBABILITY_NODATA)
+    np.testing.assert_allclose(prob, expected, rtol=1e-6)
+    with rasterio.open(out["probability"]) as ds:
+        assert ds.nodata == PROBABILITY_NODATA and ds.dtypes[0] == "float32" and ds.crs.to_epsg() == 27700
+        assert ds.descriptions == ("all",) and ds.tags()["units"] == "percent"
+    with rasterio.open(out["valid"]) as ds:
+        assert ds.dtypes[0] == "uint16"
+    assert result.acquisitions == 146 and result.tiles == 9 and result.tiles_resumed == 0
+    assert result.pixel_observations == int(valid.astype(np.int64).sum())
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # cleaned after success
+
+
+def test_cancel_leaves_no_output_and_a_rerun_resumes(sample_servers, national_grid, truth_counts, tmp_path):
+    class CancelAfterTiles(NullProgress):
+        def __init__(self, tiles):
+            self.tiles, self.calls = tiles, 0
+
+        def set_progress(self, percent):
+            self.calls = percent
+
+        def is_canceled(self):
+            return self.calls >= 95.0 * self.tiles / 9
+
+    scenes = served_scenes(sample_servers)
+    out = _outputs(tmp_path / "run")
+    with pytest.raises(Cancelled):
+        cloud_frequency(scenes, national_grid, PRESETS["scl"], out, tile_px=96, concurrency=4,
+                        cache_dir=tmp_path / "cache", progress=CancelAfterTiles(4))
+    assert not any((tmp_path / "run").iterdir())  # nothing half-written
+    done = list((tmp_path / "cache").rglob("tile_*.npz"))
+    assert 4 <= len(done) < 9 and not list((tmp_path / "cache").rglob("*.part*"))
+    result = cloud_frequency(scenes, national_grid, PRESETS["scl"], out, tile_px=96, concurrency=4,
+                             cache_dir=tmp_path / "cache")
+    assert result.tiles_resumed == len(done)
+    np.testing.assert_array_equal(_read(out["valid"], 1), truth_counts[0])
+    np.testing.assert_array_equal(_read(out["cloudy"], 1), truth_counts[1])
+
+
+def test_monthly_bands_add_up_to_the_year(sample_servers, national_grid, truth_counts, tmp_path):
+    scenes = served_scenes(sample_servers)
+    periods = periods_for("month", scenes)
+    assert [p.label for p in periods] == [f"2024-{m:02d}" for m in range(1, 13)]
+    out = _outputs(tmp_path / "months")
+    cloud_frequency(scenes, national_grid, PRESETS["scl"], out, periods, tile_px=256, cache_dir=tmp_path / "c")
+    valid, cloudy = _read(out["valid"]), _read(out["cloudy"])
+    assert valid.shape[0] == 12
+    np.testing.assert_array_equal(valid.sum(axis=0), truth_counts[0])
+    np.testing.assert_array_equal(cloudy.sum(axis=0), truth_counts[1])
+    # January of the truth alone
+    layout = sa.make_layout(sa.SampleSpec.small())
+    january = [d.index for d in layout.datatakes if d.sensing.month == 1]
+    v1, c1 = sa.observation_counts(sa.SampleSpec.small(), 27700, national_grid.transform, national_grid.shape, datatakes=january)
+    np.testing.assert_array_equal(valid[0], v1)
+    np.testing.assert_array_equal(cloudy[0], c1)
+
+
+def test_eolearn_cloud_free_counts_equal_valid_count(eolearn_servers, realdata, tmp_path):
+    """The 68 real dates with CLM as the mask: valid − cloudy = VALID_COUNT, pixel by pixel."""
+    import realdata_archives
+
+    patch = realdata_archives.eolearn_patch(realdata)
+    scenes = served_scenes(eolearn_servers)
+    first = eolearn_servers.archive / scenes[0].item["assets"]["clm"]["href"].split(eolearn_servers.cogs.url + "/")[-1]
+    with rasterio.open(first) as ds:  # the patch's own (non-square, ~10 m) grid
+        grid = Grid(ds.crs, ds.transform, (ds.height, ds.width))
+    spec = MaskSpec(source="score", asset="clm", threshold=0.5, cloud_when="above")
+    out = _outputs(tmp_path / "eolearn")
+    result = cloud_frequency(scenes, grid, spec, out, tile_px=64, cache_dir=tmp_path / "c")
+    valid, cloudy = _read(out["valid"], 1), _read(out["cloudy"], 1)
+    assert result.acquisitions == 68 and (valid == 68).all()
+    np.testing.assert_array_equal(valid.astype(np.int64) - cloudy, patch["valid_count"])
+
+
+def test_unreadable_scene_fails_clearly(sample_servers, national_grid, tmp_path):
+    from cloud_probability.core.stac import normalise_item
+
+    scenes = served_scenes(sample_servers)[:40]
+    item = json.loads(scenes[5].item_json())
+    item["assets"]["scl"]["href"] = item["assets"]["scl"]["href"].replace("SCL.tif", "GONE.tif")
+    scenes[5] = normalise_item(item)
+    out = _outputs(tmp_path / "broken")
+    with pytest.raises(FrequencyError, match=scenes[5].item_id):
+        cloud_frequency(scenes, national_grid, PRESETS["scl"], out, tile_px=512, cache_dir=tmp_path / "c")
+    assert not any((tmp_path / "broken").iterdir())
+
+
+def test_shadows_counted_when_asked(sample_servers, national_grid, tmp_path):
+    scenes = served_scenes(sample_servers)[:80]
+    plain, shadows = _outputs(tmp_path / "a"), _outputs(tmp_path / "b")
+    cloud_frequency(scenes, national_grid, PRESETS["scl"], plain, tile_px=512, cache_dir=tmp_path / "c")
+    cloud_frequency(scenes, national_grid, replace(PRESETS["scl"], count_shadows=True), shadows, tile_px=512,
+                    cache_dir=tmp_path / "c")
+    a, b = _read(plain["cloudy"], 1), _read(shadows["cloudy"], 1)
+    assert (b >= a).all() and b.sum() > a.sum()
+    np.testing.assert_array_equal(_read(plain["valid"], 1), _read(shadows["valid"], 1))
+
+
+def test_utm_zone_choice():
+    assert utm_epsg(-0.1, 51.5) == 32630 and utm_epsg(0.1, 51.5) == 32631 and utm_epsg(151.2, -33.9) == 32756
+
+
+@pytest.fixture(scope="module")
+def scenes_gpkg(provider, sample_servers, sample_archive, tmp_path_factory):
+    import processing
+
+    x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
+    scenes = tmp_path_factory.mktemp("freq") / "scenes.gpkg"
+    processing.run("cloudprob:searchscenes", {
+        "STAC_URL": sample_servers.stac.url, "AOI": f"{x0},{x1},{y0},{y1} [EPSG:27700]",
+        "START_DATE": "2024-01-01", "END_DATE": "2024-12-31", "OUTPUT": str(scenes)})
+    return scenes
+
+
+def test_processing_cloudfrequency_monthly_and_styled(provider, scenes_gpkg, sample_archive, truth_counts, tmp_path):
+    import processing
+    from qgis.core import (
+        QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputLayerDefinition, QgsProject,
+        QgsRasterLayer,
+    )
+
+    x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
+    scenes = scenes_gpkg
+    alg = QgsApplication.processingRegistry().createAlgorithmById("cloudprob:cloudfrequency")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = QgsProcessingFeedback()
+    params = {
+        "SCENES": str(scenes), "AOI": f"{x0},{x1},{y0},{y1} [EPSG:27700]", "RESOLUTION": 20,
+        **{k: QgsProcessingOutputLayerDefinition(str(tmp_path / f"{k}.tif"), QgsProject.instance())
+           for k in ("OUTPUT_PROBABILITY", "OUTPUT_VALID", "OUTPUT_CLOUDY")},
+    }
+    results, ok = alg.run(params, context, feedback)
+    assert ok, feedback.textLog()
+    np.testing.assert_array_equal(_read(results["OUTPUT_VALID"], 1), truth_counts[0])
+    np.testing.assert_array_equal(_read(results["OUTPUT_CLOUDY"], 1), truth_counts[1])
+    assert "pixel-observations" in feedback.textLog()
+    details = context.layersToLoadOnCompletion()[results["OUTPUT_PROBABILITY"]]
+    layer = QgsRasterLayer(results["OUTPUT_PROBABILITY"], "p")
+    details.postProcessor().postProcessLayer(layer, context, feedback)
+    shader = layer.renderer().shader().rasterShaderFunction()
+    assert (shader.minimumValue(), shader.maximumValue()) == (0.0, 100.0)
+    assert [i.label for i in shader.colorRampItemList()][0] == "0 %"
+
+    # default target CRS for a geographic extent: the UTM zone of its centre
+    monthly = processing.run("cloudprob:cloudfrequency", {
+        "SCENES": str(scenes), "AOI": "-0.01,0.005,51.47,51.48 [EPSG:4326]", "PERIOD": 1, "RESOLUTION": 40,
+        "OUTPUT_PROBABILITY": str(tmp_path / "mp.tif"), "OUTPUT_VALID": str(tmp_path / "mv.tif"),
+        "OUTPUT_CLOUDY": str(tmp_path / "mc.tif")})
+    with rasterio.open(monthly["OUTPUT_VALID"]) as ds:
+        assert ds.count == 12 and ds.crs.to_epsg() == utm_epsg(-0.0025, 51.475) and ds.res == (40.0, 40.0)
+        assert ds.descriptions[0] == "2024-01"
+
+
+def test_processing_rejects_a_geographic_target(provider, scenes_gpkg, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="must be projected"):
+        processing.run("cloudprob:cloudfrequency", {
+            "SCENES": str(scenes_gpkg), "AOI": "0,1,51,52 [EPSG:4326]", "TARGET_CRS": "EPSG:4326",
+            "OUTPUT_PROBABILITY": "TEMPORARY_OUTPUT", "OUTPUT_VALID": "TEMPORARY_OUTPUT", "OUTPUT_CLOUDY": "TEMPORARY_OUTPUT"})
