@@ -14,8 +14,8 @@ import numpy as np
 from .masks import NODATA, Fractions, MaskError, MaskSpec, dilate_clouds, fractions, mask_from_scl, mask_from_score
 from .progress import Cancelled, NullProgress, Progress
 from .reading import (
-    Grid, GridLookup, ReadError, area_in_crs, area_mask, gdal_http_env, grid_of, network_bytes, network_bytes_reset,
-    read_on_grid, read_window,
+    Grid, GridLookup, ReadError, area_in_crs, area_mask, gdal_http_env, lookup_for, network_bytes,
+    grid_around, network_bytes_reset, read_on_grid, window_grid,
 )
 from .stac import Scene
 
@@ -94,38 +94,83 @@ def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLoo
 
 
 def datatake_mask_on_grid(
-    products: list[Scene], spec: MaskSpec, grid: Grid, lookup: GridLookup | None = None
+    products: list[Scene], spec: MaskSpec, grid: Grid, lookup: GridLookup | None = None,
+    executor: cf.Executor | None = None,
 ) -> np.ndarray:
     """The mask of one acquisition on ``grid``: its products in order (newest baseline first),
-    each filling only the pixels the ones before it left without data; clouds dilated last."""
-    lookup = lookup or GridLookup(grid)
+    each filling only the pixels the ones before it left without data; clouds dilated last.
+
+    With an ``executor`` the products are read concurrently (each read is a few HTTP round
+    trips); otherwise one after another, stopping once the grid is covered.
+    """
+    lookup = lookup or lookup_for(grid)
+    if executor is not None and len(products) > 1:
+        futures = [executor.submit(_read_product, s, spec, grid, lookup) for s in products]
+        masks = [f.result() for f in futures]
+    else:
+        masks = _sequential_masks(products, spec, grid, lookup)
     combined = None
-    for scene in products:
-        mask = scene_mask_on_grid(scene, spec, grid, lookup)
+    for mask in masks:
         if combined is None:
             combined = mask
         else:
             gaps = combined == NODATA
             combined[gaps] = mask[gaps]
-        if not (combined == NODATA).any():
-            break  # covered: the other products of this acquisition add nothing
     if combined is None:
         combined = np.full(grid.shape, NODATA, np.uint8)
     return dilate_clouds(combined, spec.buffer_m, grid.resolution)
 
 
+def _read_product(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLookup) -> np.ndarray:
+    with gdal_http_env():
+        return scene_mask_on_grid(scene, spec, grid, lookup)
+
+
+def _sequential_masks(products, spec, grid, lookup):
+    covered = np.zeros(grid.shape, bool)
+    for scene in products:
+        mask = scene_mask_on_grid(scene, spec, grid, lookup)
+        yield mask
+        covered |= mask != NODATA
+        if covered.all():
+            return  # covered: the other products of this acquisition add nothing
+
+
+def _grid_from_metadata(scene: Scene, key: str, area, area_epsg: int, resolution: float, halo_m: float):
+    """The grid from the item's ``proj:`` fields (no request), or False when they are missing."""
+    from rasterio.transform import Affine
+
+    asset = (scene.item.get("assets") or {}).get(key)
+    if asset is None:  # the asset may be stored under its band code (SCL, B04…)
+        from .stac import ASSET_TO_BAND_CODE
+
+        asset = (scene.item.get("assets") or {}).get(ASSET_TO_BAND_CODE.get(key, key))
+    if not asset:
+        return False
+    props = scene.item.get("properties") or {}
+    values = asset.get("proj:transform") or props.get("proj:transform")
+    shape = asset.get("proj:shape") or props.get("proj:shape")
+    epsg = asset.get("proj:epsg") or scene.epsg
+    if not values or not shape or not epsg or len(values) < 6:
+        return False
+    transform = Affine(*values[:6])
+    if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
+        return False  # only north-up grids are taken on trust
+    return grid_around(f"EPSG:{int(epsg)}", transform, int(shape[1]), int(shape[0]), area, area_epsg, resolution, halo_m)
+
+
 def _first_grid(scene: Scene, spec: MaskSpec, area, area_epsg: int, resolution: float, halo_m: float) -> Grid | None:
-    """The grid of the first product: its own pixels (or overview pixels) around the area."""
+    """The grid of the first product: its own pixels (or overview-sized pixels) around the
+    area, from its header alone (its data is read once, onto this grid)."""
     key = {"scl": spec.asset or "scl", "score": spec.asset}.get(spec.source, "red")
     href = scene.asset_href(key) or scene.asset_href("red") or scene.asset_href("B04")
     if not href:
         raise MaskError(f"Scene {scene.item_id} has no '{key}' asset.")
-    window = read_window(href, area, area_epsg, resolution=resolution, halo_m=halo_m)
-    if window is None:
-        return None
-    grid = grid_of(window)
-    if spec.source == "s2cloudless" and abs(grid.resolution - resolution) > 1e-6:
-        # s2cloudless reads many bands at several resolutions: define the grid at ``resolution``
+    grid = _grid_from_metadata(scene, key, area, area_epsg, resolution, halo_m)
+    if grid is False:
+        grid = window_grid(href, area, area_epsg, resolution=resolution, halo_m=halo_m)
+    if grid is not None and spec.source == "s2cloudless" and abs(grid.resolution - resolution) > 1e-6:
+        # s2cloudless reads bands at several resolutions: define the grid at ``resolution``
         from rasterio.transform import Affine
 
         t = grid.transform
@@ -137,6 +182,7 @@ def _first_grid(scene: Scene, spec: MaskSpec, area, area_epsg: int, resolution: 
 
 def observe(
     group: list[Scene], spec: MaskSpec, area, area_epsg: int, resolution: float = 20.0, keep_mask: bool = False,
+    executor: cf.Executor | None = None,
 ) -> Observation:
     """Cloud fractions of one datatake inside ``area`` (shapely geometry in EPSG ``area_epsg``)."""
     obs = Observation(group[0].datatake_id, list(group))
@@ -157,8 +203,8 @@ def observe(
         if grid is None:
             obs.fractions = Fractions(None, None, None, 0.0, 0, 0)
             return obs
-        combined = datatake_mask_on_grid([s for s in obs.scenes if s in members], spec, grid)
-        inside = area_mask(area, area_epsg, _as_window(combined, grid))
+        combined = datatake_mask_on_grid([s for s in obs.scenes if s in members], spec, grid, executor=executor)
+        inside = area_mask(area, area_epsg, grid)
         obs.fractions = fractions(combined, inside, spec.count_shadows)
         obs.grid = grid
         if keep_mask:
@@ -166,12 +212,6 @@ def observe(
     except (ReadError, MaskError) as exc:
         obs.error = str(exc)
     return obs
-
-
-def _as_window(data, grid: Grid):
-    from .reading import Window
-
-    return Window(data, grid.transform, grid.crs, None, grid.resolution)
 
 
 @dataclass
@@ -187,7 +227,7 @@ def screen_scenes(
     area_epsg: int,
     spec: MaskSpec,
     resolution: float = 20.0,
-    concurrency: int = 8,
+    concurrency: int = 16,
     progress: Progress | None = None,
 ) -> ScreenResult:
     """Observe every datatake of ``scenes`` over ``area``, ``concurrency`` at a time.
@@ -203,11 +243,15 @@ def screen_scenes(
     network_bytes_reset()
     observations: list[Observation] = []
 
+    # Acquisitions in one pool, their products' reads in another (a task waiting on its own
+    # pool could starve it): latency, not CPU, bounds remote reads, so both are I/O threads.
+    readers = cf.ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="cloudprob-read")
+
     def work(group: list[Scene]) -> Observation:
         if progress.is_canceled():
             raise Cancelled("cancelled by the user")
         with gdal_http_env():
-            return observe(group, spec, area, area_epsg, resolution)
+            return observe(group, spec, area, area_epsg, resolution, executor=readers)
 
     pool = cf.ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="cloudprob-screen")
     try:
@@ -222,8 +266,10 @@ def screen_scenes(
             progress.set_progress(100.0 * n / len(groups))
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
+        readers.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    readers.shutdown(wait=True)
     observations.sort(key=_rank)
     errors = sum(1 for o in observations if o.error)
     return ScreenResult(observations, network_bytes(), errors)

@@ -303,13 +303,19 @@ class LatencyProxy:
         return f"http://{HOST}:{self.port}"
 
     def stop(self) -> None:
+        import asyncio
+
         if self.loop.is_running():
-            def shutdown() -> None:
+            async def shutdown() -> None:
                 if self._server is not None:
                     self._server.close()
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 self.loop.stop()
 
-            self.loop.call_soon_threadsafe(shutdown)
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
             self.thread.join(5)
 
     def __enter__(self):

@@ -59,9 +59,11 @@ def sample_servers(sample_archive, tmp_path_factory):
         yield running
 
 
-@pytest.fixture(scope="session")
-def provider(qgis_processing):
-    """The ``cloudprob`` provider registered in the session's Processing registry."""
+_PROVIDERS: list = []  # Processing keeps raw pointers: a provider's Python object must outlive it
+
+
+def ensure_provider():
+    """The ``cloudprob`` provider in the Processing registry, registered anew if a test unloaded it."""
     from qgis.core import QgsApplication
 
     from cloud_probability.processing_provider.provider import CloudProbabilityProvider
@@ -71,8 +73,15 @@ def provider(qgis_processing):
     if existing is not None:
         return existing
     instance = CloudProbabilityProvider()
+    _PROVIDERS.append(instance)
     assert registry.addProvider(instance)
     return instance
+
+
+@pytest.fixture()
+def provider(qgis_processing):
+    """The ``cloudprob`` provider registered in the session's Processing registry."""
+    return ensure_provider()
 
 
 @pytest.fixture(scope="session")

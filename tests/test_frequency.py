@@ -154,8 +154,11 @@ def test_utm_zone_choice():
 
 
 @pytest.fixture(scope="module")
-def scenes_gpkg(provider, sample_servers, sample_archive, tmp_path_factory):
+def scenes_gpkg(qgis_processing, sample_servers, sample_archive, tmp_path_factory):
     import processing
+    from conftest import ensure_provider
+
+    ensure_provider()
 
     x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
     scenes = tmp_path_factory.mktemp("freq") / "scenes.gpkg"

@@ -18,8 +18,11 @@ def _aoi_27700(archive, shrink=0.0) -> str:
 
 
 @pytest.fixture(scope="module")
-def scenes_layer(provider, sample_servers, sample_archive, tmp_path_factory):
+def scenes_layer(qgis_processing, sample_servers, sample_archive, tmp_path_factory):
     import processing
+    from conftest import ensure_provider
+
+    ensure_provider()
 
     out = tmp_path_factory.mktemp("screen") / "scenes.gpkg"
     processing.run("cloudprob:searchscenes", {
