@@ -96,14 +96,20 @@ def parse_classes(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
+def scl_lookup_table(spec: MaskSpec) -> np.ndarray:
+    """Mask class for each of the 256 possible SCL byte values (codes above 11 are no data)."""
+    lut = np.full(256, NODATA, dtype=np.uint8)
+    lut[:12] = CLEAR
+    lut[SCL_SNOW] = SNOW
+    lut[SCL_SHADOW] = SHADOW
+    lut[list(spec.cloud_classes)] = CLOUD
+    lut[list(spec.invalid_classes)] = NODATA
+    return lut
+
+
 def mask_from_scl(scl: np.ndarray, spec: MaskSpec) -> np.ndarray:
     """Mask classes from SCL codes. Cloud classes win over shadow and snow."""
-    out = np.full(scl.shape, CLEAR, dtype=np.uint8)
-    out[scl == SCL_SNOW] = SNOW
-    out[scl == SCL_SHADOW] = SHADOW
-    out[np.isin(scl, spec.cloud_classes)] = CLOUD
-    out[np.isin(scl, spec.invalid_classes)] = NODATA
-    return out
+    return np.take(scl_lookup_table(spec), scl.astype(np.uint8, copy=False))
 
 
 def mask_from_score(values: np.ndarray, spec: MaskSpec, nodata: float | None = None) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 # GDAL settings for reading COGs over HTTP: what rio-tiler/TiTiler and the GDAL docs use.
-GDAL_HTTP_OPTIONS = {
+GDAL_HTTP_OPTIONS: dict = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing per file
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.jp2",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",  # one request for neighbouring blocks
@@ -28,6 +28,7 @@ GDAL_HTTP_OPTIONS = {
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "GDAL_HTTP_TIMEOUT": "60",
     "CPL_VSIL_NETWORK_STATS_ENABLED": "YES",
+    "GDAL_CACHEMAX": 256 * 1024 * 1024,  # bytes of decoded blocks; GDAL's default (5 % of RAM) is 1.2 GB here
 }
 
 
@@ -216,6 +217,14 @@ class Grid:
 _CRS_CACHE: dict[str, object] = {}
 
 
+def _crs_key(crs) -> str:
+    """A cheap, exact key for a CRS (rasterio CRS, pyproj CRS or text)."""
+    if isinstance(crs, str):
+        return crs
+    text = crs.to_string() if hasattr(crs, "to_string") else str(crs)
+    return text
+
+
 def pyproj_crs(crs):
     """pyproj CRS of a rasterio CRS, EPSG code or WKT, memoised (building one costs ~0.5 ms)."""
     from pyproj import CRS
@@ -250,47 +259,89 @@ def lookup_for(grid: Grid) -> "GridLookup":
 class GridLookup:
     """Where each pixel centre of a grid lies in other CRSs, computed once per CRS.
 
-    Nearest-neighbour resampling is then exact and cheap: a source pixel is the one that
-    contains the output pixel's centre (``floor`` of the exact PROJ transform), and every
-    product in the same UTM zone reuses the same transformed coordinates.
+    Nearest-neighbour resampling is then cheap: a source pixel is the one that contains the
+    output pixel's centre, and every product in the same UTM zone (and every acquisition of
+    the same MGRS tile) reuses the same coordinates and indices. Grids up to 256 × 256 are
+    transformed exactly with PROJ; larger ones exactly at every 8th pixel and bilinearly in
+    between, which stays within 5 µm of PROJ over a 20 km tile (measured for EPSG:27700 ↔
+    UTM 30), far below any pixel, at a fifth of the cost.
     """
+
+    EXACT_MAX_PIXELS = 256 * 256
+    NODE_STEP = 8
 
     def __init__(self, grid: Grid):
         self.grid = grid
-        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict = {}
         self._lock = threading.Lock()
 
     def coords(self, crs) -> tuple[np.ndarray, np.ndarray]:
         """x, y (float64, grid shape) of the pixel centres in ``crs``."""
+        key = _crs_key(crs)
+        with self._lock:  # held while computing: threads starting together would repeat the work
+            hit = self._cache.get(key)
+            if hit is None:
+                hit = self._cache[key] = self._coords(crs)
+            return hit
+
+    def _coords(self, crs) -> tuple[np.ndarray, np.ndarray]:
         from pyproj import Transformer
 
         dst = pyproj_crs(crs)
-        key = dst.to_wkt()
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is not None:
-            return hit
         rows, cols = self.grid.shape
         t = self.grid.transform
-        cc, rr = np.meshgrid(np.arange(cols) + 0.5, np.arange(rows) + 0.5)
-        x = t.c + cc * t.a + rr * t.b
-        y = t.f + cc * t.d + rr * t.e
         src = pyproj_crs(self.grid.crs)
-        if src != dst:
-            x, y = Transformer.from_crs(src, dst, always_xy=True).transform(x, y)
-        with self._lock:
-            self._cache[key] = (x, y)
+        if src == dst or rows * cols <= self.EXACT_MAX_PIXELS:
+            cc, rr = np.meshgrid(np.arange(cols) + 0.5, np.arange(rows) + 0.5)
+            x = t.c + cc * t.a + rr * t.b
+            y = t.f + cc * t.d + rr * t.e
+            if src != dst:
+                x, y = Transformer.from_crs(src, dst, always_xy=True).transform(x, y)
+        else:
+            x, y = self._lattice(Transformer.from_crs(src, dst, always_xy=True), rows, cols)
         return x, y
 
+    def _lattice(self, transformer, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+        t = self.grid.transform
+        step = self.NODE_STEP
+        rnodes = np.unique(np.append(np.arange(0, rows, step, dtype=float), rows))
+        cnodes = np.unique(np.append(np.arange(0, cols, step, dtype=float), cols))
+        nc, nr = np.meshgrid(cnodes, rnodes)
+        nx, ny = transformer.transform(t.c + nc * t.a + nr * t.b, t.f + nc * t.d + nr * t.e)
+        c = np.arange(cols) + 0.5
+        r = np.arange(rows) + 0.5
+        ci = np.clip(np.searchsorted(cnodes, c) - 1, 0, len(cnodes) - 2)
+        ri = np.clip(np.searchsorted(rnodes, r) - 1, 0, len(rnodes) - 2)
+        cf = (c - cnodes[ci]) / (cnodes[ci + 1] - cnodes[ci])
+        rf = ((r - rnodes[ri]) / (rnodes[ri + 1] - rnodes[ri]))[:, None]
+
+        def bilinear(a: np.ndarray) -> np.ndarray:
+            # separable: along columns on the node rows (small), then along rows
+            across = a[:, ci] * (1 - cf) + a[:, ci + 1] * cf
+            out = across[ri] * (1 - rf)
+            out += across[ri + 1] * rf
+            return out
+
+        return bilinear(nx), bilinear(ny)
+
     def indices(self, crs, transform, width: int, height: int):
-        """(row, col, inside) of the source pixels under the grid for a raster with ``transform``
-        and size in ``crs``: the same for every acquisition of one MGRS tile, so memoised."""
-        key = ("idx", pyproj_crs(crs).to_wkt(), tuple(transform)[:6], width, height)
+        """(flat index into the source window, inside mask, window box) of the source pixels
+        under the grid, for a raster with ``transform`` and size in ``crs``: the same for every
+        acquisition of one MGRS tile, so memoised."""
+        key = ("idx", _crs_key(crs), tuple(transform)[:6], width, height)
         with self._lock:
             hit = self._cache.get(key)
         if hit is not None:
             return hit
         x, y = self.coords(crs)
+        with self._lock:  # computed once: the other threads wait for it rather than repeat it
+            hit = self._cache.get(key)
+            if hit is None:
+                hit = self._cache[key] = self._indices(x, y, transform, width, height)
+            return hit
+
+    @staticmethod
+    def _indices(x, y, transform, width: int, height: int):
         inv = ~transform
         col = np.floor(inv.a * x + inv.b * y + inv.c).astype(np.int64)
         row = np.floor(inv.d * x + inv.e * y + inv.f).astype(np.int64)
@@ -298,13 +349,13 @@ class GridLookup:
         if inside.any():
             r, c = row[inside], col[inside]
             box = (int(r.min()), int(r.max()) + 1, int(c.min()), int(c.max()) + 1)
-            result = (r - box[0], c - box[2], inside, box)
+            index_type = np.int32 if (box[1] - box[0]) * (box[3] - box[2]) < 2**31 else np.int64
+            flat = ((r - box[0]) * (box[3] - box[2]) + (c - box[2])).astype(index_type)
+            if inside.all():
+                flat = flat.reshape(inside.shape)  # the raster covers the whole grid: no scatter
+            result = (flat, inside, box)
         else:
-            result = (None, None, inside, None)
-        with self._lock:
-            if len(self._cache) > 64:
-                self._cache.clear()
-            self._cache[key] = result
+            result = (None, inside, None)
         return result
 
 
@@ -312,41 +363,82 @@ def read_on_grid(href: str, grid: Grid, band: int = 1, resampling: str = "neares
                  lookup: GridLookup | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Band ``band`` of ``href`` on ``grid``; only the blocks under the grid are read.
 
-    Nearest: the source pixel containing each output pixel's centre, with exact coordinates
-    (pass a shared ``lookup`` to transform the grid once for many rasters). Other resampling
+    Nearest: the source pixel containing each output pixel's centre (see :class:`GridLookup`;
+    pass a shared ``lookup`` to transform the grid once for many rasters). Other resampling
     goes through GDAL's warper. Returns ``(values, valid)``: ``valid`` is False outside the
     raster and where it has no data. Raises :class:`ReadError`.
     """
     import rasterio
-    from rasterio.enums import MaskFlags
-    from rasterio.windows import Window as RWindow
 
     try:
         with rasterio.open(vsi_path(href)) as ds:
             if resampling != "nearest":
                 return _warp_on_grid(ds, grid, band, resampling)
-            lookup = lookup or lookup_for(grid)
-            rows, cols, inside, box = lookup.indices(ds.crs, ds.transform, ds.width, ds.height)
-            dtype = np.dtype(ds.dtypes[band - 1])
-            values = np.zeros(grid.shape, dtype=dtype)
-            if box is None:
-                return values, inside.copy()
-            r0, r1, c0, c1 = box
-            window = RWindow(c0, r0, c1 - c0, r1 - r0)
-            data = ds.read(band, window=window)
-            flags = ds.mask_flag_enums[band - 1]
-            if MaskFlags.all_valid in flags:
-                ok = np.ones(data.shape, bool)
-            elif MaskFlags.nodata in flags and ds.nodata is not None:
-                ok = data != np.array(ds.nodata).astype(data.dtype)  # no second pass over the blocks
-            else:
-                ok = ds.read_masks(band, window=window) > 0
-            values[inside] = data[rows, cols]
-            valid = inside.copy()
-            valid[inside] = ok[rows, cols]
-            return values, valid
+            window = _SourceWindow(ds, band, lookup or lookup_for(grid))
+            return window.gather(window.data, 0), window.gather(window.valid(), False)
     except _read_errors() as exc:
         raise ReadError(f"{href}: {exc}") from exc
+
+
+def classes_on_grid(href: str, grid: Grid, table: np.ndarray, nodata_class: int, band: int = 1,
+                    lookup: GridLookup | None = None) -> np.ndarray:
+    """A uint8/uint16 raster's values mapped through ``table`` (a lookup table over all its
+    values) onto ``grid`` by nearest neighbour; ``nodata_class`` outside the raster and where
+    it has no data. The table is applied to the source window before gathering, so one gather
+    gives the classes. Raises :class:`ReadError`."""
+    import rasterio
+
+    try:
+        with rasterio.open(vsi_path(href)) as ds:
+            window = _SourceWindow(ds, band, lookup or lookup_for(grid))
+            if window.data.dtype.kind != "u" or window.data.dtype.itemsize > 2:
+                raise ReadError(f"{href}: class lookup needs an unsigned 8- or 16-bit raster")
+            classes = np.take(table, window.data)
+            classes[~window.valid()] = nodata_class
+            return window.gather(classes, nodata_class)
+    except _read_errors() as exc:
+        raise ReadError(f"{href}: {exc}") from exc
+
+
+class _SourceWindow:
+    """The block-aligned window of one raster under a grid, read once."""
+
+    def __init__(self, ds, band: int, lookup: GridLookup):
+        from rasterio.windows import Window as RWindow
+
+        self.ds, self.band, self.lookup = ds, band, lookup
+        self.flat, self.inside, box = lookup.indices(ds.crs, ds.transform, ds.width, ds.height)
+        self.dtype = np.dtype(ds.dtypes[band - 1])
+        if box is None:
+            self.window, self.data = None, np.zeros((0, 0), self.dtype)
+            return
+        r0, r1, c0, c1 = box
+        self.window = RWindow(c0, r0, c1 - c0, r1 - r0)
+        self.data = ds.read(band, window=self.window)
+
+    def valid(self) -> np.ndarray:
+        from rasterio.enums import MaskFlags
+
+        flags = self.ds.mask_flag_enums[self.band - 1]
+        if MaskFlags.all_valid in flags:
+            return np.ones(self.data.shape, bool)
+        if MaskFlags.nodata in flags and self.ds.nodata is not None:
+            return self.data != np.array(self.ds.nodata).astype(self.dtype)  # no second pass over the blocks
+        if self.window is None:
+            return np.zeros(self.data.shape, bool)
+        return self.ds.read_masks(self.band, window=self.window) > 0
+
+    def gather(self, source: np.ndarray, fill) -> np.ndarray:
+        """``source`` (window-shaped) onto the grid; ``fill`` where the raster is not."""
+        shape = self.lookup.grid.shape
+        if self.window is None:
+            return np.full(shape, fill, dtype=source.dtype)
+        picked = source.ravel().take(self.flat)
+        if self.flat.ndim == 2:  # the raster covers the whole grid
+            return picked
+        out = np.full(shape, fill, dtype=source.dtype)
+        out[self.inside] = picked
+        return out
 
 
 def _warp_on_grid(ds, grid: Grid, band: int, resampling: str) -> tuple[np.ndarray, np.ndarray]:

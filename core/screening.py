@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .masks import NODATA, Fractions, MaskError, MaskSpec, dilate_clouds, fractions, mask_from_scl, mask_from_score
+from .masks import NODATA, Fractions, MaskError, MaskSpec, dilate_clouds, fractions, mask_from_score, scl_lookup_table
 from .progress import Cancelled, NullProgress, Progress
 from .reading import (
     Grid, GridLookup, ReadError, area_in_crs, area_mask, gdal_http_env, lookup_for, network_bytes,
-    grid_around, network_bytes_reset, read_on_grid, window_grid,
+    classes_on_grid, grid_around, network_bytes_reset, read_on_grid, window_grid,
 )
 from .stac import Scene
 
@@ -82,9 +82,12 @@ def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLoo
         if not href:
             what = "SCL" if spec.source == "scl" else "score raster"
             raise MaskError(f"Scene {scene.item_id} has no '{key}' asset ({what}).")
+        if spec.source == "scl":
+            # classes through a lookup table on the source window, then one gather
+            return classes_on_grid(href, grid, scl_lookup_table(spec), NODATA, lookup=lookup)
         values, valid = read_on_grid(href, grid, lookup=lookup)
-        mask = mask_from_scl(values, spec) if spec.source == "scl" else mask_from_score(values, spec)
-        mask[~valid] = NODATA
+        mask = mask_from_score(values, spec)
+        np.copyto(mask, NODATA, where=~valid)
         return mask
     if spec.source == "s2cloudless":
         from .s2cloudless_mask import scene_mask
@@ -114,8 +117,7 @@ def datatake_mask_on_grid(
         if combined is None:
             combined = mask
         else:
-            gaps = combined == NODATA
-            combined[gaps] = mask[gaps]
+            np.copyto(combined, mask, where=combined == NODATA)
     if combined is None:
         combined = np.full(grid.shape, NODATA, np.uint8)
     return dilate_clouds(combined, spec.buffer_m, grid.resolution)

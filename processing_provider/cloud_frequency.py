@@ -90,7 +90,8 @@ class CloudFrequencyAlgorithm(QgsProcessingAlgorithm):
             self.PERIOD, self.tr("Period"), options=[self.tr("Whole period (one band)"), self.tr("One band per month")],
             defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CONCURRENCY, self.tr("Scenes read at once"), QgsProcessingParameterNumber.Integer, 8, False, 1, 64))
+            self.CONCURRENCY, self.tr("Scenes read at once (about 2 × CPU cores; more for a distant server)"),
+            QgsProcessingParameterNumber.Integer, 4, False, 1, 64))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, self.tr("Cloud probability (%)")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_VALID, self.tr("Valid observations")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLOUDY, self.tr("Cloudy observations")))
