@@ -5,9 +5,10 @@
 2. serves it for real on loopback: nginx for the COGs (HTTP Range), `rustac serve` for STAC;
 3. through scripts/qgis_process: `cloudprob:searchscenes` for the archive's area and 2024,
    `cloudprob:screenscenes` for a 2 km × 2 km area around Greenwich (cloud inside the area, not
-   the scene's), and `cloudprob:cloudmask` of the clearest acquisition;
-4. writes demo_out/scenes.gpkg, demo_out/screened.gpkg, demo_out/cloud_mask.tif and prints a
-   short summary.
+   the scene's), `cloudprob:cloudmask` of one scene and `cloudprob:cloudfrequency` (per-pixel
+   probability over the year on a 20 m EPSG:27700 grid across UTM zones 30 and 31);
+4. writes demo_out/scenes.gpkg, screened.gpkg, cloud_mask.tif, probability.tif, valid.tif and
+   cloudy.tif and prints a short summary, with the probability compared to the archive's truth.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def main() -> int:
           f"in {time.monotonic() - t0:.1f} s")
     OUT.mkdir(exist_ok=True)
     scenes_path = OUT / "scenes.gpkg"
-    for old in ("scenes.gpkg", "screened.gpkg", "cloud_mask.tif"):
+    for old in ("scenes.gpkg", "screened.gpkg", "cloud_mask.tif", "probability.tif", "valid.tif", "cloudy.tif"):
         if (OUT / old).exists():
             (OUT / old).unlink()
     xmin, ymin, xmax, ymax = info["aoi_27700"]
@@ -90,6 +91,13 @@ def main() -> int:
         ])
         if mask is None:
             return 1
+        freq, freq_s = _run("cloudprob:cloudfrequency", [
+            f"SCENES={scenes_path}", f"AOI={xmin},{xmax},{ymin},{ymax} [EPSG:27700]", "TARGET_CRS=EPSG:27700",
+            "RESOLUTION=20", f"OUTPUT_PROBABILITY={OUT / 'probability.tif'}", f"OUTPUT_VALID={OUT / 'valid.tif'}",
+            f"OUTPUT_CLOUDY={OUT / 'cloudy.tif'}",
+        ])
+        if freq is None:
+            return 1
 
     scenes = gpd.read_file(scenes_path)
     by_tile = scenes.groupby("mgrs_tile").size().to_dict()
@@ -111,6 +119,21 @@ def main() -> int:
     misleading = screened[(screened["scene_cloud"] < 20) & (screened["aoi_cloud_pct"] > 50)]
     print(f"  acquisitions whose scene says < 20 % cloud but the area is > 50 % cloudy: {len(misleading)}")
     print(f"Wrote {mask_path.relative_to(ROOT)}: cloud mask of {half_cloudy['item_id']} in {mask_s:.1f} s")
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(OUT / "probability.tif") as ds:
+        prob = ds.read(1, masked=True)
+    with rasterio.open(OUT / "valid.tif") as ds:
+        valid = ds.read(1)
+    truth_path = archive / "truth" / "probability_27700.tif"
+    with rasterio.open(truth_path) as ds:
+        truth = ds.read(1)
+    print(f"Wrote demo_out/probability.tif, valid.tif, cloudy.tif ({prob.shape[1]} × {prob.shape[0]} px, EPSG:27700, "
+          f"20 m) in {freq_s:.1f} s: {freq['log']['info'][-1].split(';')[0]}")
+    print(f"  valid observations per pixel {valid.min()}–{valid.max()} (partial swaths, two orbits); "
+          f"mean probability {prob.mean():.1f} % (truth {truth.mean():.1f} %), "
+          f"per-pixel RMSE against the truth {np.sqrt(((prob - truth) ** 2).mean()):.1f} points before smoothing")
     print("Open demo_out/ in QGIS, or run any cloudprob algorithm with scripts/qgis_process.")
     return 0
 
