@@ -67,7 +67,9 @@ class SampleSpec:
     cloud_corr_m: float = 900.0  # correlation length of the cloud field (metres)
     lattice_m: float = 60.0  # spacing of the lattice the cloud field is drawn on
     day_weight: float = 0.5  # share of the field's variance common to the whole datatake
-    edge_band_frac: float = 0.12  # width of the over-detection band inside a swath edge, share of the area width
+    # width of the over-detection band inside each swath edge, share of the area width; 0.44 is
+    # the whole orbit overlap (edges at ±0.22): every observation from two orbits is biased
+    edge_band_frac: float = 0.44
     edge_bias: float = 0.08  # added to the cloud probability in that band (fraction)
     urban_false_cloud: float = 0.15  # rate at which clear urban pixels are classified as cloud
     shadow_shift_m: tuple[float, float] = (-300.0, 400.0)  # shadow offset from its cloud (x, y metres)
@@ -85,7 +87,7 @@ class SampleSpec:
     def full(**changes) -> "SampleSpec":
         """Real-size 5490×5490 tiles (benchmarks); cap ``max_datatakes`` to bound the time."""
         base = dict(tile_px=5490, overlap_px=490, cloud_corr_m=6000.0, lattice_m=200.0, blocksize=512, n_zones=2000,
-                    shadow_shift_m=(-1500.0, 2000.0))
+                    shadow_shift_m=(-1500.0, 2000.0), edge_band_frac=0.12)
         base.update(changes)
         return SampleSpec(**base)
 

@@ -15,6 +15,8 @@ ALGORITHMS = [
     ("screen_scenes", "ScreenScenesAlgorithm"),
     ("cloud_mask", "CloudMaskAlgorithm"),
     ("cloud_frequency", "CloudFrequencyAlgorithm"),
+    ("smooth_probability", "SmoothProbabilityAlgorithm"),
+    ("zonal_statistics", "ZonalStatisticsAlgorithm"),
 ]
 
 
