@@ -72,6 +72,9 @@ class SampleSpec:
     edge_band_frac: float = 0.44
     edge_bias: float = 0.08  # added to the cloud probability in that band (fraction)
     urban_false_cloud: float = 0.15  # rate at which clear urban pixels are classified as cloud
+    # centre of the urban disc in area-normalised coordinates (−1…1): where the true probability is
+    # about average, so an urban-fraction covariate describes the artefact and not the climate
+    urban_uv: tuple[float, float] = (-0.36, -0.42)
     shadow_shift_m: tuple[float, float] = (-300.0, 400.0)  # shadow offset from its cloud (x, y metres)
     truecolor_every: int = 6  # write red/green/blue for every N-th datatake (0: never)
     n_zones: int = 300
@@ -87,7 +90,7 @@ class SampleSpec:
     def full(**changes) -> "SampleSpec":
         """Real-size 5490×5490 tiles (benchmarks); cap ``max_datatakes`` to bound the time."""
         base = dict(tile_px=5490, overlap_px=490, cloud_corr_m=6000.0, lattice_m=200.0, blocksize=512, n_zones=2000,
-                    shadow_shift_m=(-1500.0, 2000.0), edge_band_frac=0.12)
+                    shadow_shift_m=(-1500.0, 2000.0), edge_band_frac=0.12, urban_uv=(-0.36, 0.24))
         base.update(changes)
         return SampleSpec(**base)
 
@@ -325,7 +328,7 @@ def make_layout(spec: SampleSpec) -> Layout:
     w = aoi[2] - aoi[0]
     # R094 covers the west, R137 the east; their edges slant like a descending ground track.
     swath_edges = {94: ("west", gx + 0.22 * w, -0.2), 137: ("east", gx - 0.22 * w, -0.2)}
-    urban = (gx - 0.18 * w, gy + 0.12 * (aoi[3] - aoi[1]), 0.12 * w)
+    urban = (gx + spec.urban_uv[0] * w / 2, gy + spec.urban_uv[1] * (aoi[3] - aoi[1]) / 2, 0.12 * w)
 
     margin = 3 * spec.cloud_corr_m + spec.tile_m
     lattice_origin = (aoi[0] - margin, aoi[3] + margin)

@@ -169,3 +169,106 @@ def write_outputs(result: ZonalResult, zones, id_field: str, gpkg_path: str | No
             os.remove(tmp)
         out.to_file(tmp, layer=layer, driver="GPKG")
         os.replace(tmp, gpkg_path)
+
+
+def python_executable() -> str:
+    """A Python interpreter for helper processes: inside QGIS ``sys.executable`` is QGIS itself."""
+    import shutil
+    import sys
+
+    name = os.path.basename(sys.executable).lower()
+    if name.startswith("python"):
+        return sys.executable
+    candidates = [
+        os.path.join(sys.exec_prefix, "python.exe"),  # OSGeo4W / Windows installers
+        os.path.join(sys.exec_prefix, "bin", f"python{sys.version_info.major}.{sys.version_info.minor}"),
+        os.path.join(sys.exec_prefix, "bin", "python3"),
+        shutil.which("python3") or "",
+    ]
+    for path in candidates:
+        if path and os.path.exists(path):
+            return path
+    raise ZonalError("No Python interpreter found to run exactextract in.")
+
+
+def zonal_statistics_in_process(
+    raster_path: str, zones, id_field: str, valid_path: str | None = None, progress: Progress | None = None,
+) -> ZonalResult:
+    """:func:`zonal_statistics` in a separate Python process.
+
+    exactextract's wheel bundles its own GEOS. Inside the QGIS and qgis_process executables,
+    which link the system's GEOS into their global symbol scope, its C++ symbols resolve to the
+    other GEOS version and it crashes; a plain Python process loads nothing of QGIS. Cancel
+    stops the helper.
+    """
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    progress = progress or NullProgress()
+    package = __package__.rsplit(".", 1)[0]  # "cloud_probability" however the plugin folder is named
+    plugin_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with tempfile.TemporaryDirectory(prefix="cloudprob-zonal-") as tmp:
+        zones_path = os.path.join(tmp, "zones.gpkg")
+        zones[[id_field, "geometry"]].to_file(zones_path, layer="zones", driver="GPKG")
+        out = os.path.join(tmp, "result.json")
+        cmd = [python_executable(), "-m", f"{package}.core.zonal", raster_path, zones_path, id_field, out]
+        if valid_path:
+            cmd += ["--valid", valid_path]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([plugin_parent] + [p for p in sys.path if p and os.path.isdir(p)])
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            while proc.poll() is None:
+                if progress.is_canceled():
+                    proc.kill()
+                    proc.wait()
+                    check_cancel(progress)
+                time.sleep(0.1)
+            stdout, stderr = proc.communicate()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if proc.returncode != 0:
+            lines = (stderr or stdout or "").strip().splitlines()
+            message = lines[-1] if lines else f"exit code {proc.returncode}"
+            raise ZonalError(f"Zonal statistics failed: {message}")
+        with open(out) as fh:
+            data = json.load(fh)
+    table = pd.DataFrame(data["table"])
+    table[id_field] = table[id_field].astype(str)
+    progress.set_progress(100.0)
+    return ZonalResult(table, data["invalid"], data["empty"], data["no_data"])
+
+
+def main(argv=None) -> int:
+    """``python -m cloud_probability.core.zonal RASTER ZONES.gpkg ID_FIELD OUT.json [--valid V]``."""
+    import argparse
+    import json
+
+    import geopandas as gpd
+
+    parser = argparse.ArgumentParser(description="Exact zonal statistics of a cloud probability raster.")
+    parser.add_argument("raster")
+    parser.add_argument("zones")
+    parser.add_argument("id_field")
+    parser.add_argument("out")
+    parser.add_argument("--valid")
+    args = parser.parse_args(argv)
+    zones = gpd.read_file(args.zones, layer="zones")
+    try:
+        result = zonal_statistics(args.raster, zones, args.id_field, args.valid)
+    except ZonalError as exc:
+        raise SystemExit(str(exc))
+    table = result.table.astype(object).where(result.table.notna(), None)
+    with open(args.out, "w") as fh:
+        json.dump({"table": table.to_dict(orient="list"), "invalid": result.invalid, "empty": result.empty,
+                   "no_data": result.no_data}, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

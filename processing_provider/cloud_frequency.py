@@ -20,7 +20,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 from ..core.frequency import FrequencyError, cloud_frequency, grid_for_area, periods_for, utm_epsg
 from ..core.progress import Cancelled
 from ..core.reading import Grid
-from .common import add_mask_parameters, mask_spec, scenes_from_source
+from .common import add_mask_parameters, mask_spec, output_path, scenes_from_source
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
 
@@ -134,9 +134,9 @@ class CloudFrequencyAlgorithm(QgsProcessingAlgorithm):
         spec = mask_spec(self, parameters, context)
         periods = periods_for(PERIODS[self.parameterAsEnum(parameters, self.PERIOD, context)], scenes)
         outputs = {
-            "probability": self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context),
-            "valid": self.parameterAsOutputLayer(parameters, self.OUTPUT_VALID, context),
-            "cloudy": self.parameterAsOutputLayer(parameters, self.OUTPUT_CLOUDY, context),
+            "probability": output_path(self, parameters, self.OUTPUT_PROBABILITY, context, "tif"),
+            "valid": output_path(self, parameters, self.OUTPUT_VALID, context, "tif"),
+            "cloudy": output_path(self, parameters, self.OUTPUT_CLOUDY, context, "tif"),
         }
         feedback.pushInfo(
             f"Grid {grid.shape[1]} × {grid.shape[0]} pixels of {grid.resolution:g} m in {grid.crs}; "

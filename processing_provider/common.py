@@ -120,3 +120,12 @@ def area_from_parameters(alg, parameters, context, extent_name: str, layer_name:
     crs = alg.parameterAsExtentCrs(parameters, extent_name, context)
     geometry = alg.parameterAsExtentGeometry(parameters, extent_name, context, crs)
     return area_geometry(geometry, crs, context)
+
+
+def output_path(alg, parameters, name: str, context, extension: str) -> str:
+    """The destination of output ``name``; a temporary file when none was given (a model
+    output left unset reaches the child algorithm as an empty destination)."""
+    from qgis.core import QgsProcessingUtils
+
+    path = alg.parameterAsOutputLayer(parameters, name, context)
+    return path or QgsProcessingUtils.generateTempFilename(f"{name.lower()}.{extension}")

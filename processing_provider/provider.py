@@ -8,6 +8,7 @@ from qgis.core import Qgis, QgsMessageLog, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 ICON = Path(__file__).resolve().parent.parent / "icons" / "cloudprob.svg"
+MODELS = Path(__file__).resolve().parent / "models"
 
 # (module, class) of every algorithm; a broken one is logged and the rest still load.
 ALGORITHMS = [
@@ -22,6 +23,18 @@ ALGORITHMS = [
 
 class CloudProbabilityProvider(QgsProcessingProvider):
     """Provider id ``cloudprob``; ids of its algorithms are part of the public interface."""
+
+    def __init__(self):
+        super().__init__()
+        # QGIS puts a provider in the registry only after loading it, and a model's outputs become
+        # parameters only when its child algorithms resolve: load the models once registered.
+        from qgis.core import QgsApplication
+
+        QgsApplication.processingRegistry().providerAdded.connect(self._registered)
+
+    def _registered(self, provider_id: str) -> None:
+        if provider_id == self.id():
+            self.refreshAlgorithms()
 
     def id(self) -> str:  # noqa: D102
         return "cloudprob"
@@ -50,3 +63,27 @@ class CloudProbabilityProvider(QgsProcessingProvider):
                 QgsMessageLog.logMessage(
                     f"Could not load {class_name}:\n{traceback.format_exc()}", "Cloud probability", Qgis.Critical
                 )
+        from qgis.core import QgsApplication
+
+        if QgsApplication.processingRegistry().providerById(self.id()) is not None:
+            self._load_models()
+
+    def unload(self) -> None:  # noqa: D102
+        from qgis.core import QgsApplication
+
+        try:
+            QgsApplication.processingRegistry().providerAdded.disconnect(self._registered)
+        except TypeError:  # already disconnected
+            pass
+        super().unload()
+
+    def _load_models(self) -> None:
+        """The shipped graphical models (processing_provider/models/*.model3), as cloudprob:<name>."""
+        from qgis.core import QgsProcessingModelAlgorithm
+
+        for path in sorted(MODELS.glob("*.model3")):
+            model = QgsProcessingModelAlgorithm()
+            if model.fromFile(str(path)):
+                self.addAlgorithm(model)
+            else:
+                QgsMessageLog.logMessage(f"Could not read the model {path.name}", "Cloud probability", Qgis.Critical)

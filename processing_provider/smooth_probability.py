@@ -16,6 +16,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from ..core.progress import Cancelled
 from ..core.smoothing import smooth_probability
+from .common import output_path
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
 
@@ -89,10 +90,8 @@ class SmoothProbabilityAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(self.tr("The kernel size must be odd (e.g. 21)."))
         adjust = self.parameterAsBool(parameters, self.ADJUST, context)
         covariates = [layer.source() for layer in self.parameterAsLayerList(parameters, self.COVARIATES, context)]
-        out_smoothed = self.parameterAsOutputLayer(parameters, self.OUTPUT_SMOOTHED, context)
-        out_adjusted = self.parameterAsOutputLayer(parameters, self.OUTPUT_ADJUSTED, context) if adjust else None
-        if adjust and not out_adjusted:
-            raise QgsProcessingException(self.tr("Give a file for the adjusted probability, or switch the adjustment off."))
+        out_smoothed = output_path(self, parameters, self.OUTPUT_SMOOTHED, context, "tif")
+        out_adjusted = output_path(self, parameters, self.OUTPUT_ADJUSTED, context, "tif") if adjust else None
         try:
             with core_logging_to(feedback):
                 result = smooth_probability(

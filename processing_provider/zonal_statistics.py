@@ -16,7 +16,9 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from ..core.zonal import ZonalError, write_outputs, zonal_statistics
+from ..core.progress import Cancelled
+from ..core.zonal import ZonalError, write_outputs, zonal_statistics_in_process
+from .common import output_path
 from .feedback import FeedbackProgress, core_logging_to
 
 
@@ -134,8 +136,12 @@ class ZonalStatisticsAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(f"{len(ids)} small areas; statistics of {raster.source()}.")
         try:
             with core_logging_to(feedback):
-                result = zonal_statistics(raster.source(), zones, id_field, valid.source() if valid else None,
-                                          FeedbackProgress(feedback))
+                # exactextract runs in its own Python: its bundled GEOS crashes inside QGIS's executables
+                result = zonal_statistics_in_process(raster.source(), zones, id_field, valid.source() if valid else None,
+                                                     FeedbackProgress(feedback))
+        except Cancelled:
+            feedback.pushWarning(self.tr("Cancelled; nothing was written."))
+            return {}
         except ZonalError as exc:
             raise QgsProcessingException(str(exc)) from exc
         if feedback.isCanceled():
@@ -145,7 +151,7 @@ class ZonalStatisticsAlgorithm(QgsProcessingAlgorithm):
             if items:
                 shown = ", ".join(items[:20]) + (" …" if len(items) > 20 else "")
                 feedback.pushWarning(f"{len(items)} areas with {label}: {shown}")
-        out = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        out = output_path(self, parameters, self.OUTPUT, context, "gpkg")
         csv = self.parameterAsFileOutput(parameters, self.OUTPUT_CSV, context) if parameters.get(self.OUTPUT_CSV) else None
         write_outputs(result, zones, id_field, out, csv)
         means = result.table["cloud_prob_mean"]

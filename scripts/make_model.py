@@ -1,0 +1,135 @@
+"""Write processing_provider/models/annualcloudprobability.model3 with the PyQGIS model API.
+
+The shipped model chains search → frequency → smoothing → zonal statistics. Its outputs are
+``frequency:PROBABILITY``, ``frequency:VALID``, ``frequency:CLOUDY``, ``smoothing:SMOOTHED``,
+``smoothing:ADJUSTED``, ``zonal:SMALL_AREAS`` and ``zonal:SMALL_AREAS_CSV``. Run with QGIS's
+Python after changing a child algorithm's parameters:
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/make_model.py
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "processing_provider" / "models" / "annualcloudprobability.model3"
+
+
+def build():
+    from qgis.core import (
+        QgsCoordinateReferenceSystem,
+        QgsProcessing,
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource as Source,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterCrs,
+        QgsProcessingParameterDateTime,
+        QgsProcessingParameterExtent,
+        QgsProcessingParameterFeatureSource,
+        QgsProcessingParameterField,
+        QgsProcessingParameterNumber,
+        QgsProcessingParameterString,
+    )
+    from qgis.PyQt.QtCore import QDate, QPointF
+
+    model = QgsProcessingModelAlgorithm(
+        "annualcloudprobability", "Cloud probability", "probability")  # (name = id, group, group id)
+    model.setHelpContent({
+        "ALG_DESC": "Search Sentinel-2 scenes for the area and period, count valid and cloudy observations per pixel "
+                    "on one grid, smooth them with an acquisition-weighted 21×21 kernel, adjust with regression "
+                    "residuals, and compute exact area-weighted statistics per small area (GeoPackage and CSV).",
+    })
+
+    def param(definition, x, y):
+        meta = QgsProcessingModelParameter(definition.name())
+        meta.setPosition(QPointF(x, y))
+        model.addModelParameter(definition, meta)
+
+    param(QgsProcessingParameterString("STAC_URL", "STAC API URL", "https://earth-search.aws.element84.com/v1"), 120, 60)
+    param(QgsProcessingParameterString("COLLECTION", "Collection", "sentinel-2-l2a"), 120, 120)
+    param(QgsProcessingParameterExtent("AOI", "Area of interest"), 120, 180)
+    param(QgsProcessingParameterDateTime("START_DATE", "Start date", QgsProcessingParameterDateTime.Date, QDate(2024, 1, 1)), 120, 240)
+    param(QgsProcessingParameterDateTime("END_DATE", "End date", QgsProcessingParameterDateTime.Date, QDate(2024, 12, 31)), 120, 300)
+    param(QgsProcessingParameterFeatureSource("ZONES", "Small areas", [QgsProcessing.TypeVectorPolygon]), 120, 360)
+    param(QgsProcessingParameterField("ZONE_ID_FIELD", "Area id field", "code", "ZONES"), 120, 420)
+    param(QgsProcessingParameterCrs("TARGET_CRS", "Target CRS", QgsCoordinateReferenceSystem("EPSG:27700")), 120, 480)
+    param(QgsProcessingParameterNumber("RESOLUTION", "Resolution (metres)", QgsProcessingParameterNumber.Double, 20.0,
+                                       False, 1.0, 10000.0), 120, 540)
+
+    def child(alg_id, child_id, description, x, y, sources, outputs=None):
+        c = QgsProcessingModelChildAlgorithm(alg_id)
+        c.setChildId(child_id)
+        c.setDescription(description)
+        c.setPosition(QPointF(x, y))
+        for name, source in sources.items():
+            c.addParameterSources(name, [source])
+        if outputs:
+            model_outputs = {}
+            for child_output, (name, description) in outputs.items():
+                out = QgsProcessingModelOutput(name, description)
+                # only the small areas must be named; the rest are kept only when asked for
+                out.setMandatory(name == "SMALL_AREAS")
+                if name != "SMALL_AREAS_CSV":
+                    out.setDefaultValue("TEMPORARY_OUTPUT")
+                out.setChildId(child_id)
+                out.setChildOutputName(child_output)
+                model_outputs[name] = out
+            c.setModelOutputs(model_outputs)
+        model.addChildAlgorithm(c)
+
+    p = Source.fromModelParameter
+    child("cloudprob:searchscenes", "search", "Search Sentinel-2 scenes", 420, 120, {
+        "STAC_URL": p("STAC_URL"), "COLLECTION": p("COLLECTION"), "AOI": p("AOI"), "START_DATE": p("START_DATE"),
+        "END_DATE": p("END_DATE"), "MAX_SCENE_CLOUD": Source.fromStaticValue(100.0), "MAX_ITEMS": Source.fromStaticValue(0),
+    })
+    child("cloudprob:cloudfrequency", "frequency", "Per-pixel cloud probability", 420, 260, {
+        "SCENES": Source.fromChildOutput("search", "OUTPUT"), "AOI": p("AOI"), "TARGET_CRS": p("TARGET_CRS"),
+        "RESOLUTION": p("RESOLUTION"), "MASK_SOURCE": Source.fromStaticValue(0), "CLOUD_CLASSES": Source.fromStaticValue("8,9,10"),
+        "COUNT_SHADOWS": Source.fromStaticValue(False), "BUFFER": Source.fromStaticValue(0.0), "PERIOD": Source.fromStaticValue(0),
+        "CONCURRENCY": Source.fromStaticValue(4),
+    }, {"OUTPUT_PROBABILITY": ("PROBABILITY", "Raw cloud probability (%)"),
+        "OUTPUT_VALID": ("VALID", "Valid observations"), "OUTPUT_CLOUDY": ("CLOUDY", "Cloudy observations")})
+    child("cloudprob:smoothprobability", "smoothing", "Smooth and adjust", 420, 400, {
+        "CLOUDY": Source.fromChildOutput("frequency", "OUTPUT_CLOUDY"),
+        "VALID": Source.fromChildOutput("frequency", "OUTPUT_VALID"),
+        "KERNEL_SIZE": Source.fromStaticValue(21), "KERNEL_SHAPE": Source.fromStaticValue(0),
+        "ADJUST": Source.fromStaticValue(True),
+    }, {"OUTPUT_SMOOTHED": ("SMOOTHED", "Smoothed cloud probability (%)"),
+        "OUTPUT_ADJUSTED": ("ADJUSTED", "Adjusted cloud probability (%)")})
+    child("cloudprob:zonalstatistics", "zonal", "Cloud probability per small area", 420, 540, {
+        "INPUT_RASTER": Source.fromChildOutput("smoothing", "OUTPUT_ADJUSTED"), "ZONES": p("ZONES"),
+        "ZONE_ID_FIELD": p("ZONE_ID_FIELD"), "VALID": Source.fromChildOutput("frequency", "OUTPUT_VALID"),
+    }, {"OUTPUT": ("SMALL_AREAS", "Small areas with cloud probability"), "OUTPUT_CSV": ("SMALL_AREAS_CSV", "Small areas (CSV)")})
+    model.updateDestinationParameters()  # what the model designer does on save: outputs become parameters
+    return model
+
+
+def main() -> int:
+    from qgis.core import QgsApplication
+
+    app = QgsApplication([], False)
+    app.initQgis()
+    # the children must resolve for their outputs to become model parameters
+    plugins = ROOT / ".build" / "plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    if not (plugins / "cloud_probability").exists():
+        (plugins / "cloud_probability").symlink_to(ROOT, target_is_directory=True)
+    sys.path.insert(0, str(plugins))
+    from cloud_probability.processing_provider.provider import CloudProbabilityProvider
+
+    provider = CloudProbabilityProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    model = build()
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    if not model.toFile(str(OUT)):
+        print(f"could not write {OUT}", file=sys.stderr)
+        return 1
+    print(OUT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

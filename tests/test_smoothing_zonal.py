@@ -1,0 +1,222 @@
+"""Smoothing, adjustment and zonal statistics: against direct computations and the truth."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from cloud_probability.core import sample_archive as sa
+from cloud_probability.core.smoothing import NODATA, convolve, smooth_arrays, smooth_probability
+from cloud_probability.core.zonal import zonal_statistics, zonal_statistics_in_process
+
+
+def _write(path, array, transform=None, crs="EPSG:27700", nodata=None):
+    transform = transform or from_origin(500000, 200000, 20, 20)
+    with rasterio.open(path, "w", driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
+                       dtype=array.dtype.name, crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(array[None])
+    return str(path)
+
+
+def test_box_smoothing_is_the_acquisition_weighted_ratio_with_no_mirroring():
+    from scipy.signal import convolve2d
+
+    rng = np.random.default_rng(1)
+    valid = rng.integers(0, 150, (60, 70)).astype(float)
+    cloudy = np.floor(valid * rng.random((60, 70)))
+    valid[20:25, 30:40] = 0  # no data weighs nothing
+    cloudy[20:25, 30:40] = 0
+    smoothed, kv = smooth_arrays(cloudy, valid, 21, "box")
+    k = np.ones((21, 21))
+    expected = 100 * convolve2d(cloudy, k, mode="same", fillvalue=0) / convolve2d(valid, k, mode="same", fillvalue=0)
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-9)
+    np.testing.assert_allclose(kv, convolve2d(valid, k, mode="same") / 441, rtol=1e-9)
+
+
+def test_gaussian_is_three_boxes_close_to_a_gaussian():
+    from scipy.ndimage import gaussian_filter
+
+    impulse = np.zeros((101, 101))
+    impulse[50, 50] = 1.0
+    ours = convolve(impulse, 21, "gaussian")
+    reference = gaussian_filter(impulse, sigma=21 / 6, mode="constant", truncate=6.0)
+    assert ours.sum() == pytest.approx(1.0)
+    yy, xx = np.mgrid[-50:51, -50:51]
+    sigma2 = (21 / 6) ** 2
+    assert (ours * xx**2).sum() == pytest.approx(sigma2, rel=0.05)  # the boxes' variances add up to σ²
+    # close in shape too: L1 of two unit-mass kernels (0.074 at σ = 3.5 px; one 11-px box gives 0.59)
+    assert np.abs(ours - reference).sum() < 0.08
+
+
+def test_strips_with_halo_equal_one_pass_and_no_data_stays(tmp_path):
+    rng = np.random.default_rng(2)
+    valid = rng.integers(50, 150, (300, 200)).astype(np.uint16)
+    cloudy = (valid * rng.random((300, 200))).astype(np.uint16)
+    valid[100:160, :] = 0  # a band wider than the kernel: no data in its middle
+    cloudy[100:160, :] = 0
+    c, v = _write(tmp_path / "c.tif", cloudy), _write(tmp_path / "v.tif", valid)
+    smooth_probability(c, v, str(tmp_path / "one.tif"), size=21, adjust=False, strip_rows=1000)
+    smooth_probability(c, v, str(tmp_path / "strips.tif"), size=21, adjust=False, strip_rows=7)
+    one, strips = rasterio.open(tmp_path / "one.tif").read(1), rasterio.open(tmp_path / "strips.tif").read(1)
+    np.testing.assert_array_equal(one, strips)
+    expected, _ = smooth_arrays(cloudy.astype(float), valid.astype(float), 21, "box")
+    np.testing.assert_allclose(one, np.where(np.isnan(expected), NODATA, expected), rtol=1e-5)
+    assert (one[115:145] == NODATA).all() and (one[:90] != NODATA).all()
+
+
+def test_adjustment_removes_the_covariate_and_keeps_the_mean(tmp_path):
+    rng = np.random.default_rng(3)
+    rows, cols = 200, 200
+    valid = np.full((rows, cols), 100, np.uint16)
+    urban = np.zeros((rows, cols), np.float32)
+    urban[40:120, 40:120] = 1.0
+    truth = 40 + rng.normal(0, 5, (rows, cols))  # a signal the urban block does not explain
+    cloudy = np.round(valid * (truth + 15 * urban) / 100).astype(np.uint16)
+    c, v = _write(tmp_path / "c.tif", cloudy), _write(tmp_path / "v.tif", valid)
+    u = _write(tmp_path / "urban.tif", urban)
+    result = smooth_probability(c, v, str(tmp_path / "s.tif"), str(tmp_path / "a.tif"), size=5, covariates=[u])
+    assert result.names == ["smoothed_valid_obs", "urban"] and 12 < result.coefficients[1] < 16
+    adjusted = rasterio.open(tmp_path / "a.tif").read(1)
+    smoothed = rasterio.open(tmp_path / "s.tif").read(1)
+    inner = (slice(50, 110), slice(50, 110))
+    assert abs((adjusted[inner] - truth[inner]).mean()) < abs((smoothed[inner] - truth[inner]).mean()) / 3
+    assert adjusted.mean() == pytest.approx(smoothed.mean(), abs=0.05)
+    saved = json.loads((tmp_path / "a.regression.json").read_text())
+    assert saved["pixels"] == rows * cols and 0 < saved["r2"] <= 1
+
+
+def test_zonal_weights_are_exact_cover_fractions(tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import Polygon, box
+
+    values = np.arange(16, dtype=np.float32).reshape(4, 4) + 10
+    values[3, 3] = -9999
+    raster = _write(tmp_path / "p.tif", values, from_origin(0, 80, 20, 20), nodata=-9999.0)
+    zones = gpd.GeoDataFrame({"code": ["aligned", "half", "outside", "nodata", "bowtie", "empty"]}, geometry=[
+        box(0, 40, 40, 80),  # 2 × 2 whole cells
+        box(0, 60, 30, 80),  # one cell and half of its neighbour
+        box(200, 200, 220, 220),
+        box(61, 1, 79, 19),  # only the no-data cell
+        Polygon([(0, 0), (40, 40), (40, 0), (0, 40)]),  # invalid (self-intersecting)
+        Polygon(),
+    ], crs="EPSG:27700")
+    result = zonal_statistics(raster, zones, "code")
+    t = result.table.set_index("code")
+    assert t.loc["aligned", "cloud_prob_mean"] == pytest.approx(values[0:2, 0:2].mean())
+    assert t.loc["aligned", "pixel_count"] == pytest.approx(4) and t.loc["aligned", "coverage_pct"] == pytest.approx(100)
+    assert t.loc["half", "cloud_prob_mean"] == pytest.approx((values[0, 0] + 0.5 * values[0, 1]) / 1.5)
+    assert t.loc["half", "pixel_count"] == pytest.approx(1.5)
+    for code in ("outside", "nodata", "empty"):
+        assert np.isnan(t.loc[code, "cloud_prob_mean"]), code
+    assert t.loc["nodata", "coverage_pct"] == 0.0
+    assert result.invalid == ["bowtie"] and result.empty == ["empty"] and set(result.no_data) == {"outside", "nodata"}
+    # the helper-process path (used inside QGIS) gives the same table
+    other = zonal_statistics_in_process(raster, zones, "code").table.set_index("code")
+    np.testing.assert_allclose(other["cloud_prob_mean"].astype(float), t["cloud_prob_mean"].astype(float), equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def year_products(sample_servers, sample_archive, tmp_path_factory):
+    """Raw, smoothed and adjusted probability of the sample year on its EPSG:27700 grid."""
+    from conftest import served_scenes
+
+    from cloud_probability.core.frequency import cloud_frequency, grid_for_area
+    from cloud_probability.core.masks import PRESETS
+
+    folder = tmp_path_factory.mktemp("year")
+    x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
+    grid = grid_for_area((x0, y0, x1, y1), "EPSG:27700", 20.0)
+    out = {k: str(folder / f"{k}.tif") for k in ("probability", "valid", "cloudy")}
+    cloud_frequency(served_scenes(sample_servers), grid, PRESETS["scl"], out, tile_px=256, cache_dir=folder / "c")
+    regression = smooth_probability(out["cloudy"], out["valid"], str(folder / "smoothed.tif"), str(folder / "adjusted.tif"),
+                                    covariates=[str(sample_archive / "truth" / "urban_fraction_27700.tif")])
+    return {"raw": out["probability"], "smoothed": str(folder / "smoothed.tif"), "adjusted": str(folder / "adjusted.tif"),
+            "valid": out["valid"], "regression": regression}
+
+
+def test_adjusted_is_closer_to_the_truth_and_the_artefacts_shrink(year_products, sample_archive):
+    import csv
+
+    import geopandas as gpd
+
+    zones = gpd.read_file(sample_archive / "zones" / "small_areas.gpkg", layer="small_areas")
+    with open(sample_archive / "truth" / "small_areas_truth.csv") as fh:
+        truth = {r["code"]: float(r["true_cloud_prob_pct"]) for r in csv.DictReader(fh)}
+    layout = sa.make_layout(sa.SampleSpec.small())
+    centroids = zones.geometry.centroid
+    ux, uy, ur = layout.urban
+    urban = ((centroids.x - ux) ** 2 + (centroids.y - uy) ** 2 < ur**2).values
+    overlap = np.array([sa.in_swath(layout, 94, np.array(c.x), np.array(c.y)) and sa.in_swath(layout, 137, np.array(c.x), np.array(c.y))
+                        for c in centroids])
+    errors, lines = {}, []
+    for name in ("raw", "smoothed", "adjusted"):
+        table = zonal_statistics(year_products[name], zones, "code").table
+        err = table["cloud_prob_mean"].values - np.array([truth[c] for c in table["code"]])
+        errors[name] = err
+        lines.append(f"{name:9s} RMSE {np.sqrt(np.nanmean(err**2)):5.2f}  bias {np.nanmean(err):+5.2f}  "
+                     f"urban−rest {np.nanmean(err[urban]) - np.nanmean(err[~urban]):+5.2f}  "
+                     f"overlap−single {np.nanmean(err[overlap]) - np.nanmean(err[~overlap]):+5.2f}")
+    print("\nper-area error against the truth (percentage points):\n" + "\n".join(lines))
+    rmse = {k: np.sqrt(np.nanmean(v**2)) for k, v in errors.items()}
+    assert rmse["adjusted"] < rmse["raw"]
+    for mask in (urban, overlap):
+        gap = {k: abs(np.nanmean(v[mask]) - np.nanmean(v[~mask])) for k, v in errors.items()}
+        assert gap["adjusted"] < 0.5 * gap["raw"], gap
+    assert year_products["regression"].r2 > 0.1
+
+
+def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_servers, sample_archive, tmp_path):
+    import processing
+    from qgis.core import (
+        QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputLayerDefinition, QgsProject,
+        QgsVectorLayer,
+    )
+
+    feedback = QgsProcessingFeedback()
+    smoothed = processing.run("cloudprob:smoothprobability", {
+        "CLOUDY": year_products["raw"].replace("probability", "cloudy"), "VALID": year_products["valid"],
+        "COVARIATES": [str(sample_archive / "truth" / "urban_fraction_27700.tif")],
+        "OUTPUT_SMOOTHED": str(tmp_path / "s.tif"), "OUTPUT_ADJUSTED": str(tmp_path / "a.tif")}, feedback=feedback)
+    assert (tmp_path / "a.regression.json").exists() and "R²" in feedback.textLog()
+    np.testing.assert_allclose(rasterio.open(smoothed["OUTPUT_ADJUSTED"]).read(1),
+                               rasterio.open(year_products["adjusted"]).read(1), atol=1e-4)
+
+    zones = f"{sample_archive / 'zones' / 'small_areas.gpkg'}|layername=small_areas"
+    alg = QgsApplication.processingRegistry().createAlgorithmById("cloudprob:zonalstatistics")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    results, ok = alg.run({
+        "INPUT_RASTER": smoothed["OUTPUT_ADJUSTED"], "ZONES": zones, "ZONE_ID_FIELD": "code", "VALID": year_products["valid"],
+        "OUTPUT": QgsProcessingOutputLayerDefinition(str(tmp_path / "z.gpkg"), QgsProject.instance()),
+        "OUTPUT_CSV": str(tmp_path / "z.csv")}, context, feedback)
+    assert ok, feedback.textLog()
+    layer = QgsVectorLayer(results["OUTPUT"], "z", "ogr")
+    names = [f.name() for f in layer.fields()]
+    assert {"code", "cloud_prob_mean", "min", "max", "stdev", "coverage_pct", "pixel_count", "valid_obs_mean",
+            "ci95_low", "ci95_high"} <= set(names)
+    assert layer.featureCount() == 300 and layer.crs().authid() == "EPSG:27700"
+    rows = (tmp_path / "z.csv").read_text().splitlines()
+    assert rows[0].startswith("code,cloud_prob_mean") and len(rows) == 301
+    details = context.layersToLoadOnCompletion()[results["OUTPUT"]]
+    details.postProcessor().postProcessLayer(layer, context, feedback)
+    assert layer.renderer().type() == "graduatedSymbol" and len(layer.renderer().ranges()) == 7
+
+    x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
+    model = processing.run("cloudprob:annualcloudprobability", {
+        "STAC_URL": sample_servers.stac.url, "COLLECTION": "sentinel-2-l2a", "AOI": f"{x0},{x1},{y0},{y1} [EPSG:27700]",
+        "START_DATE": "2024-01-01", "END_DATE": "2024-12-31", "ZONES": zones, "ZONE_ID_FIELD": "code",
+        "TARGET_CRS": "EPSG:27700", "RESOLUTION": 20, "zonal:SMALL_AREAS": str(tmp_path / "model.gpkg"),
+        "zonal:SMALL_AREAS_CSV": str(tmp_path / "model.csv"), "smoothing:ADJUSTED": str(tmp_path / "model_adj.tif"),
+        # processing.run does not fill in unnamed destinations (qgis_process does)
+        **{name: "TEMPORARY_OUTPUT" for name in ("frequency:PROBABILITY", "frequency:VALID", "frequency:CLOUDY",
+                                                 "smoothing:SMOOTHED")}})
+    assert model["zonal:SMALL_AREAS"] == str(tmp_path / "model.gpkg")
+    # the model adjusts on the smoothed valid count alone (no covariate rasters)
+    smooth_probability(year_products["raw"].replace("probability", "cloudy"), year_products["valid"],
+                       str(tmp_path / "s2.tif"), str(tmp_path / "a2.tif"))
+    np.testing.assert_allclose(rasterio.open(tmp_path / "model_adj.tif").read(1),
+                               rasterio.open(tmp_path / "a2.tif").read(1), atol=1e-3)
+    assert len((tmp_path / "model.csv").read_text().splitlines()) == 301
