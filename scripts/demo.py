@@ -5,13 +5,16 @@
 2. serves it for real on loopback: nginx for the COGs (HTTP Range), `rustac serve` for STAC;
 3. through scripts/qgis_process: `cloudprob:searchscenes` for the archive's area and 2024,
    `cloudprob:screenscenes` for a 2 km × 2 km area around Greenwich (cloud inside the area, not
-   the scene's), `cloudprob:cloudmask` of one scene and `cloudprob:cloudfrequency` (per-pixel
-   probability over the year on a 20 m EPSG:27700 grid across UTM zones 30 and 31);
-4. writes demo_out/scenes.gpkg, screened.gpkg, cloud_mask.tif, probability.tif, valid.tif and
-   cloudy.tif and prints a short summary, with the probability compared to the archive's truth.
+   the scene's), `cloudprob:cloudmask` of one scene, and the shipped model
+   `cloudprob:annualcloudprobability` (search → per-pixel frequency on a 20 m EPSG:27700 grid across
+   UTM zones 30 and 31 → smoothing and adjustment → exact statistics per small area);
+4. writes under demo_out/ the scenes, the screening, the mask, the probability rasters (raw,
+   smoothed, adjusted) with their counts, small_areas.gpkg, small_areas.csv and a PNG map with
+   legend rendered by QGIS, and prints a summary comparing the products with the archive's truth.
 """
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -58,7 +61,9 @@ def main() -> int:
           f"in {time.monotonic() - t0:.1f} s")
     OUT.mkdir(exist_ok=True)
     scenes_path = OUT / "scenes.gpkg"
-    for old in ("scenes.gpkg", "screened.gpkg", "cloud_mask.tif", "probability.tif", "valid.tif", "cloudy.tif"):
+    for old in ("scenes.gpkg", "screened.gpkg", "cloud_mask.tif", "probability.tif", "valid.tif", "cloudy.tif",
+                "probability_smoothed.tif", "probability_adjusted.tif", "small_areas.gpkg", "small_areas.csv",
+                "small_areas.png", "probability_adjusted.regression.json"):
         if (OUT / old).exists():
             (OUT / old).unlink()
     xmin, ymin, xmax, ymax = info["aoi_27700"]
@@ -91,12 +96,17 @@ def main() -> int:
         ])
         if mask is None:
             return 1
-        freq, freq_s = _run("cloudprob:cloudfrequency", [
-            f"SCENES={scenes_path}", f"AOI={xmin},{xmax},{ymin},{ymax} [EPSG:27700]", "TARGET_CRS=EPSG:27700",
-            "RESOLUTION=20", f"OUTPUT_PROBABILITY={OUT / 'probability.tif'}", f"OUTPUT_VALID={OUT / 'valid.tif'}",
-            f"OUTPUT_CLOUDY={OUT / 'cloudy.tif'}",
+        zones = archive / "zones" / "small_areas.gpkg"
+        model, model_s = _run("cloudprob:annualcloudprobability", [
+            f"STAC_URL={running.stac.url}", "COLLECTION=sentinel-2-l2a", f"AOI={xmin},{xmax},{ymin},{ymax} [EPSG:27700]",
+            "START_DATE=2024-01-01", "END_DATE=2024-12-31", f"ZONES={zones}|layername=small_areas", "ZONE_ID_FIELD=code",
+            "TARGET_CRS=EPSG:27700", "RESOLUTION=20",
+            f"frequency:PROBABILITY={OUT / 'probability.tif'}", f"frequency:VALID={OUT / 'valid.tif'}",
+            f"frequency:CLOUDY={OUT / 'cloudy.tif'}", f"smoothing:SMOOTHED={OUT / 'probability_smoothed.tif'}",
+            f"smoothing:ADJUSTED={OUT / 'probability_adjusted.tif'}", f"zonal:SMALL_AREAS={OUT / 'small_areas.gpkg'}",
+            f"zonal:SMALL_AREAS_CSV={OUT / 'small_areas.csv'}",
         ])
-        if freq is None:
+        if model is None:
             return 1
 
     scenes = gpd.read_file(scenes_path)
@@ -122,18 +132,31 @@ def main() -> int:
     import numpy as np
     import rasterio
 
-    with rasterio.open(OUT / "probability.tif") as ds:
-        prob = ds.read(1, masked=True)
+    from cloud_probability.core.zonal import zonal_statistics
+
     with rasterio.open(OUT / "valid.tif") as ds:
         valid = ds.read(1)
-    truth_path = archive / "truth" / "probability_27700.tif"
-    with rasterio.open(truth_path) as ds:
-        truth = ds.read(1)
-    print(f"Wrote demo_out/probability.tif, valid.tif, cloudy.tif ({prob.shape[1]} × {prob.shape[0]} px, EPSG:27700, "
-          f"20 m) in {freq_s:.1f} s: {freq['log']['info'][-1].split(';')[0]}")
-    print(f"  valid observations per pixel {valid.min()}–{valid.max()} (partial swaths, two orbits); "
-          f"mean probability {prob.mean():.1f} % (truth {truth.mean():.1f} %), "
-          f"per-pixel RMSE against the truth {np.sqrt(((prob - truth) ** 2).mean()):.1f} points before smoothing")
+    regression = json.loads((OUT / "probability_adjusted.regression.json").read_text())
+    print(f"Ran cloudprob:annualcloudprobability (search → frequency → smoothing → zonal) in {model_s:.1f} s: "
+          f"{valid.shape[1]} × {valid.shape[0]} px at 20 m on EPSG:27700 across UTM 30/31, "
+          f"{valid.min()}–{valid.max()} valid observations per pixel")
+    print(f"  adjustment: R² {regression['r2']:.3f} over {regression['pixels']} pixels, "
+          + ", ".join(f"{n} {c:+.3g}" for n, c in zip(regression["names"], regression["coefficients"])))
+    zones = gpd.read_file(archive / "zones" / "small_areas.gpkg", layer="small_areas")
+    truth = {r["code"]: float(r["true_cloud_prob_pct"]) for r in csv.DictReader(open(archive / "truth" / "small_areas_truth.csv"))}
+    print("  per small area against the generator's truth (percentage points):")
+    for name, path in (("raw", "probability.tif"), ("smoothed", "probability_smoothed.tif"), ("adjusted", "probability_adjusted.tif")):
+        table = zonal_statistics(str(OUT / path), zones, "code").table
+        err = table["cloud_prob_mean"].values - np.array([truth[c] for c in table["code"]])
+        print(f"    {name:9s} RMSE {np.sqrt(np.nanmean(err ** 2)):5.2f}   bias {np.nanmean(err):+5.2f}   spread {np.nanstd(err):5.2f}")
+    render = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_map.py"), str(OUT / "small_areas.gpkg"),
+                             str(OUT / "small_areas.png")], capture_output=True, text=True)
+    if render.returncode != 0:
+        print(render.stderr[-2000:], file=sys.stderr)
+        return 1
+    rows = (OUT / "small_areas.csv").read_text().splitlines()
+    print(f"Wrote demo_out/small_areas.gpkg and small_areas.csv ({len(rows) - 1} areas: {rows[0]}), "
+          f"demo_out/small_areas.png (map with legend), and the probability rasters.")
     print("Open demo_out/ in QGIS, or run any cloudprob algorithm with scripts/qgis_process.")
     return 0
 
