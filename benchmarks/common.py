@@ -12,14 +12,11 @@ OUT = ROOT / "bench_out"
 
 def ensure_plugin_importable() -> None:
     """The checkout as package ``cloud_probability`` and scripts/ (loopback servers) on sys.path."""
-    plugins = BUILD / "plugins"
-    plugins.mkdir(parents=True, exist_ok=True)
-    link = plugins / "cloud_probability"
-    if not link.exists():
-        link.symlink_to(ROOT, target_is_directory=True)
-    for path in (str(plugins), str(ROOT / "scripts")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    from devpaths import ensure_plugin_importable as ensure
+
+    ensure()
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

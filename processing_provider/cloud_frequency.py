@@ -5,7 +5,6 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
@@ -15,8 +14,8 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 
+from .base import CloudProbAlgorithm
 from ..core.frequency import FrequencyError, cloud_frequency, grid_for_area, periods_for, utm_epsg
 from ..core.progress import Cancelled
 from ..core.reading import Grid
@@ -27,8 +26,13 @@ from .styling import StylePostProcessor
 PERIODS = ["all", "month"]
 
 
-class CloudFrequencyAlgorithm(QgsProcessingAlgorithm):
+class CloudFrequencyAlgorithm(CloudProbAlgorithm):
     """Valid and cloudy observation counts and the cloud probability on one grid."""
+
+    NAME = "cloudfrequency"
+    DISPLAY_NAME = "Per-pixel cloud probability"
+    GROUP = "Cloud probability"
+    GROUP_ID = "probability"
 
     SCENES = "SCENES"
     AOI = "AOI"
@@ -40,24 +44,6 @@ class CloudFrequencyAlgorithm(QgsProcessingAlgorithm):
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
     OUTPUT_VALID = "OUTPUT_VALID"
     OUTPUT_CLOUDY = "OUTPUT_CLOUDY"
-
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("CloudFrequencyAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802
-        return CloudFrequencyAlgorithm()
-
-    def name(self) -> str:
-        return "cloudfrequency"
-
-    def displayName(self) -> str:  # noqa: N802
-        return self.tr("Per-pixel cloud probability")
-
-    def group(self) -> str:
-        return self.tr("Cloud probability")
-
-    def groupId(self) -> str:  # noqa: N802
-        return "probability"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(

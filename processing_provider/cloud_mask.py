@@ -4,7 +4,6 @@ from __future__ import annotations
 from qgis.core import (
     QgsFeatureRequest,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -12,8 +11,8 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 
+from .base import CloudProbAlgorithm
 from ..core.masks import MASK_LEGEND, NODATA
 from ..core.reading import gdal_http_env, write_raster
 from ..core.screening import observe
@@ -21,32 +20,19 @@ from .common import add_mask_parameters, area_geometry, mask_spec, scenes_from_s
 from .styling import StylePostProcessor
 
 
-class CloudMaskAlgorithm(QgsProcessingAlgorithm):
+class CloudMaskAlgorithm(CloudProbAlgorithm):
     """0 clear, 1 cloud, 2 cloud shadow, 3 snow/ice, 255 no data, for one scene."""
+
+    NAME = "cloudmask"
+    DISPLAY_NAME = "Cloud mask of one scene"
+    GROUP = "Scenes"
+    GROUP_ID = "scenes"
 
     SCENES = "SCENES"
     SCENE_ID = "SCENE_ID"
     AOI = "AOI"
     RESOLUTION = "RESOLUTION"
     OUTPUT = "OUTPUT"
-
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("CloudMaskAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802
-        return CloudMaskAlgorithm()
-
-    def name(self) -> str:
-        return "cloudmask"
-
-    def displayName(self) -> str:  # noqa: N802
-        return self.tr("Cloud mask of one scene")
-
-    def group(self) -> str:
-        return self.tr("Scenes")
-
-    def groupId(self) -> str:  # noqa: N802
-        return "scenes"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(

@@ -7,7 +7,6 @@ from qgis.core import (
     QgsField,
     QgsGeometry,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
@@ -15,8 +14,9 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QVariant
+from qgis.PyQt.QtCore import QVariant
 
+from .base import CloudProbAlgorithm
 from ..core.progress import Cancelled
 from ..core.screening import screen_scenes
 from .common import add_mask_parameters, area_from_parameters, mask_spec, scenes_from_source
@@ -36,8 +36,13 @@ AOI_FIELDS = [
 ]
 
 
-class ScreenScenesAlgorithm(QgsProcessingAlgorithm):
+class ScreenScenesAlgorithm(CloudProbAlgorithm):
     """Cloud / shadow / snow / valid share inside the area for every acquisition."""
+
+    NAME = "screenscenes"
+    DISPLAY_NAME = "Cloud cover inside the area"
+    GROUP = "Scenes"
+    GROUP_ID = "scenes"
 
     SCENES = "SCENES"
     AOI = "AOI"
@@ -47,24 +52,6 @@ class ScreenScenesAlgorithm(QgsProcessingAlgorithm):
     MIN_AOI_VALID = "MIN_AOI_VALID"
     CONCURRENCY = "CONCURRENCY"
     OUTPUT = "OUTPUT"
-
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("ScreenScenesAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802
-        return ScreenScenesAlgorithm()
-
-    def name(self) -> str:
-        return "screenscenes"
-
-    def displayName(self) -> str:  # noqa: N802
-        return self.tr("Cloud cover inside the area")
-
-    def group(self) -> str:
-        return self.tr("Scenes")
-
-    def groupId(self) -> str:  # noqa: N802
-        return "scenes"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(

@@ -12,7 +12,6 @@ from qgis.core import (
     QgsFields,
     QgsGeometry,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterDateTime,
     QgsProcessingParameterExtent,
@@ -22,8 +21,9 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QDate, QDateTime, Qt, QVariant
+from qgis.PyQt.QtCore import QDate, QDateTime, Qt, QVariant
 
+from .base import CloudProbAlgorithm
 from ..core.progress import Cancelled
 from ..core.search import DEFAULT_COLLECTION, EARTH_SEARCH_V1, SearchError, SearchRequest, search_scenes
 from ..core.stac import Scene
@@ -91,8 +91,13 @@ def scene_feature(scene: Scene, fields: QgsFields) -> QgsFeature:
     return feature
 
 
-class SearchScenesAlgorithm(QgsProcessingAlgorithm):
+class SearchScenesAlgorithm(CloudProbAlgorithm):
     """STAC item search for an area and dates; one footprint feature per scene."""
+
+    NAME = "searchscenes"
+    DISPLAY_NAME = "Search Sentinel-2 scenes"
+    GROUP = "Scenes"
+    GROUP_ID = "scenes"
 
     STAC_URL = "STAC_URL"
     COLLECTION = "COLLECTION"
@@ -102,24 +107,6 @@ class SearchScenesAlgorithm(QgsProcessingAlgorithm):
     MAX_SCENE_CLOUD = "MAX_SCENE_CLOUD"
     MAX_ITEMS = "MAX_ITEMS"
     OUTPUT = "OUTPUT"
-
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("SearchScenesAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802
-        return SearchScenesAlgorithm()
-
-    def name(self) -> str:
-        return "searchscenes"
-
-    def displayName(self) -> str:  # noqa: N802
-        return self.tr("Search Sentinel-2 scenes")
-
-    def group(self) -> str:
-        return self.tr("Scenes")
-
-    def groupId(self) -> str:  # noqa: N802
-        return "scenes"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(

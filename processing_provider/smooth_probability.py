@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -12,8 +11,8 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 
+from .base import CloudProbAlgorithm
 from ..core.progress import Cancelled
 from ..core.smoothing import smooth_probability
 from .common import output_path
@@ -23,8 +22,13 @@ from .styling import StylePostProcessor
 SHAPES = ["box", "gaussian"]
 
 
-class SmoothProbabilityAlgorithm(QgsProcessingAlgorithm):
+class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
     """smoothed = K∗cloudy / K∗valid; adjusted = smoothed − explained part of the artefacts."""
+
+    NAME = "smoothprobability"
+    DISPLAY_NAME = "Smooth and adjust the cloud probability"
+    GROUP = "Cloud probability"
+    GROUP_ID = "probability"
 
     CLOUDY = "CLOUDY"
     VALID = "VALID"
@@ -34,24 +38,6 @@ class SmoothProbabilityAlgorithm(QgsProcessingAlgorithm):
     ADJUST = "ADJUST"
     OUTPUT_SMOOTHED = "OUTPUT_SMOOTHED"
     OUTPUT_ADJUSTED = "OUTPUT_ADJUSTED"
-
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("SmoothProbabilityAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802
-        return SmoothProbabilityAlgorithm()
-
-    def name(self) -> str:
-        return "smoothprobability"
-
-    def displayName(self) -> str:  # noqa: N802
-        return self.tr("Smooth and adjust the cloud probability")
-
-    def group(self) -> str:
-        return self.tr("Cloud probability")
-
-    def groupId(self) -> str:  # noqa: N802
-        return "probability"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(

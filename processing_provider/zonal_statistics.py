@@ -4,7 +4,6 @@ from __future__ import annotations
 from qgis.core import (
     QgsGraduatedSymbolRenderer,
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterFeatureSource,
@@ -14,8 +13,8 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
     QgsStyle,
 )
-from qgis.PyQt.QtCore import QCoreApplication
 
+from .base import CloudProbAlgorithm
 from ..core.progress import Cancelled
 from ..core.zonal import ZonalError, write_outputs, zonal_statistics_in_process
 from .common import output_path
@@ -56,8 +55,13 @@ class GraduatedPostProcessor(QgsProcessingLayerPostProcessorInterface):
         details.setPostProcessor(processor)
 
 
-class ZonalStatisticsAlgorithm(QgsProcessingAlgorithm):
+class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
     """Coverage-weighted mean, min, max, stdev and coverage of the probability per polygon."""
+
+    NAME = "zonalstatistics"
+    DISPLAY_NAME = "Cloud probability per small area"
+    GROUP = "Cloud probability"
+    GROUP_ID = "probability"
 
     INPUT_RASTER = "INPUT_RASTER"
     ZONES = "ZONES"
@@ -65,24 +69,6 @@ class ZonalStatisticsAlgorithm(QgsProcessingAlgorithm):
     VALID = "VALID"
     OUTPUT = "OUTPUT"
     OUTPUT_CSV = "OUTPUT_CSV"
-
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("ZonalStatisticsAlgorithm", text)
-
-    def createInstance(self):  # noqa: N802
-        return ZonalStatisticsAlgorithm()
-
-    def name(self) -> str:
-        return "zonalstatistics"
-
-    def displayName(self) -> str:  # noqa: N802
-        return self.tr("Cloud probability per small area")
-
-    def group(self) -> str:
-        return self.tr("Cloud probability")
-
-    def groupId(self) -> str:  # noqa: N802
-        return "probability"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(

@@ -26,15 +26,6 @@ BUILD = ROOT / ".build"
 OUT = ROOT / "demo_out"
 
 
-def _plugin_importable() -> None:
-    plugins = BUILD / "plugins"
-    plugins.mkdir(parents=True, exist_ok=True)
-    link = plugins / "cloud_probability"
-    if not link.exists():
-        link.symlink_to(ROOT, target_is_directory=True)
-    sys.path[:0] = [str(plugins), str(ROOT / "scripts")]
-
-
 def _run(algorithm: str, args: list[str]):
     """Run one algorithm through scripts/qgis_process; (JSON report, seconds) or (None, s)."""
     cmd = [str(ROOT / "scripts" / "qgis_process"), "--json", "run", algorithm, "--", *args]
@@ -50,7 +41,9 @@ def _run(algorithm: str, args: list[str]):
 
 
 def main() -> int:
-    _plugin_importable()
+    from devpaths import ensure_plugin_importable
+
+    ensure_plugin_importable()
     import servers
     from cloud_probability.core.sample_archive import SampleSpec, generate
 

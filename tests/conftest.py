@@ -19,19 +19,10 @@ REALDATA = SHARED / "realdata"
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
-def _plugin_on_path() -> None:
-    """Make the checkout importable under the installed folder name ``cloud_probability``."""
-    plugins = BUILD / "plugins"
-    plugins.mkdir(parents=True, exist_ok=True)
-    link = plugins / "cloud_probability"
-    if not link.exists():
-        link.symlink_to(ROOT, target_is_directory=True)
-    for path in (str(plugins), str(ROOT / "scripts"), str(ROOT / "tests")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+sys.path.insert(0, str(ROOT / "scripts"))
+from devpaths import ensure_plugin_importable  # noqa: E402
 
-
-_plugin_on_path()
+ensure_plugin_importable(ROOT / "tests")
 
 
 @pytest.fixture(scope="session")
