@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsCoordinateReferenceSystem,
-    QgsCoordinateTransform,
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterCrs,
@@ -16,10 +14,9 @@ from qgis.core import (
 )
 
 from .base import CloudProbAlgorithm
-from ..core.frequency import FrequencyError, cloud_frequency, grid_for_area, periods_for, utm_epsg
+from ..core.frequency import FrequencyError, cloud_frequency, periods_for
 from ..core.progress import Cancelled
-from ..core.reading import Grid
-from .common import add_mask_parameters, mask_spec, output_path, scenes_from_source
+from .common import add_mask_parameters, grid_from_parameters, mask_spec, output_path, scenes_from_source
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
 
@@ -82,33 +79,6 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_VALID, self.tr("Valid observations")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLOUDY, self.tr("Cloudy observations")))
 
-    def _grid(self, parameters, context) -> Grid:
-        like = self.parameterAsRasterLayer(parameters, self.GRID_LIKE, context)
-        if like is not None:
-            import rasterio
-
-            with rasterio.open(like.source()) as ds:
-                return Grid(ds.crs, ds.transform, (ds.height, ds.width))
-        if not parameters.get(self.AOI):
-            raise QgsProcessingException(self.tr("Give the extent of the output grid (or a raster whose grid to use)."))
-        aoi_crs = self.parameterAsExtentCrs(parameters, self.AOI, context)
-        target = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
-        if not target.isValid():
-            if aoi_crs.isValid() and not aoi_crs.isGeographic():
-                target = aoi_crs
-            else:
-                centre = self.parameterAsExtent(parameters, self.AOI, context, QgsCoordinateReferenceSystem("EPSG:4326")).center()
-                target = QgsCoordinateReferenceSystem(f"EPSG:{utm_epsg(centre.x(), centre.y())}")
-        if target.isGeographic():
-            raise QgsProcessingException(self.tr("The target CRS must be projected (metres), e.g. EPSG:27700 or a UTM zone."))
-        extent = self.parameterAsExtent(parameters, self.AOI, context, target)
-        resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context)
-        crs_text = target.authid() if target.authid().upper().startswith("EPSG:") else target.toWkt()
-        grid = grid_for_area((extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()), crs_text, resolution)
-        if grid.shape[0] * grid.shape[1] > 4_000_000_000:
-            raise QgsProcessingException(f"The grid would have {grid.shape[0]} × {grid.shape[1]} pixels; use a coarser resolution.")
-        return grid
-
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
         if source is None:
@@ -116,7 +86,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         scenes = [s for s, _ in scenes_from_source(source, feedback)]
         if not scenes:
             raise QgsProcessingException(self.tr("The scenes layer holds no scenes."))
-        grid = self._grid(parameters, context)
+        grid = grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION, self.GRID_LIKE)
         spec = mask_spec(self, parameters, context)
         periods = periods_for(PERIODS[self.parameterAsEnum(parameters, self.PERIOD, context)], scenes)
         outputs = {

@@ -129,3 +129,37 @@ def output_path(alg, parameters, name: str, context, extension: str) -> str:
 
     path = alg.parameterAsOutputLayer(parameters, name, context)
     return path or QgsProcessingUtils.generateTempFilename(f"{name.lower()}.{extension}")
+
+
+def grid_from_parameters(alg, parameters, context, aoi: str, target_crs: str, resolution: str, grid_like: str | None = None):
+    """The output grid: a raster's own grid (``grid_like``), or the extent in the target CRS
+    (default: the extent's CRS if projected, else the UTM zone of its centre) at the resolution,
+    its edges on multiples of the resolution."""
+    from ..core.frequency import grid_for_area, utm_epsg
+    from ..core.reading import Grid
+
+    like = alg.parameterAsRasterLayer(parameters, grid_like, context) if grid_like else None
+    if like is not None:
+        import rasterio
+
+        with rasterio.open(like.source()) as ds:
+            return Grid(ds.crs, ds.transform, (ds.height, ds.width))
+    if not parameters.get(aoi):
+        raise QgsProcessingException("Give the extent of the output grid (or a raster whose grid to use).")
+    aoi_crs = alg.parameterAsExtentCrs(parameters, aoi, context)
+    target = alg.parameterAsCrs(parameters, target_crs, context)
+    if not target.isValid():
+        if aoi_crs.isValid() and not aoi_crs.isGeographic():
+            target = aoi_crs
+        else:
+            centre = alg.parameterAsExtent(parameters, aoi, context, QgsCoordinateReferenceSystem("EPSG:4326")).center()
+            target = QgsCoordinateReferenceSystem(f"EPSG:{utm_epsg(centre.x(), centre.y())}")
+    if target.isGeographic():
+        raise QgsProcessingException("The target CRS must be projected (metres), e.g. EPSG:27700 or a UTM zone.")
+    extent = alg.parameterAsExtent(parameters, aoi, context, target)
+    size = alg.parameterAsDouble(parameters, resolution, context)
+    crs_text = target.authid() if target.authid().upper().startswith("EPSG:") else target.toWkt()
+    grid = grid_for_area((extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()), crs_text, size)
+    if grid.shape[0] * grid.shape[1] > 4_000_000_000:
+        raise QgsProcessingException(f"The grid would have {grid.shape[0]} × {grid.shape[1]} pixels; use a coarser resolution.")
+    return grid

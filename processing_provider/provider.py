@@ -18,6 +18,7 @@ ALGORITHMS = [
     ("cloud_frequency", "CloudFrequencyAlgorithm"),
     ("smooth_probability", "SmoothProbabilityAlgorithm"),
     ("zonal_statistics", "ZonalStatisticsAlgorithm"),
+    ("clear_composite", "ClearCompositeAlgorithm"),
 ]
 
 

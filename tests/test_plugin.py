@@ -36,7 +36,7 @@ def test_class_factory_registers_and_unloads_the_provider(qgis_iface, qgis_proce
         provider = registry.providerById("cloudprob")
         assert provider is not None and provider.name() == "Cloud probability (Sentinel-2)"
         assert sorted(a.id() for a in provider.algorithms()) == [
-            "cloudprob:annualcloudprobability", "cloudprob:cloudfrequency", "cloudprob:cloudmask",
+            "cloudprob:annualcloudprobability", "cloudprob:clearcomposite", "cloudprob:cloudfrequency", "cloudprob:cloudmask",
             "cloudprob:screenscenes", "cloudprob:searchscenes", "cloudprob:smoothprobability",
             "cloudprob:zonalstatistics"]
         assert not provider.icon().isNull()

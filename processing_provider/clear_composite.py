@@ -1,0 +1,117 @@
+"""``cloudprob:clearcomposite`` — median composite of clear observations (adapter over core.composite)."""
+from __future__ import annotations
+
+from qgis.core import (
+    QgsContrastEnhancement,
+    QgsMultiBandColorRenderer,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterCrs,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterString,
+)
+
+from .base import CloudProbAlgorithm
+from ..core.composite import CompositeError, clear_composite
+from ..core.progress import Cancelled
+from .common import add_mask_parameters, grid_from_parameters, mask_spec, output_path, scenes_from_source
+from .feedback import FeedbackProgress, core_logging_to
+
+
+class RgbStretchPostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Bands 1-2-3 as red-green-blue, stretched over 0–0.25 reflectance (land, not clouds)."""
+
+    _alive: dict[str, "RgbStretchPostProcessor"] = {}
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        if layer is None or not layer.isValid() or layer.bandCount() < 3:
+            return
+        renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 1, 2, 3)
+        for band, setter in ((1, renderer.setRedContrastEnhancement), (2, renderer.setGreenContrastEnhancement),
+                             (3, renderer.setBlueContrastEnhancement)):
+            enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
+            enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+            enhancement.setMinimumValue(0)
+            enhancement.setMaximumValue(2500)
+            setter(enhancement)
+        layer.setRenderer(renderer)
+        layer.triggerRepaint()
+
+    @classmethod
+    def attach(cls, context, layer_id: str, name: str) -> None:
+        if not context.willLoadLayerOnCompletion(layer_id):
+            return
+        details = context.layerToLoadOnCompletionDetails(layer_id)
+        details.name = name
+        processor = cls()
+        cls._alive[layer_id] = processor
+        details.setPostProcessor(processor)
+
+
+class ClearCompositeAlgorithm(CloudProbAlgorithm):
+    """Per-pixel median of the clear observations of chosen bands."""
+
+    NAME = "clearcomposite"
+    DISPLAY_NAME = "Clear-sky composite"
+    GROUP = "Scenes"
+    GROUP_ID = "scenes"
+
+    SCENES = "SCENES"
+    AOI = "AOI"
+    BANDS = "BANDS"
+    RESOLUTION = "RESOLUTION"
+    TARGET_CRS = "TARGET_CRS"
+    OUTPUT = "OUTPUT"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.tr(
+            "Per pixel, the median of the clear observations (mask clear: not cloud, shadow, snow or no data) of "
+            "the chosen bands (asset keys, default red, green, blue) over every acquisition of the scenes layer "
+            "that has them, on one grid (extent, target CRS — default: the extent's if projected, else the UTM "
+            "zone of its centre — and resolution, 10 m by default). Values are surface reflectance × 10000; the "
+            "+1000 offset of processing baseline 04.00 and later is removed unless the catalogue says it was "
+            "(earthsearch:boa_offset_applied). 0 = no clear observation. Loaded as an RGB layer stretched over "
+            "0–0.25 reflectance."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Extent of the composite")))
+        self.addParameter(QgsProcessingParameterString(self.BANDS, self.tr("Bands (asset keys, comma separated)"), "red,green,blue"))
+        add_mask_parameters(self, with_shadows=False)
+        self.addParameter(QgsProcessingParameterNumber(
+            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Double, 10.0, False, 1.0, 10000.0))
+        self.addParameter(QgsProcessingParameterCrs(self.TARGET_CRS, self.tr("Target CRS (empty: see help)"), optional=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Clear-sky composite")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        source = self.parameterAsSource(parameters, self.SCENES, context)
+        if source is None:
+            raise QgsProcessingException(self.invalidSourceError(parameters, self.SCENES))
+        scenes = [s for s, _ in scenes_from_source(source, feedback)]
+        bands = tuple(b.strip() for b in self.parameterAsString(parameters, self.BANDS, context).split(",") if b.strip())
+        if not bands:
+            raise QgsProcessingException(self.tr("Name at least one band (asset key)."))
+        grid = grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION)
+        spec = mask_spec(self, parameters, context)
+        out = output_path(self, parameters, self.OUTPUT, context, "tif")
+        try:
+            with core_logging_to(feedback):
+                result = clear_composite(scenes, grid, spec, out, bands, progress=FeedbackProgress(feedback))
+        except Cancelled:
+            feedback.pushWarning(self.tr("Cancelled; nothing was written."))
+            return {}
+        except CompositeError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        feedback.pushInfo(
+            f"Median of {result.clear_observations} clear observations from {result.acquisitions} acquisitions"
+            + (f"; {result.skipped} acquisitions without {', '.join(bands)} skipped" if result.skipped else "") + "."
+        )
+        if len(bands) >= 3:
+            RgbStretchPostProcessor.attach(context, out, self.tr("Clear-sky composite"))
+        return {self.OUTPUT: out}
