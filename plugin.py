@@ -20,11 +20,39 @@ class CloudProbabilityPlugin:
             QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self):  # noqa: N802
-        """Desktop start-up: the provider is all there is so far."""
+        """Desktop start-up: the provider, and the "Cloud probability" dock with its toolbar button."""
+        from pathlib import Path
+
+        from qgis.PyQt.QtCore import Qt
+        from qgis.PyQt.QtGui import QIcon
+        from qgis.PyQt.QtWidgets import QAction
+
+        from .ui.dock import CloudProbabilityDock
+
         self.initProcessing()
+        self.dock = CloudProbabilityDock(self.iface, self.iface.mainWindow())
+        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.dock.hide()
+        icon = QIcon(str(Path(__file__).resolve().parent / "icons" / "cloudprob.svg"))
+        self.action = QAction(icon, "Cloud probability", self.iface.mainWindow())
+        self.action.setCheckable(True)
+        self.action.toggled.connect(self.dock.setUserVisible)
+        self.dock.visibilityChanged.connect(self.action.setChecked)
+        self.iface.addToolBarIcon(self.action)
+        self.iface.addPluginToRasterMenu("Cloud probability", self.action)
 
     def unload(self):
-        """Remove what initProcessing added."""
+        """Remove what initProcessing and initGui added."""
+        if getattr(self, "dock", None) is not None:
+            if self.dock.task is not None:
+                self.dock.cancel()
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None
+        if getattr(self, "action", None) is not None:
+            self.iface.removeToolBarIcon(self.action)
+            self.iface.removePluginRasterMenu("Cloud probability", self.action)
+            self.action = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None

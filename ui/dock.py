@@ -1,0 +1,558 @@
+"""The "Cloud probability" dock: find the scenes that are clear over an area, interactively.
+
+Search and screening run as the Processing algorithms cloudprob:searchscenes and
+cloudprob:screenscenes in background tasks (the window stays responsive; Cancel works); the
+results fill a sortable table and a chart of the area's cloud share over time, and a selected
+scene can be added to the map as true colour and SCL layers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeatureRequest,
+    QgsMapLayerProxyModel,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingUtils,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsSettings,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsDockWidget, QgsMapLayerComboBox, QgsMapToolExtent
+from qgis.PyQt.QtCore import QDate, Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDateEdit,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+STYLES = Path(__file__).resolve().parent / "styles"
+CATALOGUES = [
+    ("Earth Search v1 (Element 84)", "https://earth-search.aws.element84.com/v1", "sentinel-2-l2a"),
+    ("Microsoft Planetary Computer", "https://planetarycomputer.microsoft.com/api/stac/v1", "sentinel-2-l2a"),
+    ("Custom STAC API", "", "sentinel-2-l2a"),
+]
+COLUMNS = ["date", "platform", "tile", "scene cloud %", "area cloud %", "valid %", "items"]
+SETTINGS = "cloud_probability/dock"
+
+
+class _NumericItem(QTableWidgetItem):
+    """Sorts by number, shows a rounded value."""
+
+    def __init__(self, value):
+        super().__init__("" if value is None else f"{value:.1f}")
+        self.value = float("inf") if value is None else float(value)
+
+    def __lt__(self, other):  # noqa: D105
+        return self.value < getattr(other, "value", float("inf"))
+
+
+class CloudProbabilityDock(QgsDockWidget):
+    """Area, catalogue, dates and thresholds in; clear scenes out."""
+
+    finished = pyqtSignal(bool)  # search + screening done (True) or failed/cancelled (False)
+
+    def __init__(self, iface, parent=None):
+        super().__init__("Cloud probability", parent)
+        self.setObjectName("CloudProbabilityDock")
+        self.iface = iface
+        self.canvas = iface.mapCanvas()
+        self.task = None
+        self.feedback = None
+        self.context = None
+        self.drawn_extent: QgsRectangle | None = None
+        self.drawn_crs = None
+        self.screened_layer: QgsVectorLayer | None = None
+        self.rows: list[dict] = []
+        self._build()
+        self.load_settings()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        body = QWidget()
+        layout = QVBoxLayout(body)
+
+        area = QGroupBox("Area")
+        area_layout = QVBoxLayout(area)
+        self.area_canvas = QRadioButton("Current map extent")
+        self.area_drawn = QRadioButton("Rectangle drawn on the map")
+        self.area_layer = QRadioButton("Polygon layer (selected features, else all)")
+        self.area_canvas.setChecked(True)
+        self.draw_button = QPushButton("Draw…")
+        self.draw_button.clicked.connect(self.start_drawing)
+        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        row = QHBoxLayout()
+        row.addWidget(self.area_drawn)
+        row.addWidget(self.draw_button)
+        area_layout.addWidget(self.area_canvas)
+        area_layout.addLayout(row)
+        area_layout.addWidget(self.area_layer)
+        area_layout.addWidget(self.layer_combo)
+        layout.addWidget(area)
+
+        search = QGroupBox("Search")
+        form = QFormLayout(search)
+        self.catalogue = QComboBox()
+        for label, url, _ in CATALOGUES:
+            self.catalogue.addItem(label, url)
+        self.catalogue.currentIndexChanged.connect(self._catalogue_changed)
+        self.url = QLineEdit()
+        self.collection = QLineEdit("sentinel-2-l2a")
+        self.start = QDateEdit(QDate(QDate.currentDate().year() - 1, 1, 1))
+        self.end = QDateEdit(QDate(QDate.currentDate().year() - 1, 12, 31))
+        for edit in (self.start, self.end):
+            edit.setCalendarPopup(True)
+            edit.setDisplayFormat("yyyy-MM-dd")
+        self.max_scene_cloud = self._spin(100.0)
+        self.max_area_cloud = self._spin(30.0)
+        self.min_valid = self._spin(50.0)
+        self.concurrency = QSpinBox()
+        self.concurrency.setRange(1, 64)
+        self.concurrency.setValue(16)
+        form.addRow("Catalogue", self.catalogue)
+        form.addRow("STAC API URL", self.url)
+        form.addRow("Collection", self.collection)
+        form.addRow("From", self.start)
+        form.addRow("To", self.end)
+        form.addRow("Max scene cloud %", self.max_scene_cloud)
+        form.addRow("Max cloud in the area %", self.max_area_cloud)
+        form.addRow("Min valid data in the area %", self.min_valid)
+        form.addRow("Scenes read at once", self.concurrency)
+        layout.addWidget(search)
+
+        buttons = QHBoxLayout()
+        self.search_button = QPushButton("Search")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.search_button.clicked.connect(self.search)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.search_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSortingEnabled(True)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
+        layout.addWidget(self.table, 2)
+
+        self.chart = _Chart(self)
+        layout.addWidget(self.chart, 1)
+
+        actions = QHBoxLayout()
+        self.add_button = QPushButton("Add scene to map")
+        self.zoom_button = QPushButton("Zoom to area")
+        self.model_button = QPushButton("Annual model…")
+        self.add_button.clicked.connect(self.add_selected_scene)
+        self.zoom_button.clicked.connect(self.zoom_to_area)
+        self.model_button.clicked.connect(self.open_annual_model)
+        for b in (self.add_button, self.zoom_button, self.model_button):
+            actions.addWidget(b)
+        layout.addLayout(actions)
+        self.setWidget(body)
+
+    @staticmethod
+    def _spin(value: float) -> QDoubleSpinBox:
+        spin = QDoubleSpinBox()
+        spin.setRange(0.0, 100.0)
+        spin.setDecimals(1)
+        spin.setValue(value)
+        return spin
+
+    def _catalogue_changed(self, index: int) -> None:
+        url = CATALOGUES[index][1]
+        if url:
+            self.url.setText(url)
+        self.url.setReadOnly(bool(url))
+
+    # ------------------------------------------------------------------ settings
+    def load_settings(self) -> None:
+        s = QgsSettings()
+        index = int(s.value(f"{SETTINGS}/catalogue", 0))
+        self.catalogue.setCurrentIndex(index)
+        self._catalogue_changed(index)
+        custom = s.value(f"{SETTINGS}/url", "")
+        if not CATALOGUES[index][1] and custom:
+            self.url.setText(custom)
+        self.collection.setText(s.value(f"{SETTINGS}/collection", "sentinel-2-l2a"))
+        self.max_scene_cloud.setValue(float(s.value(f"{SETTINGS}/max_scene_cloud", 100.0)))
+        self.max_area_cloud.setValue(float(s.value(f"{SETTINGS}/max_area_cloud", 30.0)))
+        self.min_valid.setValue(float(s.value(f"{SETTINGS}/min_valid", 50.0)))
+        self.concurrency.setValue(int(s.value(f"{SETTINGS}/concurrency", 16)))
+
+    def save_settings(self) -> None:
+        s = QgsSettings()
+        s.setValue(f"{SETTINGS}/catalogue", self.catalogue.currentIndex())
+        s.setValue(f"{SETTINGS}/url", self.url.text())
+        s.setValue(f"{SETTINGS}/collection", self.collection.text())
+        s.setValue(f"{SETTINGS}/max_scene_cloud", self.max_scene_cloud.value())
+        s.setValue(f"{SETTINGS}/max_area_cloud", self.max_area_cloud.value())
+        s.setValue(f"{SETTINGS}/min_valid", self.min_valid.value())
+        s.setValue(f"{SETTINGS}/concurrency", self.concurrency.value())
+
+    # ------------------------------------------------------------------ area
+    def start_drawing(self) -> None:
+        """Let the user drag a rectangle on the map."""
+        self.previous_tool = self.canvas.mapTool()
+        self.extent_tool = QgsMapToolExtent(self.canvas)
+        self.extent_tool.extentChanged.connect(self._drawn)
+        self.canvas.setMapTool(self.extent_tool)
+
+    def _drawn(self, extent: QgsRectangle) -> None:
+        self.set_drawn_extent(extent, self.canvas.mapSettings().destinationCrs())
+        if getattr(self, "previous_tool", None) is not None:
+            self.canvas.setMapTool(self.previous_tool)
+
+    def set_drawn_extent(self, extent: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> None:
+        self.drawn_extent, self.drawn_crs = QgsRectangle(extent), crs
+        self.area_drawn.setChecked(True)
+
+    def area(self):
+        """(extent string for AOI, polygon layer or None) of the chosen area."""
+        if self.area_layer.isChecked():
+            layer = self.layer_combo.currentLayer()
+            if layer is None:
+                raise ValueError("Choose a polygon layer for the area.")
+            return _extent_text(layer.boundingBoxOfSelected() if layer.selectedFeatureCount() else layer.extent(),
+                                layer.crs()), layer
+        if self.area_drawn.isChecked():
+            if self.drawn_extent is None or self.drawn_extent.isEmpty():
+                raise ValueError("Draw a rectangle on the map first.")
+            return _extent_text(self.drawn_extent, self.drawn_crs), None
+        settings = self.canvas.mapSettings()
+        return _extent_text(settings.visibleExtent(), settings.destinationCrs()), None
+
+    # ------------------------------------------------------------------ search
+    def search(self) -> None:
+        """searchscenes then screenscenes, each in a background task."""
+        try:
+            aoi, polygons = self.area()
+        except ValueError as exc:
+            self.status.setText(str(exc))
+            return
+        if not self.url.text().strip():
+            self.status.setText("Give the STAC API URL.")
+            return
+        if self.start.date() > self.end.date():
+            self.status.setText("The end date is before the start date.")
+            return
+        self.save_settings()
+        self.aoi, self.polygons = aoi, polygons
+        self.scenes_path = QgsProcessingUtils.generateTempFilename("scenes.gpkg")
+        params = {
+            "STAC_URL": self.url.text().strip(), "COLLECTION": self.collection.text().strip(), "AOI": aoi,
+            "START_DATE": self.start.date().toString("yyyy-MM-dd"), "END_DATE": self.end.date().toString("yyyy-MM-dd"),
+            "MAX_SCENE_CLOUD": self.max_scene_cloud.value(), "MAX_ITEMS": 0, "OUTPUT": self.scenes_path,
+        }
+        self.table.setRowCount(0)
+        self.rows = []
+        self.chart.plot([])
+        self._run("cloudprob:searchscenes", params, self._searched, "Searching the catalogue…", 0, 30)
+
+    def _run(self, algorithm: str, params: dict, done, message: str, low: int, high: int) -> None:
+        alg = QgsApplication.processingRegistry().createAlgorithmById(algorithm)
+        self.context = QgsProcessingContext()
+        self.context.setProject(QgsProject.instance())
+        self.feedback = QgsProcessingFeedback()
+        self.feedback.progressChanged.connect(lambda p: self.progress.setValue(int(low + (high - low) * p / 100)))
+        self.task = QgsProcessingAlgRunnerTask(alg, params, self.context, self.feedback)
+        self.task.executed.connect(done)
+        self.status.setText(message)
+        self.search_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        QgsApplication.taskManager().addTask(self.task)
+
+    def _searched(self, ok: bool, results: dict) -> None:
+        if not ok or self.feedback.isCanceled():
+            self._stopped(self._failure("The search"))
+            return
+        screen = {
+            "SCENES": self.scenes_path, "AOI": self.aoi, "MAX_AOI_CLOUD": self.max_area_cloud.value(),
+            "MIN_AOI_VALID": self.min_valid.value(), "CONCURRENCY": self.concurrency.value(),
+            "OUTPUT": QgsProcessingUtils.generateTempFilename("screened.gpkg"),
+        }
+        if self.polygons is not None:
+            screen["AOI_LAYER"] = self.polygons.source() if not self.polygons.selectedFeatureCount() else \
+                _selected_copy(self.polygons)
+        self.screened_path = screen["OUTPUT"]
+        self._run("cloudprob:screenscenes", screen, self._screened, "Reading the area's window of each scene…", 30, 100)
+
+    def _screened(self, ok: bool, results: dict) -> None:
+        if not ok or self.feedback.isCanceled():
+            self._stopped(self._failure("The screening"))
+            return
+        layer = QgsVectorLayer(self.screened_path, "Scenes screened over the area", "ogr")
+        layer.loadNamedStyle(str(STYLES / "screened_scenes.qml"))
+        if self.screened_layer is not None and self.screened_layer.id() in QgsProject.instance().mapLayers():
+            QgsProject.instance().removeMapLayer(self.screened_layer.id())
+        QgsProject.instance().addMapLayer(layer)
+        self.screened_layer = layer
+        self.fill(layer)
+        self.progress.setValue(100)
+        self._stopped(f"{len(self.rows)} acquisitions with at most {self.max_area_cloud.value():g} % cloud in the area.", True)
+
+    def _failure(self, what: str) -> str:
+        if self.feedback is not None and self.feedback.isCanceled():
+            return f"{what} was cancelled."
+        log = self.feedback.textLog().strip().splitlines() if self.feedback is not None else []
+        errors = [line for line in log if line and not line.startswith(("Searching", "Screening", "Page "))]
+        return f"{what} failed: {errors[-1] if errors else 'see the log'}"
+
+    def _stopped(self, message: str, ok: bool = False) -> None:
+        self.status.setText(message)
+        self.search_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.task = None
+        self.finished.emit(ok)
+
+    def cancel(self) -> None:
+        if self.feedback is not None:
+            self.feedback.cancel()
+        if self.task is not None:
+            self.task.cancel()
+        self.status.setText("Cancelling…")
+
+    # ------------------------------------------------------------------ results
+    def fill(self, layer: QgsVectorLayer) -> None:
+        """The table and the chart from a screened-scenes layer."""
+        self.rows = []
+        for f in layer.getFeatures(QgsFeatureRequest().addOrderBy("datetime")):
+            self.rows.append({
+                "fid": f.id(), "date": f["datetime"].toString("yyyy-MM-dd") if f["datetime"] else "",
+                "platform": f["platform"], "tile": f["mgrs_tile"], "scene": f["scene_cloud"], "area": f["aoi_cloud_pct"],
+                "valid": f["aoi_valid_pct"], "items": f["items"], "stac_item": f["stac_item"],
+            })
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(len(self.rows))
+        for r, row in enumerate(self.rows):
+            date = QTableWidgetItem(row["date"])
+            date.setData(Qt.UserRole, r)
+            self.table.setItem(r, 0, date)
+            self.table.setItem(r, 1, QTableWidgetItem(row["platform"] or ""))
+            self.table.setItem(r, 2, QTableWidgetItem(row["tile"] or ""))
+            self.table.setItem(r, 3, _NumericItem(row["scene"]))
+            self.table.setItem(r, 4, _NumericItem(row["area"]))
+            self.table.setItem(r, 5, _NumericItem(row["valid"]))
+            self.table.setItem(r, 6, QTableWidgetItem(row["items"] or ""))
+        self.table.setSortingEnabled(True)
+        self.table.resizeColumnsToContents()
+        self.chart.plot(self.rows)
+
+    def selected_row(self) -> dict | None:
+        items = self.table.selectedItems()
+        if not items:
+            return None
+        return self.rows[self.table.item(items[0].row(), 0).data(Qt.UserRole)]
+
+    def select_row(self, index: int) -> None:
+        """Select the table row of ``self.rows[index]`` (the chart calls this on a click)."""
+        for r in range(self.table.rowCount()):
+            if self.table.item(r, 0).data(Qt.UserRole) == index:
+                self.table.selectRow(r)
+                return
+
+    def _selection_changed(self) -> None:
+        row = self.selected_row()
+        if row is None:
+            return
+        if self.screened_layer is not None:
+            self.screened_layer.selectByIds([row["fid"]])  # the footprint highlights on the map
+        self.chart.highlight(self.rows.index(row))
+
+    def add_selected_scene(self) -> list:
+        """True colour (visual, or red/green/blue) and the SCL of the selected scene, as layers."""
+        row = self.selected_row()
+        if row is None:
+            self.status.setText("Select a scene in the table first.")
+            return []
+        from ..core.stac import scene_from_json
+        from ..core.reading import vsi_path
+
+        scene = scene_from_json(row["stac_item"])
+        added = []
+        if scene.asset_href("visual"):
+            layer = QgsRasterLayer(vsi_path(scene.asset_href("visual")), f"{scene.item_id} true colour")
+        elif all(scene.asset_href(b) for b in ("red", "green", "blue")):
+            layer = _rgb_layer(scene)
+        else:
+            layer = None
+        if layer is not None and layer.isValid():
+            QgsProject.instance().addMapLayer(layer)
+            added.append(layer)
+        scl = scene.asset_href("scl")
+        if scl:
+            layer = QgsRasterLayer(vsi_path(scl), f"{scene.item_id} SCL")
+            if layer.isValid():
+                layer.loadNamedStyle(str(STYLES / "scl.qml"))
+                QgsProject.instance().addMapLayer(layer)
+                added.append(layer)
+        self.status.setText(f"Added {len(added)} layers of {scene.item_id}.")
+        self.zoom_to_area()
+        return added
+
+    def zoom_to_area(self) -> None:
+        try:
+            aoi, _ = self.area()
+        except ValueError:
+            return
+        extent, crs = _parse_extent(aoi)
+        dest = self.canvas.mapSettings().destinationCrs()
+        if crs.isValid() and dest.isValid() and crs != dest:
+            extent = QgsCoordinateTransform(crs, dest, QgsProject.instance()).transformBoundingBox(extent)
+        self.canvas.setExtent(extent)
+        self.canvas.refresh()
+
+    def model_parameters(self) -> dict:
+        """The annual model's parameters pre-filled from the dock."""
+        aoi, polygons = self.area()
+        params = {"STAC_URL": self.url.text().strip(), "COLLECTION": self.collection.text().strip(), "AOI": aoi,
+                  "START_DATE": self.start.date().toString("yyyy-MM-dd"), "END_DATE": self.end.date().toString("yyyy-MM-dd")}
+        if polygons is not None:
+            params["ZONES"] = polygons.source()
+        return params
+
+    def open_annual_model(self) -> None:
+        import processing
+
+        try:
+            params = self.model_parameters()
+        except ValueError as exc:
+            self.status.setText(str(exc))
+            return
+        processing.execAlgorithmDialog("cloudprob:annualcloudprobability", params)
+
+
+def _extent_text(extent: QgsRectangle, crs) -> str:
+    return f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},{extent.yMaximum()} [{crs.authid()}]"
+
+
+def _parse_extent(text: str):
+    numbers, _, crs = text.partition(" [")
+    xmin, xmax, ymin, ymax = (float(v) for v in numbers.split(","))
+    return QgsRectangle(xmin, ymin, xmax, ymax), QgsCoordinateReferenceSystem(crs.rstrip("]"))
+
+
+def _selected_copy(layer: QgsVectorLayer) -> str:
+    """The selected polygons written to a temporary GeoPackage (tasks run in another thread)."""
+    import processing
+
+    path = QgsProcessingUtils.generateTempFilename("area.gpkg")
+    processing.run("native:saveselectedfeatures", {"INPUT": layer, "OUTPUT": path})
+    return path
+
+
+def _rgb_layer(scene) -> QgsRasterLayer:
+    """Red, green and blue COGs stacked in a VRT, stretched over 0–0.25 reflectance."""
+    from osgeo import gdal
+    from qgis.core import QgsContrastEnhancement, QgsMultiBandColorRenderer
+
+    from ..core.reading import vsi_path
+
+    path = QgsProcessingUtils.generateTempFilename(f"{scene.item_id}_rgb.vrt")
+    gdal.BuildVRT(path, [vsi_path(scene.asset_href(b)) for b in ("red", "green", "blue")], separate=True)
+    layer = QgsRasterLayer(path, f"{scene.item_id} true colour")
+    if layer.isValid():
+        renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 1, 2, 3)
+        from ..core.composite import boa_offset
+
+        offset = -boa_offset(scene)  # digital numbers still carry the +1000 of baseline 04.00+
+        for band, setter in ((1, renderer.setRedContrastEnhancement), (2, renderer.setGreenContrastEnhancement),
+                             (3, renderer.setBlueContrastEnhancement)):
+            enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
+            enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+            enhancement.setMinimumValue(offset)
+            enhancement.setMaximumValue(offset + 2500)
+            setter(enhancement)
+        layer.setRenderer(renderer)
+    return layer
+
+
+class _Chart(QWidget):
+    """Area cloud % over time (matplotlib); a click selects the nearest acquisition."""
+
+    def __init__(self, dock: CloudProbabilityDock):
+        super().__init__()
+        self.dock = dock
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        try:
+            from matplotlib.backends.backend_qt5agg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+        except ImportError:  # matplotlib is optional: the table says it all
+            self.canvas = None
+            layout.addWidget(QLabel("(install matplotlib for the chart)"))
+            return
+        self.figure = Figure(figsize=(4, 1.8), tight_layout=True)
+        self.axes = self.figure.add_subplot(111)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(140)
+        self.canvas.mpl_connect("button_press_event", self._clicked)
+        layout.addWidget(self.canvas)
+        self.dates: list = []
+        self.marker = None
+
+    def plot(self, rows: list[dict]) -> None:
+        if self.canvas is None:
+            return
+        from datetime import date
+
+        self.axes.clear()
+        self.dates = [date.fromisoformat(r["date"]) if r["date"] else None for r in rows]
+        points = [(d, r["area"]) for d, r in zip(self.dates, rows) if d is not None and r["area"] is not None]
+        if points:
+            xs, ys = zip(*points)
+            self.axes.plot(xs, ys, "o", markersize=4, color="#2b5f8a")
+        self.axes.set_ylabel("cloud in area %")
+        self.axes.set_ylim(-2, 102)
+        self.figure.autofmt_xdate()
+        self.marker = None
+        self.canvas.draw_idle()
+
+    def highlight(self, index: int) -> None:
+        if self.canvas is None or index >= len(self.dates) or self.dates[index] is None:
+            return
+        if self.marker is not None:
+            self.marker.remove()
+        value = self.dock.rows[index]["area"]
+        (self.marker,) = self.axes.plot([self.dates[index]], [value if value is not None else 0], "o", markersize=9,
+                                        markerfacecolor="none", markeredgecolor="#d7301f", markeredgewidth=2)
+        self.canvas.draw_idle()
+
+    def _clicked(self, event) -> None:
+        if event.xdata is None or not self.dates:
+            return
+        from matplotlib.dates import date2num
+
+        distances = [abs(date2num(d) - event.xdata) if d is not None else float("inf") for d in self.dates]
+        self.dock.select_row(distances.index(min(distances)))
