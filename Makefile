@@ -10,7 +10,7 @@ APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-scipy 
                 python3-matplotlib python3-venv python3-pip nginx-light xvfb
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all deps system test demo bench zip clean
+.PHONY: all deps system test demo bench zip clean screenshot
 
 all: test
 
@@ -38,3 +38,6 @@ zip:
 
 clean:
 	rm -rf .build demo_out bench_out dist .qgis-settings
+
+screenshot: deps
+	$(PY) scripts/screenshot.py

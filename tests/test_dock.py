@@ -63,7 +63,7 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
     event = type("Event", (), {"xdata": date2num(date.fromisoformat(target["date"]))})()
     dock.chart._clicked(event)
     assert dock.selected_row() is target
-    assert dock.screened_layer.selectedFeatureIds() == [target["fid"]]
+    assert dock.highlighted_fid == target["fid"] and dock.highlight.isVisible()  # outlined on the map
 
     # the selected scene as true colour (if it has it) and SCL layers with the class palette
     added = dock.add_selected_scene()

@@ -40,6 +40,7 @@ from qgis.PyQt.QtWidgets import (
     QProgressBar,
     QPushButton,
     QRadioButton,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -85,6 +86,8 @@ class CloudProbabilityDock(QgsDockWidget):
         self.drawn_crs = None
         self.screened_layer: QgsVectorLayer | None = None
         self.rows: list[dict] = []
+        self.highlight = None
+        self.highlighted_fid = None
         self._build()
         self.load_settings()
 
@@ -165,6 +168,7 @@ class CloudProbabilityDock(QgsDockWidget):
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.itemSelectionChanged.connect(self._selection_changed)
+        self.table.setMinimumHeight(180)
         layout.addWidget(self.table, 2)
 
         self.chart = _Chart(self)
@@ -180,7 +184,10 @@ class CloudProbabilityDock(QgsDockWidget):
         for b in (self.add_button, self.zoom_button, self.model_button):
             actions.addWidget(b)
         layout.addLayout(actions)
-        self.setWidget(body)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
 
     @staticmethod
     def _spin(value: float) -> QDoubleSpinBox:
@@ -386,9 +393,29 @@ class CloudProbabilityDock(QgsDockWidget):
         row = self.selected_row()
         if row is None:
             return
-        if self.screened_layer is not None:
-            self.screened_layer.selectByIds([row["fid"]])  # the footprint highlights on the map
+        self._highlight_footprint(row["fid"])
         self.chart.highlight(self.rows.index(row))
+
+    def _highlight_footprint(self, fid: int) -> None:
+        """Outline the acquisition's footprint on the map (a selection would fill it opaque)."""
+        from qgis.gui import QgsHighlight
+        from qgis.PyQt.QtGui import QColor
+
+        if self.highlight is not None:
+            self.highlight.hide()
+            self.canvas.scene().removeItem(self.highlight)
+            self.highlight = None
+        if self.screened_layer is None:
+            return
+        feature = self.screened_layer.getFeature(fid)
+        if not feature.hasGeometry():
+            return
+        self.highlight = QgsHighlight(self.canvas, feature.geometry(), self.screened_layer)
+        self.highlight.setColor(QColor(215, 48, 31))
+        self.highlight.setFillColor(QColor(215, 48, 31, 25))
+        self.highlight.setWidth(3)
+        self.highlight.show()
+        self.highlighted_fid = fid
 
     def add_selected_scene(self) -> list:
         """True colour (visual, or red/green/blue) and the SCL of the selected scene, as layers."""
@@ -401,7 +428,14 @@ class CloudProbabilityDock(QgsDockWidget):
 
         scene = scene_from_json(row["stac_item"])
         added = []
-        if scene.asset_href("visual"):
+        scl = scene.asset_href("scl")
+        if scl:
+            layer = QgsRasterLayer(vsi_path(scl), f"{scene.item_id} SCL")
+            if layer.isValid():
+                layer.loadNamedStyle(str(STYLES / "scl.qml"))
+                QgsProject.instance().addMapLayer(layer)
+                added.append(layer)
+        if scene.asset_href("visual"):  # true colour above the SCL
             layer = QgsRasterLayer(vsi_path(scene.asset_href("visual")), f"{scene.item_id} true colour")
         elif all(scene.asset_href(b) for b in ("red", "green", "blue")):
             layer = _rgb_layer(scene)
@@ -410,13 +444,6 @@ class CloudProbabilityDock(QgsDockWidget):
         if layer is not None and layer.isValid():
             QgsProject.instance().addMapLayer(layer)
             added.append(layer)
-        scl = scene.asset_href("scl")
-        if scl:
-            layer = QgsRasterLayer(vsi_path(scl), f"{scene.item_id} SCL")
-            if layer.isValid():
-                layer.loadNamedStyle(str(STYLES / "scl.qml"))
-                QgsProject.instance().addMapLayer(layer)
-                added.append(layer)
         self.status.setText(f"Added {len(added)} layers of {scene.item_id}.")
         self.zoom_to_area()
         return added
