@@ -64,6 +64,23 @@ def _bands_on_grid(products: list[Scene], bands, grid: Grid, lookup: GridLookup)
     return out
 
 
+def _to_cog(src: str, dst: str) -> None:
+    """Rewrite ``src`` as a Cloud Optimized GeoTIFF at ``dst`` (written beside it, then renamed)."""
+    from osgeo import gdal
+
+    part = f"{dst}.cog-{os.getpid()}.tif"
+    try:
+        done = gdal.Translate(part, src, format="COG", creationOptions=[
+            "COMPRESS=DEFLATE", "PREDICTOR=2", "OVERVIEW_RESAMPLING=AVERAGE", "BLOCKSIZE=512", "BIGTIFF=IF_SAFER"])
+        if done is None:
+            raise CompositeError(f"Could not write {dst} as a COG.")
+        done = None  # close before the rename
+        os.replace(part, dst)
+    finally:
+        if os.path.exists(part):
+            os.remove(part)
+
+
 def clear_composite(
     scenes: list[Scene],
     grid: Grid,
@@ -139,7 +156,7 @@ def clear_composite(
             for i, band in enumerate(bands, start=1):
                 dst.set_band_description(i, band)
             dst.update_tags(units="reflectance x 10000", method="median of clear observations")
-        os.replace(tmp, out_path)
+        _to_cog(tmp, out_path)
     except (ReadError, MaskError) as exc:
         raise CompositeError(str(exc)) from exc
     finally:

@@ -84,3 +84,7 @@ def test_processing_clearcomposite_loads_as_rgb(provider, sample_servers, sample
     assert renderer.redContrastEnhancement().maximumValue() == 2500
     with rasterio.open(results["OUTPUT"]) as ds:
         assert ds.res == (10.0, 10.0) and ds.crs.to_epsg() == 27700
+    from osgeo import gdal
+
+    info = gdal.Info(results["OUTPUT"], format="json")
+    assert info["metadata"]["IMAGE_STRUCTURE"]["LAYOUT"] == "COG"
