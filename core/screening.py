@@ -277,6 +277,19 @@ def screen_scenes(
     return ScreenResult(observations, network_bytes(), errors)
 
 
+def passes(obs: Observation, max_cloud_pct: float = 100.0, min_valid_pct: float = 0.0) -> bool:
+    """Whether an observation is kept by the thresholds. Unreadable ones always are (marked,
+    never dropped or counted as clear); one without valid data only when nothing is asked of it."""
+    if obs.error is not None:
+        return True
+    f = obs.fractions
+    if f is None or f.valid_pct < min_valid_pct:
+        return False
+    if f.cloud_pct is None:
+        return max_cloud_pct >= 100.0
+    return f.cloud_pct <= max_cloud_pct
+
+
 def _rank(obs: Observation):
     if obs.error:
         return (2, 0.0, obs.scene.datetime)

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsContrastEnhancement,
-    QgsMultiBandColorRenderer,
     QgsProcessing,
     QgsProcessingException,
-    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterCrs,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -20,36 +17,7 @@ from ..core.composite import CompositeError, clear_composite
 from ..core.progress import Cancelled
 from .common import add_mask_parameters, grid_from_parameters, mask_spec, output_path, scenes_from_source
 from .feedback import FeedbackProgress, core_logging_to
-
-
-class RgbStretchPostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """Bands 1-2-3 as red-green-blue, stretched over 0–0.25 reflectance (land, not clouds)."""
-
-    _alive: dict[str, "RgbStretchPostProcessor"] = {}
-
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        if layer is None or not layer.isValid() or layer.bandCount() < 3:
-            return
-        renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 1, 2, 3)
-        for band, setter in ((1, renderer.setRedContrastEnhancement), (2, renderer.setGreenContrastEnhancement),
-                             (3, renderer.setBlueContrastEnhancement)):
-            enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
-            enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
-            enhancement.setMinimumValue(0)
-            enhancement.setMaximumValue(2500)
-            setter(enhancement)
-        layer.setRenderer(renderer)
-        layer.triggerRepaint()
-
-    @classmethod
-    def attach(cls, context, layer_id: str, name: str) -> None:
-        if not context.willLoadLayerOnCompletion(layer_id):
-            return
-        details = context.layerToLoadOnCompletionDetails(layer_id)
-        details.name = name
-        processor = cls()
-        cls._alive[layer_id] = processor
-        details.setPostProcessor(processor)
+from .styling import RgbStretchPostProcessor
 
 
 class ClearCompositeAlgorithm(CloudProbAlgorithm):
@@ -113,5 +81,5 @@ class ClearCompositeAlgorithm(CloudProbAlgorithm):
             + (f"; {result.skipped} acquisitions without {', '.join(bands)} skipped" if result.skipped else "") + "."
         )
         if len(bands) >= 3:
-            RgbStretchPostProcessor.attach(context, out, self.tr("Clear-sky composite"))
+            RgbStretchPostProcessor.attach(context, out, name=self.tr("Clear-sky composite"))
         return {self.OUTPUT: out}

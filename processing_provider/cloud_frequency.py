@@ -118,8 +118,8 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             f"{result.bytes_fetched / 1e6:.1f} MB fetched. Mean probability: "
             + ", ".join(f"{p.label} {m:.1f} %" if m is not None else f"{p.label} -" for p, m in zip(periods, mean))
         )
-        StylePostProcessor.attach(context, outputs["probability"], "cloud_probability.qml", "Cloud probability (%)")
-        StylePostProcessor.attach(context, outputs["valid"], "observation_count.qml", "Valid observations")
-        StylePostProcessor.attach(context, outputs["cloudy"], "observation_count.qml", "Cloudy observations")
+        StylePostProcessor.attach(context, outputs["probability"], "cloud_probability.qml", name="Cloud probability (%)")
+        StylePostProcessor.attach(context, outputs["valid"], "observation_count.qml", name="Valid observations")
+        StylePostProcessor.attach(context, outputs["cloudy"], "observation_count.qml", name="Cloudy observations")
         return {self.OUTPUT_PROBABILITY: outputs["probability"], self.OUTPUT_VALID: outputs["valid"],
                 self.OUTPUT_CLOUDY: outputs["cloudy"]}

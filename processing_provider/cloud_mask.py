@@ -108,6 +108,6 @@ class CloudMaskAlgorithm(CloudProbAlgorithm):
             f"Inside the area: {f.cloud_pct if f.cloud_pct is not None else float('nan'):.2f} % cloud, "
             f"{f.valid_pct:.2f} % with valid data."
         )
-        StylePostProcessor.attach(context, out, "cloud_mask.qml", f"Cloud mask {scene.item_id}")
+        StylePostProcessor.attach(context, out, "cloud_mask.qml", name=f"Cloud mask {scene.item_id}")
         feedback.setProgress(100)
         return {self.OUTPUT: out}

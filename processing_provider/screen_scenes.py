@@ -18,7 +18,7 @@ from qgis.PyQt.QtCore import QVariant
 
 from .base import CloudProbAlgorithm
 from ..core.progress import Cancelled
-from ..core.screening import screen_scenes
+from ..core.screening import passes, screen_scenes
 from .common import add_mask_parameters, area_from_parameters, mask_spec, scenes_from_source
 from .feedback import FeedbackProgress, core_logging_to
 from .search_scenes import WGS84, scene_feature, scene_fields
@@ -129,20 +129,13 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon, WGS84)
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
-        kept = dropped_cloud = dropped_valid = 0
+        kept = dropped = 0
         rank = 0
         for obs in result.observations:
             f = obs.fractions
-            if obs.error is None:
-                if f is None or f.valid_pct < min_valid or (f.valid_pct == 0 and min_valid > 0):
-                    dropped_valid += 1
-                    continue
-                if f.cloud_pct is not None and f.cloud_pct > max_cloud:
-                    dropped_cloud += 1
-                    continue
-                if f.cloud_pct is None and max_cloud < 100:
-                    dropped_valid += 1
-                    continue
+            if not passes(obs, max_cloud, min_valid):
+                dropped += 1
+                continue
             feature = scene_feature(obs.scene, fields)
             geometry = QgsGeometry.unaryUnion([scene_feature(s, fields).geometry() for s in obs.scenes])
             geometry.convertToMultiType()
@@ -164,9 +157,9 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
                 raise QgsProcessingException(f"Could not write {obs.datatake_id}: {sink.lastError()}")
             kept += 1
         feedback.pushInfo(
-            f"{kept} acquisitions written; {dropped_cloud} above {max_cloud:g} % cloud in the area, "
-            f"{dropped_valid} with less than {min_valid:g} % valid data dropped; {result.errors} unreadable "
-            f"(kept, marked). Fetched {result.bytes_fetched / 1e6:.2f} MB over HTTP."
+            f"{kept} acquisitions written; {dropped} above {max_cloud:g} % cloud or with less than {min_valid:g} % "
+            f"valid data in the area dropped; {result.errors} unreadable (kept, marked). "
+            f"Fetched {result.bytes_fetched / 1e6:.2f} MB over HTTP."
         )
-        StylePostProcessor.attach(context, dest_id, "screened_scenes.qml", "Scenes screened over the area")
+        StylePostProcessor.attach(context, dest_id, "screened_scenes.qml", name="Scenes screened over the area")
         return {self.OUTPUT: dest_id}

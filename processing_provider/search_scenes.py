@@ -203,5 +203,5 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
             + (f"; the server matched {result.matched}" if result.matched is not None else "")
             + "."
         )
-        StylePostProcessor.attach(context, dest_id, "scene_footprints.qml", "Sentinel-2 scenes")
+        StylePostProcessor.attach(context, dest_id, "scene_footprints.qml", name="Sentinel-2 scenes")
         return {self.OUTPUT: dest_id}

@@ -91,7 +91,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from exc
         outputs = {self.OUTPUT_SMOOTHED: out_smoothed}
-        StylePostProcessor.attach(context, out_smoothed, "cloud_probability.qml", "Smoothed cloud probability (%)")
+        StylePostProcessor.attach(context, out_smoothed, "cloud_probability.qml", name="Smoothed cloud probability (%)")
         if result is not None:
             terms = ", ".join(f"{n} {c:+.4g}" for n, c in zip(result.names, result.coefficients))
             feedback.pushInfo(
@@ -100,5 +100,5 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
                 f"clipping to 0–100)."
             )
             outputs[self.OUTPUT_ADJUSTED] = out_adjusted
-            StylePostProcessor.attach(context, out_adjusted, "cloud_probability.qml", "Adjusted cloud probability (%)")
+            StylePostProcessor.attach(context, out_adjusted, "cloud_probability.qml", name="Adjusted cloud probability (%)")
         return outputs

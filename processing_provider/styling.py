@@ -8,12 +8,28 @@ from qgis.core import QgsMapLayer, QgsProcessingContext, QgsProcessingLayerPostP
 STYLES = Path(__file__).resolve().parent.parent / "ui" / "styles"
 
 
-class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """Loads a .qml style from ``ui/styles`` onto the output layer."""
+class KeptPostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """A post-processor kept alive until it runs, attached to an output by :meth:`attach`."""
 
     # Processing keeps only a raw pointer to a post-processor: hold every instance here so none
     # is garbage-collected before it runs (it runs on the main thread after the algorithm).
-    _alive: dict[str, "StylePostProcessor"] = {}
+    _alive: dict[str, "KeptPostProcessor"] = {}
+
+    @classmethod
+    def attach(cls, context: QgsProcessingContext, layer_id: str, *args, name: str | None = None) -> None:
+        """Style (and optionally rename) the output ``layer_id`` when QGIS loads it."""
+        if not context.willLoadLayerOnCompletion(layer_id):
+            return
+        details = context.layerToLoadOnCompletionDetails(layer_id)
+        if name:
+            details.name = name
+        processor = cls(*args)
+        KeptPostProcessor._alive[f"{layer_id}:{cls.__name__}:{args}"] = processor
+        details.setPostProcessor(processor)
+
+
+class StylePostProcessor(KeptPostProcessor):
+    """Loads a .qml style from ``ui/styles`` onto the output layer."""
 
     def __init__(self, qml: str):
         super().__init__()
@@ -28,14 +44,43 @@ class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
             feedback.pushWarning(f"Could not apply the style {path.name}: {message}")
         layer.triggerRepaint()
 
-    @classmethod
-    def attach(cls, context: QgsProcessingContext, layer_id: str, qml: str, name: str | None = None) -> None:
-        """Style (and optionally rename) the output ``layer_id`` when QGIS loads it."""
-        if not context.willLoadLayerOnCompletion(layer_id):
+
+class GraduatedPostProcessor(KeptPostProcessor):
+    """A graduated renderer (7 quantile classes, legend in percent) on ``cloud_prob_mean``."""
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        if layer is None or not layer.isValid():
             return
-        details = context.layerToLoadOnCompletionDetails(layer_id)
-        if name:
-            details.name = name
-        processor = cls(qml)
-        cls._alive[f"{layer_id}:{qml}"] = processor
-        details.setPostProcessor(processor)
+        from qgis.core import QgsClassificationQuantile, QgsGraduatedSymbolRenderer, QgsStyle
+
+        renderer = QgsGraduatedSymbolRenderer("cloud_prob_mean")
+        renderer.setClassificationMethod(QgsClassificationQuantile())
+        renderer.updateClasses(layer, 7)
+        ramp = QgsStyle.defaultStyle().colorRamp("RdYlBu")
+        if ramp is not None:
+            ramp.invert()
+            renderer.updateColorRamp(ramp)
+        for index, item in enumerate(renderer.ranges()):
+            renderer.updateRangeLabel(index, f"{item.lowerValue():.1f} – {item.upperValue():.1f} %")
+        layer.setRenderer(renderer)
+        layer.triggerRepaint()
+
+
+class RgbStretchPostProcessor(KeptPostProcessor):
+    """Bands 1-2-3 as red-green-blue, stretched over 0–0.25 reflectance (land, not clouds)."""
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        if layer is None or not layer.isValid() or layer.bandCount() < 3:
+            return
+        from qgis.core import QgsContrastEnhancement, QgsMultiBandColorRenderer
+
+        renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 1, 2, 3)
+        for band, setter in ((1, renderer.setRedContrastEnhancement), (2, renderer.setGreenContrastEnhancement),
+                             (3, renderer.setBlueContrastEnhancement)):
+            enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
+            enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+            enhancement.setMinimumValue(0)
+            enhancement.setMaximumValue(2500)
+            setter(enhancement)
+        layer.setRenderer(renderer)
+        layer.triggerRepaint()

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsGraduatedSymbolRenderer,
     QgsProcessing,
     QgsProcessingException,
-    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
-    QgsStyle,
 )
 
 from .base import CloudProbAlgorithm
@@ -19,40 +16,7 @@ from ..core.progress import Cancelled
 from ..core.zonal import ZonalError, write_outputs, zonal_statistics_in_process
 from .common import output_path
 from .feedback import FeedbackProgress, core_logging_to
-
-
-class GraduatedPostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """A graduated renderer (7 quantile classes, legend) on ``cloud_prob_mean``."""
-
-    _alive: dict[str, "GraduatedPostProcessor"] = {}
-
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        if layer is None or not layer.isValid():
-            return
-        from qgis.core import QgsClassificationQuantile
-
-        renderer = QgsGraduatedSymbolRenderer("cloud_prob_mean")
-        renderer.setClassificationMethod(QgsClassificationQuantile())
-        renderer.updateClasses(layer, 7)
-        ramp = QgsStyle.defaultStyle().colorRamp("RdYlBu")
-        if ramp is not None:
-            ramp.invert()
-            renderer.updateColorRamp(ramp)
-        for index, item in enumerate(renderer.ranges()):
-            label = f"{item.lowerValue():.1f} – {item.upperValue():.1f} %"
-            renderer.updateRangeLabel(index, label)
-        layer.setRenderer(renderer)
-        layer.triggerRepaint()
-
-    @classmethod
-    def attach(cls, context, layer_id: str, name: str) -> None:
-        if not context.willLoadLayerOnCompletion(layer_id):
-            return
-        details = context.layerToLoadOnCompletionDetails(layer_id)
-        details.name = name
-        processor = cls()
-        cls._alive[layer_id] = processor
-        details.setPostProcessor(processor)
+from .styling import GraduatedPostProcessor
 
 
 class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
@@ -145,7 +109,7 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
             f"Mean cloud probability over the areas {means.mean():.2f} % (min {means.min():.2f}, max {means.max():.2f}); "
             f"{int(means.isna().sum())} areas NULL."
         )
-        GraduatedPostProcessor.attach(context, out, self.tr("Cloud probability per small area"))
+        GraduatedPostProcessor.attach(context, out, name=self.tr("Cloud probability per small area"))
         outputs = {self.OUTPUT: out}
         if csv:
             outputs[self.OUTPUT_CSV] = csv

@@ -228,3 +228,19 @@ def test_windows_fetch_a_fraction_of_the_files(sample_servers, sample_archive):
                 for o in result.observations for s in o.scenes[:1])
     assert 0 < result.bytes_fetched <= served * 1.01
     assert served < 0.8 * whole  # a 300 m window of a 3.2 km tile
+
+
+def test_thresholds_keep_errors_and_drop_what_is_asked():
+    from cloud_probability.core.masks import Fractions
+    from cloud_probability.core.screening import Observation, passes
+
+    def obs(cloud, valid, error=None):
+        o = Observation("d", [])
+        o.fractions = None if error else Fractions(cloud, 0.0, 0.0, valid, 1, 1)
+        o.error = error
+        return o
+
+    assert passes(obs(10.0, 100.0), 20, 50) and not passes(obs(30.0, 100.0), 20, 50)
+    assert not passes(obs(10.0, 40.0), 20, 50)
+    assert passes(obs(None, None, error="404"), 0, 100)  # unreadable: kept and marked
+    assert passes(obs(None, 0.0)) and not passes(obs(None, 0.0), 99, 0)  # no data is not clear
