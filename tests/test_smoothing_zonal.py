@@ -220,3 +220,19 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
     np.testing.assert_allclose(rasterio.open(tmp_path / "model_adj.tif").read(1),
                                rasterio.open(tmp_path / "a2.tif").read(1), atol=1e-3)
     assert len((tmp_path / "model.csv").read_text().splitlines()) == 301
+
+
+def test_geographic_grid_weights_cells_by_their_area(tmp_path):
+    """On a lon/lat grid a cell near the pole is smaller: it must weigh less in the mean."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    # two cells of 10° × 40°: 40–80° N (value 10) and 0–40° N (value 90); one zone over both
+    raster = _write(tmp_path / "geo.tif", np.array([[10.0], [90.0]], dtype=np.float32),
+                    from_origin(0, 80, 10, 40), crs="EPSG:4326", nodata=-9999.0)
+    zones = gpd.GeoDataFrame({"code": ["both"]}, geometry=[box(0, 0, 10, 80)], crs="EPSG:4326")
+    mean = zonal_statistics(raster, zones, "code").table["cloud_prob_mean"].iloc[0]
+    # area of 40–80° N vs 0–40° N on the sphere: sin 80 − sin 40 vs sin 40
+    north, south = np.sin(np.radians(80)) - np.sin(np.radians(40)), np.sin(np.radians(40))
+    assert mean == pytest.approx((10 * north + 90 * south) / (north + south), rel=0.01)
+    assert mean > 55  # an unweighted mean would say 50
