@@ -53,7 +53,6 @@ def scenes_for(archive: Path, base_url: str, area, area_epsg: int):
 
 def naive(scenes, area, area_epsg: int, concurrency: int) -> dict[str, float]:
     """Download each whole SCL, decode it, count the area's pixels (per scene)."""
-    import rasterio
     from rasterio import features
     from rasterio.io import MemoryFile
 

@@ -13,7 +13,6 @@ at 20 m, counts drawn from it, Voronoi small areas with LSOA-like codes).
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 

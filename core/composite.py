@@ -9,7 +9,6 @@ tile holds one stack of its clear observations, so memory depends on the tile, n
 from __future__ import annotations
 
 import concurrent.futures as cf
-import math
 import os
 from dataclasses import dataclass
 
@@ -124,7 +123,7 @@ def clear_composite(
                 tile = Grid(grid.crs, Affine(t.a, t.b, t.c + c0 * t.a, t.d, t.e, t.f + r0 * t.e), (h, w))
                 lookup = GridLookup(tile)
 
-                def observe(group):
+                def observe(group, tile=tile, lookup=lookup):  # bound now, not when the loop has moved on
                     check_cancel(progress)
                     with gdal_http_env():
                         mask = datatake_mask_on_grid(group, spec, tile, lookup)

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .masks import CLOUD, NODATA, SHADOW, MaskError, MaskSpec
-from .progress import Cancelled, NullProgress, Progress, check_cancel
+from .progress import NullProgress, Progress, check_cancel
 from .reading import Grid, GridLookup, ReadError, area_in_crs, gdal_http_env, network_bytes, network_bytes_reset
 from .screening import datatake_mask_on_grid, group_by_datatake
 from .stac import Scene, parse_datetime

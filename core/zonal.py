@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     try:
         result = zonal_statistics(args.raster, zones, args.id_field, args.valid)
     except ZonalError as exc:
-        raise SystemExit(str(exc))
+        raise SystemExit(str(exc)) from exc
     table = result.table.astype(object).where(result.table.notna(), None)
     with open(args.out, "w") as fh:
         json.dump({"table": table.to_dict(orient="list"), "invalid": result.invalid, "empty": result.empty,

@@ -80,7 +80,6 @@ def main() -> int:
         import geopandas as gpd
 
         screened = gpd.read_file(screened_path).sort_values("aoi_rank")
-        clearest = screened.iloc[0]
         mask_path = OUT / "cloud_mask.tif"
         ranked = gpd.read_file(scenes_path).sort_values("scene_cloud")
         half_cloudy = ranked.iloc[len(ranked) // 2]  # a scene with clouds, shadows and clear ground

@@ -1,7 +1,6 @@
 """The "Cloud probability" dock, driven with pytest-qt against the loopback servers."""
 from __future__ import annotations
 
-import json
 
 import pytest
 from conftest import served_scenes

@@ -158,7 +158,7 @@ def test_cloudmask_s2cloudless_on_real_l1c(provider, l1c_servers, realdata, tmp_
     run directly on the reflectances, for baseline 05.09 (DN offset 1000) and 03.01 (none)."""
     import processing
     import realdata_archives
-    from qgis.core import QgsFeature, QgsVectorLayer
+    from qgis.core import QgsVectorLayer
     from s2cloudless import S2PixelCloudDetector
 
     from cloud_probability.core.s2cloudless_mask import detector_parameters

@@ -6,7 +6,6 @@ import csv
 import json
 import re
 from collections import defaultdict
-from datetime import datetime
 
 import numpy as np
 import pytest
