@@ -72,11 +72,14 @@ def gdal_http_env(**extra: str) -> Iterator[None]:
 
 
 def network_bytes_reset() -> None:
-    """Start counting bytes GDAL fetches over the network (process wide)."""
+    """Start counting bytes fetched over the network (GDAL's and :mod:`core.cog`'s; process wide)."""
     from osgeo import gdal
+
+    from . import cog
 
     gdal.SetConfigOption("CPL_VSIL_NETWORK_STATS_ENABLED", "YES")
     gdal.NetworkStatsReset()
+    cog.reset_counters()
 
 
 def clear_http_cache() -> None:
@@ -87,14 +90,15 @@ def clear_http_cache() -> None:
 
 
 def network_bytes() -> int:
-    """Bytes GDAL downloaded through /vsicurl/ and friends since :func:`network_bytes_reset`."""
+    """Bytes downloaded since :func:`network_bytes_reset`: by GDAL (/vsicurl/ and friends) and
+    by :mod:`core.cog`."""
     from osgeo import gdal
 
+    from . import cog
+
     text = gdal.NetworkStatsGetAsSerializedJSON()
-    if not text:
-        return 0
-    stats = json.loads(text)
-    return int(stats.get("methods", {}).get("GET", {}).get("downloaded_bytes", 0))
+    stats = json.loads(text) if text else {}
+    return int(stats.get("methods", {}).get("GET", {}).get("downloaded_bytes", 0)) + cog.bytes_fetched()
 
 
 _AREA_CACHE: dict = {}
@@ -152,13 +156,8 @@ def _densify(geometry, parts: int = 16):
 def window_grid(href: str, area, area_epsg: int, resolution: float | None = None, halo_m: float = 0.0) -> Grid | None:
     """The grid of ``href``'s own pixels (or of whole multiples of them for a coarser
     ``resolution``) around ``area``, from the header only; None when the area misses it."""
-    import rasterio
-
-    try:
-        with rasterio.open(vsi_path(href)) as ds:
-            return grid_around(ds.crs, ds.transform, ds.width, ds.height, area, area_epsg, resolution, halo_m)
-    except _read_errors() as exc:
-        raise ReadError(f"{href}: {exc}") from exc
+    with open_source(href) as src:
+        return grid_around(src.crs, src.transform, src.width, src.height, area, area_epsg, resolution, halo_m)
 
 
 def grid_around(crs, transform, width: int, height: int, area, area_epsg: int, resolution: float | None = None,
@@ -360,78 +359,167 @@ class GridLookup:
 
 
 def read_on_grid(href: str, grid: Grid, band: int = 1, resampling: str = "nearest",
-                 lookup: GridLookup | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 lookup: GridLookup | None = None, overviews: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Band ``band`` of ``href`` on ``grid``; only the blocks under the grid are read.
 
     Nearest: the source pixel containing each output pixel's centre (see :class:`GridLookup`;
-    pass a shared ``lookup`` to transform the grid once for many rasters). Other resampling
+    pass a shared ``lookup`` to transform the grid once for many rasters); with ``overviews``
+    from the coarsest overview whose pixels are not larger than the grid's. Other resampling
     goes through GDAL's warper. Returns ``(values, valid)``: ``valid`` is False outside the
     raster and where it has no data. Raises :class:`ReadError`.
     """
-    import rasterio
+    if resampling != "nearest":
+        import rasterio
 
-    try:
-        with rasterio.open(vsi_path(href)) as ds:
-            if resampling != "nearest":
+        try:
+            with rasterio.open(vsi_path(href)) as ds:
                 return _warp_on_grid(ds, grid, band, resampling)
-            window = _SourceWindow(ds, band, lookup or lookup_for(grid))
-            return window.gather(window.data, 0), window.gather(window.valid(), False)
-    except _read_errors() as exc:
-        raise ReadError(f"{href}: {exc}") from exc
+        except _read_errors() as exc:
+            raise ReadError(f"{href}: {exc}") from exc
+    lookup = lookup or lookup_for(grid)
+    with open_source(href, band, grid.resolution if overviews else None) as source:
+        window = _SourceWindow(source, lookup)
+        return window.gather(window.data, 0), window.gather(window.valid(), False)
 
 
 def classes_on_grid(href: str, grid: Grid, table: np.ndarray, nodata_class: int, band: int = 1,
-                    lookup: GridLookup | None = None) -> np.ndarray:
+                    lookup: GridLookup | None = None, overviews: bool = False) -> np.ndarray:
     """A uint8/uint16 raster's values mapped through ``table`` (a lookup table over all its
     values) onto ``grid`` by nearest neighbour; ``nodata_class`` outside the raster and where
     it has no data. The table is applied to the source window before gathering, so one gather
-    gives the classes. Raises :class:`ReadError`."""
+    gives the classes. ``overviews`` as for :func:`read_on_grid`. Raises :class:`ReadError`."""
+    lookup = lookup or lookup_for(grid)
+    with open_source(href, band, grid.resolution if overviews else None) as source:
+        window = _SourceWindow(source, lookup)
+        if window.data.dtype.kind != "u" or window.data.dtype.itemsize > 2:
+            raise ReadError(f"{href}: class lookup needs an unsigned 8- or 16-bit raster")
+        classes = np.take(table, window.data)
+        classes[~window.valid()] = nodata_class
+        return window.gather(classes, nodata_class)
+
+
+@contextmanager
+def open_source(href: str, band: int = 1, resolution: float | None = None) -> Iterator["_Source"]:
+    """One band of a raster for window reads, at its full resolution or (``resolution`` given)
+    at the coarsest overview whose pixels are not larger than ``resolution``.
+
+    Plain HTTP(S) COGs of a layout :mod:`core.cog` handles are read by it (two round trips,
+    keep-alive connections); everything else, and whatever it declines, by GDAL. Errors of
+    either, raised while opening or reading, become :class:`ReadError` naming ``href``.
+    """
+    from . import cog
+
+    source: _Source | None = None
+    if band == 1 and cog.enabled_for(href):
+        try:
+            native = cog.open_cog(href)
+        except cog.HttpError as exc:
+            raise ReadError(str(exc)) from exc
+        except cog.Unsupported:
+            native = None
+        if native is not None:
+            source = _NativeSource(native, native.level_for(resolution))
+    if source is not None:
+        try:
+            yield source
+        except cog.HttpError as exc:
+            raise ReadError(str(exc)) from exc
+        return
     import rasterio
 
     try:
         with rasterio.open(vsi_path(href)) as ds:
-            window = _SourceWindow(ds, band, lookup or lookup_for(grid))
-            if window.data.dtype.kind != "u" or window.data.dtype.itemsize > 2:
-                raise ReadError(f"{href}: class lookup needs an unsigned 8- or 16-bit raster")
-            classes = np.take(table, window.data)
-            classes[~window.valid()] = nodata_class
-            return window.gather(classes, nodata_class)
+            level = _gdal_overview_level(ds, band, resolution)
+            if level is None:
+                yield _GdalSource(ds, band)
+            else:
+                with rasterio.open(vsi_path(href), OVERVIEW_LEVEL=level) as ov:
+                    yield _GdalSource(ov, band)
     except _read_errors() as exc:
         raise ReadError(f"{href}: {exc}") from exc
 
 
-class _SourceWindow:
-    """The block-aligned window of one raster under a grid, read once."""
+def _gdal_overview_level(ds, band: int, resolution: float | None) -> int | None:
+    """GDAL's OVERVIEW_LEVEL of the coarsest overview not coarser than ``resolution``."""
+    if not resolution:
+        return None
+    best = None
+    for i, factor in enumerate(ds.overviews(band)):
+        if abs(ds.transform.a) * factor <= resolution * (1 + 1e-6):
+            best = i
+    return best
 
-    def __init__(self, ds, band: int, lookup: GridLookup):
-        from rasterio.windows import Window as RWindow
 
-        self.ds, self.band, self.lookup = ds, band, lookup
-        self.flat, self.inside, box = lookup.indices(ds.crs, ds.transform, ds.width, ds.height)
+class _Source:
+    """One band of a raster: ``crs``, ``transform``, ``width``, ``height``, ``dtype``,
+    ``read(row0, row1, col0, col1)`` and ``valid(data, box)``."""
+
+    crs: object
+    transform: object
+    width: int
+    height: int
+    dtype: np.dtype
+
+
+class _NativeSource(_Source):
+    def __init__(self, native, level: int):
+        self.native, self.level = native, level
+        lv = native.levels[level]
+        self.crs, self.transform, self.width, self.height = native.crs, lv.transform, lv.width, lv.height
+        self.dtype = native.dtype.newbyteorder("=")
+
+    def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        return self.native.read(row0, row1, col0, col1, self.level)
+
+    def valid(self, data: np.ndarray, box) -> np.ndarray:
+        return self.native.valid(data)
+
+
+class _GdalSource(_Source):
+    def __init__(self, ds, band: int):
+        self.ds, self.band = ds, band
+        self.crs, self.transform, self.width, self.height = ds.crs, ds.transform, ds.width, ds.height
         self.dtype = np.dtype(ds.dtypes[band - 1])
-        if box is None:
-            self.window, self.data = None, np.zeros((0, 0), self.dtype)
-            return
-        r0, r1, c0, c1 = box
-        self.window = RWindow(c0, r0, c1 - c0, r1 - r0)
-        self.data = ds.read(band, window=self.window)
 
-    def valid(self) -> np.ndarray:
+    def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+        return self.ds.read(self.band, window=((row0, row1), (col0, col1)))
+
+    def valid(self, data: np.ndarray, box) -> np.ndarray:
         from rasterio.enums import MaskFlags
 
         flags = self.ds.mask_flag_enums[self.band - 1]
         if MaskFlags.all_valid in flags:
-            return np.ones(self.data.shape, bool)
-        if MaskFlags.nodata in flags and self.ds.nodata is not None:
-            return self.data != np.array(self.ds.nodata).astype(self.dtype)  # no second pass over the blocks
-        if self.window is None:
-            return np.zeros(self.data.shape, bool)
-        return self.ds.read_masks(self.band, window=self.window) > 0
+            return np.ones(data.shape, bool)
+        nodata = self.ds.nodata
+        if MaskFlags.nodata in flags and nodata is not None:
+            if np.isnan(nodata):
+                return ~np.isnan(data)
+            return data != np.array(nodata).astype(self.dtype)  # no second pass over the blocks
+        if box is None:
+            return np.zeros(data.shape, bool)
+        r0, r1, c0, c1 = box
+        return self.ds.read_masks(self.band, window=((r0, r1), (c0, c1))) > 0
+
+
+class _SourceWindow:
+    """The window of one raster band under a grid, read once."""
+
+    def __init__(self, source: _Source, lookup: GridLookup):
+        self.source, self.lookup = source, lookup
+        self.flat, self.inside, self.box = lookup.indices(source.crs, source.transform, source.width, source.height)
+        if self.box is None:
+            self.data = np.zeros((0, 0), source.dtype)
+            return
+        r0, r1, c0, c1 = self.box
+        self.data = source.read(r0, r1, c0, c1)
+
+    def valid(self) -> np.ndarray:
+        return self.source.valid(self.data, self.box)
 
     def gather(self, source: np.ndarray, fill) -> np.ndarray:
         """``source`` (window-shaped) onto the grid; ``fill`` where the raster is not."""
         shape = self.lookup.grid.shape
-        if self.window is None:
+        if self.box is None:
             return np.full(shape, fill, dtype=source.dtype)
         picked = source.ravel().take(self.flat)
         if self.flat.ndim == 2:  # the raster covers the whole grid

@@ -74,8 +74,10 @@ def _touches(scene: Scene, area_lonlat) -> bool:
         return True
 
 
-def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLookup | None = None) -> np.ndarray:
-    """One product's mask (0 clear, 1 cloud, 2 shadow, 3 snow, 255 no data) on ``grid``."""
+def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLookup | None = None,
+                       overviews: bool = False) -> np.ndarray:
+    """One product's mask (0 clear, 1 cloud, 2 shadow, 3 snow, 255 no data) on ``grid``; with
+    ``overviews`` a grid coarser than the raster reads its COG overviews (fewer bytes)."""
     if spec.source in ("scl", "score"):
         key = (spec.asset or "scl") if spec.source == "scl" else spec.asset
         href = scene.asset_href(key)
@@ -84,8 +86,8 @@ def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLoo
             raise MaskError(f"Scene {scene.item_id} has no '{key}' asset ({what}).")
         if spec.source == "scl":
             # classes through a lookup table on the source window, then one gather
-            return classes_on_grid(href, grid, scl_lookup_table(spec), NODATA, lookup=lookup)
-        values, valid = read_on_grid(href, grid, lookup=lookup)
+            return classes_on_grid(href, grid, scl_lookup_table(spec), NODATA, lookup=lookup, overviews=overviews)
+        values, valid = read_on_grid(href, grid, lookup=lookup, overviews=overviews)
         mask = mask_from_score(values, spec)
         np.copyto(mask, NODATA, where=~valid)
         return mask
@@ -98,7 +100,7 @@ def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLoo
 
 def datatake_mask_on_grid(
     products: list[Scene], spec: MaskSpec, grid: Grid, lookup: GridLookup | None = None,
-    executor: cf.Executor | None = None,
+    executor: cf.Executor | None = None, overviews: bool = False,
 ) -> np.ndarray:
     """The mask of one acquisition on ``grid``: its products in order (newest baseline first),
     each filling only the pixels the ones before it left without data; clouds dilated last.
@@ -108,10 +110,10 @@ def datatake_mask_on_grid(
     """
     lookup = lookup or lookup_for(grid)
     if executor is not None and len(products) > 1:
-        futures = [executor.submit(_read_product, s, spec, grid, lookup) for s in products]
+        futures = [executor.submit(_read_product, s, spec, grid, lookup, overviews) for s in products]
         masks = [f.result() for f in futures]
     else:
-        masks = _sequential_masks(products, spec, grid, lookup)
+        masks = _sequential_masks(products, spec, grid, lookup, overviews)
     combined = None
     for mask in masks:
         if combined is None:
@@ -123,15 +125,15 @@ def datatake_mask_on_grid(
     return dilate_clouds(combined, spec.buffer_m, grid.resolution)
 
 
-def _read_product(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLookup) -> np.ndarray:
+def _read_product(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLookup, overviews: bool) -> np.ndarray:
     with gdal_http_env():
-        return scene_mask_on_grid(scene, spec, grid, lookup)
+        return scene_mask_on_grid(scene, spec, grid, lookup, overviews)
 
 
-def _sequential_masks(products, spec, grid, lookup):
+def _sequential_masks(products, spec, grid, lookup, overviews):
     covered = np.zeros(grid.shape, bool)
     for scene in products:
-        mask = scene_mask_on_grid(scene, spec, grid, lookup)
+        mask = scene_mask_on_grid(scene, spec, grid, lookup, overviews)
         yield mask
         covered |= mask != NODATA
         if covered.all():
@@ -205,7 +207,8 @@ def observe(
         if grid is None:
             obs.fractions = Fractions(None, None, None, 0.0, 0, 0)
             return obs
-        combined = datatake_mask_on_grid([s for s in obs.scenes if s in members], spec, grid, executor=executor)
+        combined = datatake_mask_on_grid([s for s in obs.scenes if s in members], spec, grid, executor=executor,
+                                         overviews=True)
         inside = area_mask(area, area_epsg, grid)
         obs.fractions = fractions(combined, inside, spec.count_shadows)
         obs.grid = grid

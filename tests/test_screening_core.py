@@ -1,5 +1,5 @@
 """core.screening and core.masks on real data and on the sample archive's truth, every read
-going through GDAL /vsicurl/ against nginx on loopback."""
+going over HTTP (core.cog or GDAL /vsicurl/) against nginx on loopback."""
 from __future__ import annotations
 
 import json

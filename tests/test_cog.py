@@ -1,0 +1,249 @@
+"""core.cog, the two-round-trip COG window reader, against GDAL on the same files served for
+real (nginx with Range, and a server that ignores Range), for every layout it claims to read;
+layouts it does not read go to GDAL through reading.open_source with the same results."""
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import BUILD, served_scenes
+from rasterio.transform import from_origin
+from shapely.geometry import box
+
+from cloud_probability.core import cog
+from cloud_probability.core import sample_archive as sa
+from cloud_probability.core.masks import PRESETS
+from cloud_probability.core.reading import ReadError, _GdalSource, _NativeSource, open_source, read_on_grid, Grid
+from cloud_probability.core.screening import screen_scenes
+
+RNG = np.random.default_rng(7)
+
+
+def _same_as_gdal(url: str, path: Path, windows: int = 4) -> cog.CogFile:
+    native = cog.open_cog(url)
+    with rasterio.open(path) as ds:
+        assert native.crs == ds.crs.to_string()
+        assert tuple(native.transform) == tuple(ds.transform)
+        assert native.nodata == ds.nodata or (np.isnan(native.nodata) and np.isnan(ds.nodata))
+        assert len(native.levels) == len(ds.overviews(1)) + 1
+        for _ in range(windows):
+            r0, c0 = RNG.integers(0, ds.height - 1), RNG.integers(0, ds.width - 1)
+            r1, c1 = RNG.integers(r0 + 1, ds.height + 1), RNG.integers(c0 + 1, ds.width + 1)
+            ours, gdal = native.read(r0, r1, c0, c1), ds.read(1, window=((r0, r1), (c0, c1)))
+            assert ours.dtype == gdal.dtype and np.array_equal(ours, gdal, equal_nan=ours.dtype.kind == "f")
+        for level in range(1, len(native.levels)):
+            with rasterio.open(path, OVERVIEW_LEVEL=level - 1) as ov:
+                assert tuple(ov.transform) == tuple(native.levels[level].transform)
+                assert np.array_equal(native.read(0, ov.height, 0, ov.width, level), ov.read(1), equal_nan=True)
+    return native
+
+
+def test_sample_cogs_read_like_gdal(sample_servers, sample_archive):
+    """SCL (uint8, nodata 0) and true-colour bands of the sample, every level, random windows."""
+    scenes = served_scenes(sample_servers)
+    hrefs = [s.asset_href("scl") for s in scenes[:12]] + [s.asset_href("red") for s in scenes if s.asset_href("red")][:4]
+    assert len(hrefs) == 16
+    for href in hrefs:
+        path = sample_archive / href.split(sample_servers.cogs.url + "/")[-1]
+        native = _same_as_gdal(href, path)
+        assert native.compression in cog.DEFLATE and len(native.levels) > 1
+
+
+def _write(path: Path, data: np.ndarray, nodata=None, **options) -> Path:
+    profile = dict(driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype.name,
+                   crs="EPSG:32631", transform=from_origin(300000.0, 5700000.0, 20.0, 20.0), nodata=nodata,
+                   tiled=True, blockxsize=256, blockysize=256, compress="DEFLATE")
+    profile.update(options)
+    if not profile["tiled"]:
+        del profile["blockxsize"], profile["blockysize"]
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+        if profile.get("tiled") and min(data.shape) >= 512:
+            dst.build_overviews([2, 4], rasterio.enums.Resampling.nearest)
+    return path
+
+
+def _write_cog(path: Path, data: np.ndarray, **options) -> Path:
+    """A COG as GDAL's COG driver lays it out: every IFD and tile index before the first tile."""
+    with rasterio.open(path, "w", driver="COG", width=data.shape[1], height=data.shape[0], count=1,
+                       dtype=data.dtype.name, crs="EPSG:32631", transform=from_origin(300000.0, 5700000.0, 20.0, 20.0),
+                       compress="DEFLATE", overview_resampling="NEAREST", **options) as dst:
+        dst.write(data, 1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    import shutil
+
+    folder = BUILD / "test-cog-layouts"  # not under /tmp/pytest-of-*: nginx's worker must read it
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    rows = np.arange(700)[:, None]
+    ramp = (rows * 7 + np.arange(900)[None, :] * 3)
+    f32 = (ramp / 97.0).astype(np.float32)
+    f32[:40, :50] = np.nan
+    sparse = np.zeros((700, 900), np.uint8)
+    sparse[300:420, 600:800] = 9
+    return {
+        "uint8": (_write(folder / "u8.tif", (ramp % 12).astype(np.uint8), nodata=0), True),
+        "uint16 predictor 2 big-endian BigTIFF": (_write(
+            folder / "u16be.tif", (ramp * 13 % 65000).astype(np.uint16), nodata=0, predictor=2,
+            ENDIANNESS="BIG", BIGTIFF="YES"), True),
+        "int16 predictor 2": (_write(folder / "i16.tif", (ramp % 3000 - 1500).astype(np.int16), nodata=-9999,
+                                     predictor=2), True),
+        "float32 NaN nodata": (_write(folder / "f32.tif", f32, nodata=float("nan")), True),
+        "uncompressed float64": (_write(folder / "f64.tif", ramp.astype(np.float64), compress="NONE"), True),
+        "sparse tiles": (_write(folder / "sparse.tif", sparse, nodata=0, SPARSE_OK="TRUE"), True),
+        "many tiles (header past 16 KiB)": (_write_cog(
+            folder / "many.tif", np.tile(np.arange(64, dtype=np.uint8), (3000, 47)), blocksize=16), True),
+        "large COG": (_write_cog(folder / "large.tif", RNG.integers(0, 12, (4096, 4096), dtype=np.uint8),
+                                 blocksize=256, nodata=0), True),
+        # what the reader declines (GDAL reads them)
+        "float32 predictor 3": (_write(folder / "f32p3.tif", f32, predictor=3), False),
+        "LZW": (_write(folder / "lzw.tif", (ramp % 12).astype(np.uint8), compress="LZW"), False),
+        "striped": (_write(folder / "strip.tif", (ramp % 12).astype(np.uint8), tiled=False), False),
+        "internal mask": (_write(folder / "mask.tif", (ramp % 12).astype(np.uint8)), False),
+    }
+
+
+@pytest.fixture(scope="module")
+def layout_server(layouts):
+    import servers
+
+    root = next(iter(layouts.values()))[0].parent
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK="YES"):
+        with rasterio.open(root / "mask.tif", "r+") as ds:
+            mask = np.full((ds.height, ds.width), 255, np.uint8)
+            mask[:100, :100] = 0
+            ds.write_mask(mask)
+    with servers.CogServer(root) as server:
+        yield server
+
+
+@pytest.mark.parametrize("name", [
+    "uint8", "uint16 predictor 2 big-endian BigTIFF", "int16 predictor 2", "float32 NaN nodata",
+    "uncompressed float64", "sparse tiles", "many tiles (header past 16 KiB)", "large COG",
+    "float32 predictor 3", "LZW", "striped", "internal mask",
+])
+def test_layouts_read_natively_or_by_gdal_with_gdal_results(layouts, layout_server, name):
+    path, native = layouts[name]
+    url = f"{layout_server.url}/{path.name}"
+    if native:
+        _same_as_gdal(url, path)
+    else:
+        with pytest.raises(cog.Unsupported):
+            cog.open_cog(url)
+    with open_source(url) as source, rasterio.open(path) as ds:
+        assert isinstance(source, _NativeSource if native else _GdalSource)
+        data = source.read(0, ds.height, 0, ds.width)
+        assert np.array_equal(data, ds.read(1), equal_nan=data.dtype.kind == "f")
+        assert np.array_equal(source.valid(data, (0, ds.height, 0, ds.width)), ds.read_masks(1) > 0)
+
+
+def test_header_past_the_first_fetch_costs_one_more_request(layouts, layout_server):
+    path, _ = layouts["many tiles (header past 16 KiB)"]
+    before = layout_server.requests()
+    native = cog.open_cog(f"{layout_server.url}/{path.name}")
+    assert native.levels[0].offsets.size > 30000 and layout_server.requests() - before == 2
+
+
+class _NoRangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Python's static server: it ignores Range and sends the whole file with 200."""
+
+    def log_message(self, *args):
+        pass
+
+
+def test_server_ignoring_range_still_reads_right(layouts):
+    path, _ = layouts["uint16 predictor 2 big-endian BigTIFF"]
+    handler = functools.partial(_NoRangeHandler, directory=str(path.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+        native = _same_as_gdal(url, path, windows=2)
+        assert native.whole is not None  # the window came from the one whole-file response
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_errors_name_the_file(layout_server):
+    url = f"{layout_server.url}/missing.tif"
+    grid = Grid("EPSG:32631", from_origin(300000.0, 5700000.0, 20.0, 20.0), (10, 10))
+    with pytest.raises(ReadError, match="missing.tif.*404"):
+        read_on_grid(url, grid)
+    closed = f"http://127.0.0.1:{_closed_port()}/x.tif"
+    with pytest.raises(ReadError, match="x.tif"):
+        read_on_grid(closed, grid)
+
+
+def _closed_port() -> int:
+    import servers
+
+    return servers.free_port()
+
+
+def test_screening_is_the_same_with_gdal_and_fewer_requests(sample_servers, sample_archive, monkeypatch):
+    """The whole screening of the sample, natively and with GDAL: identical fractions; the
+    native reader makes two requests per product where GDAL makes three."""
+    scenes = served_scenes(sample_servers)
+    x, y = sa.GREENWICH_27700
+    area = box(x - 700, y - 700, x + 700, y + 700)  # across the UTM boundary: several products each
+    from cloud_probability.core.reading import clear_http_cache
+
+    clear_http_cache()
+    r0 = sample_servers.cogs.requests()
+    native = screen_scenes(scenes, area, 27700, PRESETS["scl"])
+    r_native = sample_servers.cogs.requests() - r0
+    monkeypatch.setenv("CLOUDPROB_NATIVE_COG", "NO")
+    clear_http_cache()
+    r0 = sample_servers.cogs.requests()
+    gdal = screen_scenes(scenes, area, 27700, PRESETS["scl"])
+    r_gdal = sample_servers.cogs.requests() - r0
+    as_dict = lambda result: {o.datatake_id: o.fractions for o in result.observations}  # noqa: E731
+    assert native.errors == gdal.errors == 0 and as_dict(native) == as_dict(gdal)
+    assert r_native < 0.8 * r_gdal, (r_native, r_gdal)
+
+
+def test_coarser_resolution_reads_overviews(layouts, layout_server, monkeypatch):
+    """A grid coarser than the raster reads the coarsest overview not coarser than it: fewer
+    bytes, and the same values natively as through GDAL's OVERVIEW_LEVEL."""
+    path, _ = layouts["large COG"]
+    url = f"{layout_server.url}/{path.name}"
+    x0, y0 = 300000.0 + 20 * 1024, 5700000.0 - 20 * 1024
+    fine = Grid("EPSG:32631", from_origin(x0, y0, 20.0, 20.0), (1000, 1000))  # 20 km
+    coarse = Grid("EPSG:32631", from_origin(x0, y0, 80.0, 80.0), (250, 250))
+    cog.reset_counters()
+    at_20 = read_on_grid(url, fine, overviews=True)[0]
+    fine_bytes = cog.bytes_fetched()
+    cog.reset_counters()
+    at_80 = read_on_grid(url, coarse, overviews=True)[0]
+    coarse_bytes = cog.bytes_fetched()
+    assert coarse_bytes < 0.2 * fine_bytes, (coarse_bytes, fine_bytes)
+    with rasterio.open(path, OVERVIEW_LEVEL=1) as ov:  # 4× = 80 m
+        assert ov.res == (80.0, 80.0)
+        assert np.array_equal(at_80, ov.read(1, window=((256, 506), (256, 506))))
+    with rasterio.open(path) as ds:
+        assert np.array_equal(at_20, ds.read(1, window=((1024, 2024), (1024, 2024))))
+    # without overviews a coarse pixel is the full-resolution pixel under its centre
+    assert np.array_equal(read_on_grid(url, coarse, overviews=False)[0], at_20[2::4, 2::4])
+    monkeypatch.setenv("CLOUDPROB_NATIVE_COG", "NO")
+    assert np.array_equal(read_on_grid(url, coarse, overviews=True)[0], at_80)
+
+
+def test_screening_at_a_coarser_resolution_sees_the_same_clouds(sample_servers):
+    scenes = served_scenes(sample_servers)
+    area = box(*sa.GREENWICH_27700, sa.GREENWICH_27700[0] + 2500, sa.GREENWICH_27700[1] + 2500)
+    fine = screen_scenes(scenes, area, 27700, PRESETS["scl"], resolution=20.0)
+    coarse = screen_scenes(scenes, area, 27700, PRESETS["scl"], resolution=80.0)
+    cf = {o.datatake_id: o.cloud_pct for o in fine.observations if o.cloud_pct is not None}
+    cc = {o.datatake_id: o.cloud_pct for o in coarse.observations if o.cloud_pct is not None}
+    assert cf.keys() == cc.keys() and len(cf) > 10
+    assert np.mean([abs(cf[k] - cc[k]) for k in cf]) < 3.0  # the same clouds, seen coarser
