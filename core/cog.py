@@ -40,7 +40,12 @@ class Unsupported(Exception):
 
 
 class HttpError(Exception):
-    """A request failed (after retries); the message names the URL and the cause."""
+    """A request failed (after retries); the message names the URL and the cause. ``status``
+    is the HTTP status, or None when no response came (connection, TLS, timeout)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def enabled_for(href: str) -> bool:
@@ -97,13 +102,22 @@ class _ProxyAware:
         self._kw = kw
         self._direct = urllib3.PoolManager(**kw)
         self._proxies: dict = {}
+        self._by_host: dict = {}  # (scheme, host) → manager: the environment is read once per host
         self._lock = threading.Lock()
 
     def manager_for(self, url: str):
-        import urllib.request
         from urllib.parse import urlsplit
 
-        scheme, host = urlsplit(url).scheme, urlsplit(url).hostname or ""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        hit = self._by_host.get(key)
+        if hit is None:
+            hit = self._by_host[key] = self._choose(parts.scheme, parts.hostname or "")
+        return hit
+
+    def _choose(self, scheme: str, host: str):
+        import urllib.request
+
         proxy = urllib.request.getproxies().get(scheme)
         if not proxy or urllib.request.proxy_bypass(host):
             return self._direct
@@ -121,7 +135,7 @@ def _fetchers() -> cf.ThreadPoolExecutor:
     global _FETCHERS
     with _POOL_LOCK:
         if _FETCHERS is None:
-            _FETCHERS = cf.ThreadPoolExecutor(max_workers=32, thread_name_prefix="cloudprob-range")
+            _FETCHERS = cf.ThreadPoolExecutor(max_workers=64, thread_name_prefix="cloudprob-range")
         return _FETCHERS
 
 
@@ -146,7 +160,7 @@ def get_range(url: str, start: int, end: int) -> tuple[bytes, bool]:
         return body, True
     if response.status == 416:  # the file ends before ``start``
         return b"", False
-    raise HttpError(f"{url}: HTTP {response.status} {response.reason or ''}".rstrip())
+    raise HttpError(f"{url}: HTTP {response.status} {response.reason or ''}".rstrip(), response.status)
 
 
 def bytes_fetched() -> int:
@@ -196,19 +210,32 @@ class _Header:
 
 @dataclass
 class Level:
-    """One resolution level (the full image or an overview) of a COG."""
+    """One resolution level (the full image or an overview) of a COG; its tile index is
+    decoded when first read (most reads use one level)."""
 
     width: int
     height: int
     tile_w: int
     tile_h: int
-    offsets: np.ndarray
-    counts: np.ndarray
     transform: object  # rasterio Affine
+    _index: object = field(repr=False)  # () -> (offsets, counts), or the pair once decoded
 
     @property
     def resolution(self) -> float:
         return abs(self.transform.a)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self._tile_index()[0]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self._tile_index()[1]
+
+    def _tile_index(self) -> tuple[np.ndarray, np.ndarray]:
+        if callable(self._index):
+            self._index = self._index()
+        return self._index
 
 
 @dataclass
@@ -262,13 +289,14 @@ class CogFile:
             raise ValueError(f"window {row0}:{row1}, {col0}:{col1} outside {lv.height}×{lv.width}")
         out = np.empty((row1 - row0, col1 - col0), self.dtype.newbyteorder("="))
         tiles_across = -(-lv.width // lv.tile_w)
+        offsets, counts = lv.offsets, lv.counts
         wanted = []
         for tr in range(row0 // lv.tile_h, (row1 - 1) // lv.tile_h + 1):
             for tc in range(col0 // lv.tile_w, (col1 - 1) // lv.tile_w + 1):
                 wanted.append((tr, tc, tr * tiles_across + tc))
-        present = [(tr, tc, int(lv.offsets[i]), int(lv.counts[i])) for tr, tc, i in wanted if lv.counts[i] > 0]
+        present = [(tr, tc, int(offsets[i]), int(counts[i])) for tr, tc, i in wanted if counts[i] > 0]
         for tr, tc, i in wanted:
-            if lv.counts[i] == 0:  # a sparse tile: no data (or zeros), as GDAL reads it
+            if counts[i] == 0:  # a sparse tile: no data (or zeros), as GDAL reads it
                 self._place(out, np.full((lv.tile_h, lv.tile_w), self._fill(), out.dtype), tr, tc, lv, row0, col0)
         ranges = _merge(sorted(present, key=lambda t: t[2]))
 
@@ -283,13 +311,17 @@ class CogFile:
             if len(body) < end - start:
                 raise HttpError(f"{self.url}: short read ({len(body)} of {end - start} bytes at {start})")
             for tr, tc, offset, count in group:
-                tile = self._decode(body[offset - start:offset - start + count], lv)
+                rows = min(lv.tile_h, row0 + out.shape[0] - tr * lv.tile_h)  # the tile's rows above the window's end
+                tile = self._decode(body[offset - start:offset - start + count], lv, rows)
                 self._place(out, tile, tr, tc, lv, row0, col0)
 
-        if len(ranges) == 1:
-            fetch(ranges[0])
-        else:
-            for future in [_fetchers().submit(fetch, g) for g in ranges]:
+        # the first range in this thread, the others at the same time in the range pool
+        futures = [_fetchers().submit(fetch, g) for g in ranges[1:]]
+        try:
+            if ranges:
+                fetch(ranges[0])
+        finally:
+            for future in futures:
                 future.result()
         return out
 
@@ -298,16 +330,17 @@ class CogFile:
             return 0
         return self.nodata
 
-    def _decode(self, raw: bytes, lv: Level) -> np.ndarray:
+    def _decode(self, raw: bytes, lv: Level, rows: int) -> np.ndarray:
+        """The first ``rows`` rows of a tile (inflating stops there: rows are stored in order)."""
+        n = lv.tile_w * rows
         if self.compression in DEFLATE:
             try:
-                raw = zlib.decompress(raw)
+                raw = zlib.decompressobj().decompress(raw, n * self.dtype.itemsize)
             except zlib.error as exc:
                 raise HttpError(f"{self.url}: corrupt DEFLATE tile ({exc})") from exc
-        n = lv.tile_w * lv.tile_h
         if len(raw) < n * self.dtype.itemsize:
             raise HttpError(f"{self.url}: tile of {len(raw)} bytes, expected {n * self.dtype.itemsize}")
-        tile = np.frombuffer(raw, self.dtype, count=n).reshape(lv.tile_h, lv.tile_w)
+        tile = np.frombuffer(raw, self.dtype, count=n).reshape(rows, lv.tile_w)
         tile = tile.astype(self.dtype.newbyteorder("="), copy=False)
         if self.predictor == 2:
             tile = np.cumsum(tile, axis=1, dtype=tile.dtype)  # wraps like the C arithmetic
@@ -365,7 +398,7 @@ def open_cog(url: str) -> CogFile:
     nodata = _nodata(first)
     levels = [_level(url, head, e, base, first, transform, None)]
     for tags in ifds[1:]:
-        values = _entry_values(head, e, tags, skip=(TILE_OFFSETS, TILE_COUNTS))
+        values = _entry_values(head, e, tags, _LEVEL_TAGS)
         kind = values.get(NEW_SUBFILE_TYPE, [0])[0]
         if kind & 4:
             raise Unsupported(f"{url}: internal mask (GDAL reads it)")
@@ -431,10 +464,13 @@ def _values(head: _Header, e: str, entry) -> list | bytes:
     return np.frombuffer(raw, np.dtype(_NUMPY[typ]).newbyteorder(e), count=count)
 
 
-def _entry_values(head: _Header, e: str, tags: dict, skip=()) -> dict:
-    wanted = (NEW_SUBFILE_TYPE, WIDTH, HEIGHT, BITS, COMPRESSION, SAMPLES, PLANAR, PREDICTOR, TILE_W, TILE_H,
-              SAMPLE_FORMAT, PIXEL_SCALE, TIEPOINT, MODEL_TRANSFORM, GEOKEYS, GDAL_NODATA, STRIP_OFFSETS)
-    return {t: _values(head, e, tags[t]) for t in wanted if t in tags and t not in skip}
+_LEVEL_TAGS = (NEW_SUBFILE_TYPE, WIDTH, HEIGHT, BITS, COMPRESSION, SAMPLES, PREDICTOR, TILE_W, TILE_H, SAMPLE_FORMAT,
+               STRIP_OFFSETS)
+_IMAGE_TAGS = _LEVEL_TAGS + (PIXEL_SCALE, TIEPOINT, MODEL_TRANSFORM, GEOKEYS, GDAL_NODATA)
+
+
+def _entry_values(head: _Header, e: str, tags: dict, wanted=_IMAGE_TAGS) -> dict:
+    return {t: _values(head, e, tags[t]) for t in wanted if t in tags}
 
 
 def _pixel_format(url: str, v: dict, e: str):
@@ -462,16 +498,19 @@ def _level(url, head, e, tags, values, base_transform, full: Level | None) -> Le
     tile_w, tile_h = int(values[TILE_W][0]), int(values[TILE_H][0])
     if TILE_OFFSETS not in tags or TILE_COUNTS not in tags:
         raise Unsupported(f"{url}: no tile index")
-    offsets = np.asarray(_values(head, e, tags[TILE_OFFSETS]), np.int64)
-    counts = np.asarray(_values(head, e, tags[TILE_COUNTS]), np.int64)
     n = -(-width // tile_w) * -(-height // tile_h)
-    if len(offsets) < n or len(counts) < n:
+    if tags[TILE_OFFSETS][1] < n or tags[TILE_COUNTS][1] < n:
         raise Unsupported(f"{url}: incomplete tile index")
+
+    def index() -> tuple[np.ndarray, np.ndarray]:  # the header is all fetched by now (_prefetch_arrays)
+        return (np.asarray(_values(head, e, tags[TILE_OFFSETS]), np.int64),
+                np.asarray(_values(head, e, tags[TILE_COUNTS]), np.int64))
+
     if full is None:
         transform = base_transform
     else:  # GDAL's rule: the overview spans the image, its pixels are the image's scaled by the size ratio
         transform = base_transform * Affine.scale(full.width / width, full.height / height)
-    return Level(width, height, tile_w, tile_h, offsets, counts, transform)
+    return Level(width, height, tile_w, tile_h, transform, index)
 
 
 def _georeferencing(url: str, head, e: str, tags: dict, v: dict):

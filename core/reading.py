@@ -372,7 +372,7 @@ def read_on_grid(href: str, grid: Grid, band: int = 1, resampling: str = "neares
         import rasterio
 
         try:
-            with rasterio.open(vsi_path(href)) as ds:
+            with gdal_http_env(), rasterio.open(vsi_path(href)) as ds:
                 return _warp_on_grid(ds, grid, band, resampling)
         except _read_errors() as exc:
             raise ReadError(f"{href}: {exc}") from exc
@@ -410,11 +410,16 @@ def open_source(href: str, band: int = 1, resolution: float | None = None) -> It
     from . import cog
 
     source: _Source | None = None
-    if band == 1 and cog.enabled_for(href):
+    if band == 1 and cog.enabled_for(href) and _host(href) not in _GDAL_HOSTS:
         try:
             native = cog.open_cog(href)
         except cog.HttpError as exc:
-            raise ReadError(str(exc)) from exc
+            if exc.status is not None:
+                raise ReadError(str(exc)) from exc
+            # no response at all (TLS certificates, a proxy only curl knows, …): GDAL may do
+            # better, and is asked for this host from now on
+            _GDAL_HOSTS.add(_host(href))
+            native = None
         except cog.Unsupported:
             native = None
         if native is not None:
@@ -428,7 +433,7 @@ def open_source(href: str, band: int = 1, resolution: float | None = None) -> It
     import rasterio
 
     try:
-        with rasterio.open(vsi_path(href)) as ds:
+        with gdal_http_env(), rasterio.open(vsi_path(href)) as ds:
             level = _gdal_overview_level(ds, band, resolution)
             if level is None:
                 yield _GdalSource(ds, band)
@@ -437,6 +442,15 @@ def open_source(href: str, band: int = 1, resolution: float | None = None) -> It
                     yield _GdalSource(ov, band)
     except _read_errors() as exc:
         raise ReadError(f"{href}: {exc}") from exc
+
+
+_GDAL_HOSTS: set[str] = set()  # hosts the native reader could not reach
+
+
+def _host(href: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(href).netloc
 
 
 def _gdal_overview_level(ds, band: int, resolution: float | None) -> int | None:

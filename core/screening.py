@@ -14,7 +14,7 @@ import numpy as np
 from .masks import NODATA, Fractions, MaskError, MaskSpec, dilate_clouds, fractions, mask_from_score, scl_lookup_table
 from .progress import Cancelled, NullProgress, Progress
 from .reading import (
-    Grid, GridLookup, ReadError, area_in_crs, area_mask, gdal_http_env, lookup_for, network_bytes,
+    Grid, GridLookup, ReadError, area_in_crs, area_mask, lookup_for, network_bytes,
     classes_on_grid, grid_around, network_bytes_reset, read_on_grid, window_grid,
 )
 from .stac import Scene
@@ -110,7 +110,7 @@ def datatake_mask_on_grid(
     """
     lookup = lookup or lookup_for(grid)
     if executor is not None and len(products) > 1:
-        futures = [executor.submit(_read_product, s, spec, grid, lookup, overviews) for s in products]
+        futures = [executor.submit(scene_mask_on_grid, s, spec, grid, lookup, overviews) for s in products]
         masks = [f.result() for f in futures]
     else:
         masks = _sequential_masks(products, spec, grid, lookup, overviews)
@@ -123,11 +123,6 @@ def datatake_mask_on_grid(
     if combined is None:
         combined = np.full(grid.shape, NODATA, np.uint8)
     return dilate_clouds(combined, spec.buffer_m, grid.resolution)
-
-
-def _read_product(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLookup, overviews: bool) -> np.ndarray:
-    with gdal_http_env():
-        return scene_mask_on_grid(scene, spec, grid, lookup, overviews)
 
 
 def _sequential_masks(products, spec, grid, lookup, overviews):
@@ -255,8 +250,7 @@ def screen_scenes(
     def work(group: list[Scene]) -> Observation:
         if progress.is_canceled():
             raise Cancelled("cancelled by the user")
-        with gdal_http_env():
-            return observe(group, spec, area, area_epsg, resolution, executor=readers)
+        return observe(group, spec, area, area_epsg, resolution, executor=readers)
 
     pool = cf.ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="cloudprob-screen")
     try:

@@ -233,42 +233,52 @@ def write_items_for(archive: Path, base_url: str, out: Path) -> Path:
     return out
 
 
-class LatencyProxy:
+class LatencyProxy(_Server):
     """A TCP proxy on 127.0.0.1 that holds every client request ``latency_ms`` before passing
     it to ``upstream_port``: an HTTP server as far away as a cloud bucket, on loopback.
 
-    HTTP/1.1 clients (curl/GDAL) send one request at a time per connection, so delaying each
-    chunk from the client delays each request once. Runs in a daemon thread: it ends with the
-    process at the latest.
+    HTTP/1.1 clients send one request at a time per connection, so delaying each chunk from the
+    client delays each request once. It runs in its own process, as a remote server would: in
+    the measured process its event loop would compete for the GIL with the code measured, and
+    its timers would slip as that code gets busier. Stops with the ``with`` block or when the
+    process that started it dies.
     """
 
     def __init__(self, upstream_port: int, latency_ms: float, port: int | None = None):
-        import asyncio
-        import threading
+        import sys
 
         self.upstream_port = upstream_port
-        self.latency = latency_ms / 1000.0
+        self.latency_ms = latency_ms
         self.port = port or free_port()
-        self.loop = asyncio.new_event_loop()
-        self._server = None
-        started = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-S", __file__, "latency-proxy", str(upstream_port), str(latency_ms), str(self.port)],
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"latency proxy exited with {self.proc.returncode}")
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("latency proxy did not start")
 
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self._server = self.loop.run_until_complete(asyncio.start_server(self._handle, HOST, self.port))
-            started.set()
-            self.loop.run_forever()
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
 
-        self.thread = threading.Thread(target=run, name="latency-proxy", daemon=True)
-        self.thread.start()
-        if not started.wait(10):
-            raise RuntimeError("latency proxy did not start")
 
-    async def _handle(self, reader, writer) -> None:
-        import asyncio
+def _run_latency_proxy(upstream_port: int, latency_ms: float, port: int) -> None:
+    import asyncio
 
+    latency = latency_ms / 1000.0
+
+    async def handle(reader, writer) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(HOST, self.upstream_port)
+            up_reader, up_writer = await asyncio.open_connection(HOST, upstream_port)
         except OSError:
             writer.close()
             return
@@ -279,7 +289,7 @@ class LatencyProxy:
                     data = await reader.read(65536)
                     if not data:
                         break
-                    await asyncio.sleep(self.latency)
+                    await asyncio.sleep(latency)
                     up_writer.write(data)
                     await up_writer.drain()
             finally:
@@ -298,28 +308,18 @@ class LatencyProxy:
 
         await asyncio.gather(client_to_server(), server_to_client(), return_exceptions=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+    async def main() -> None:
+        server = await asyncio.start_server(handle, HOST, port, backlog=1024)
+        async with server:
+            await server.serve_forever()
 
-    def stop(self) -> None:
-        import asyncio
+    asyncio.run(main())
 
-        if self.loop.is_running():
-            async def shutdown() -> None:
-                if self._server is not None:
-                    self._server.close()
-                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                self.loop.stop()
 
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
-            self.thread.join(5)
+if __name__ == "__main__":
+    import sys
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    if len(sys.argv) == 5 and sys.argv[1] == "latency-proxy":
+        _run_latency_proxy(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
+    else:
+        sys.exit("usage: servers.py latency-proxy UPSTREAM_PORT LATENCY_MS PORT")
