@@ -1,9 +1,10 @@
 """Area screening: windowed COG reads (cloudprob) against the naive approach users fall back
 to — download each whole SCL, then count the area's pixels — on full-size sample scenes
-served by nginx on loopback, with and without 50 ms of added latency per request.
+served by nginx on loopback: directly, with 50 ms of added latency per request, and with that
+latency behind a shared 100 Mbit/s link.
 
 Bytes are counted by nginx's access log; both sides read the same scenes with the same
-number of threads, from a cold GDAL cache.
+number of threads, from a cold cache.
 """
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ ensure_plugin_importable()
 import servers  # noqa: E402
 from cloud_probability.core import sample_archive as sa  # noqa: E402
 from cloud_probability.core.masks import PRESETS  # noqa: E402
-from cloud_probability.core.reading import area_in_crs, clear_http_cache  # noqa: E402
+from cloud_probability.core.reading import area_in_crs, clear_http_cache, clear_lookups  # noqa: E402
 from cloud_probability.core.screening import screen_scenes  # noqa: E402
 from cloud_probability.core.stac import normalise_item  # noqa: E402
 
 FULL_SPEC = sa.SampleSpec.full(max_datatakes=28, truecolor_every=0)
 AREA_KM = 5.0
-CONCURRENCY = 16
+THREADS = (16, 64)  # a few and many requests in flight (cloudprob:screenscenes defaults to 32)
+REPEATS = 2
+# (label, added latency per request in ms or None for plain loopback, shared link in Mbit/s or 0)
+NETWORKS = [("loopback", None, 0.0), ("+50 ms per request", 50.0, 0.0), ("+50 ms, 100 Mbit/s link", 50.0, 100.0)]
 
 
 def full_archive() -> Path:
@@ -52,24 +56,33 @@ def scenes_for(archive: Path, base_url: str, area, area_epsg: int):
 
 
 def naive(scenes, area, area_epsg: int, concurrency: int) -> dict[str, float]:
-    """Download each whole SCL, decode it, count the area's pixels (per scene)."""
+    """Download each whole SCL, decode it, count the area's pixels (per scene).
+
+    Done as a competent script would: the area's pixel mask is rasterized once per tile grid
+    (all acquisitions of an MGRS tile share it), so the cost is the download and the decoding
+    of whole files, not our own bookkeeping.
+    """
     from rasterio import features
     from rasterio.io import MemoryFile
 
     import threading
 
-    areas = {}
+    masks: dict = {}
     lock = threading.Lock()  # rasterio's rasterize is not safe from several threads at once
+
+    def inside_mask(ds, shape):
+        key = (ds.crs.to_string(), tuple(ds.transform), shape)
+        with lock:
+            if key not in masks:
+                masks[key] = features.geometry_mask(
+                    [area_in_crs(area, area_epsg, ds.crs)], shape, ds.transform, invert=True)
+            return masks[key]
 
     def one(scene):
         body = urllib.request.urlopen(scene.asset_href("scl"), timeout=120).read()
         with MemoryFile(io.BytesIO(body)) as mem, mem.open() as ds:
             scl = ds.read(1)
-            key = ds.crs.to_epsg()
-            if key not in areas:
-                areas[key] = area_in_crs(area, area_epsg, ds.crs)
-            with lock:
-                inside = features.geometry_mask([areas[key]], scl.shape, ds.transform, invert=True)
+            inside = inside_mask(ds, scl.shape)
         values = scl[inside]
         valid = np.count_nonzero(values > 1)
         return scene.item_id, (100.0 * np.isin(values, [8, 9, 10]).sum() / valid) if valid else None
@@ -78,21 +91,30 @@ def naive(scenes, area, area_epsg: int, concurrency: int) -> dict[str, float]:
         return dict(pool.map(one, scenes))
 
 
-def measure(cogs, base_url: str, archive: Path, area, label: str) -> dict:
+def measure(cogs, base_url: str, archive: Path, area, label: str, threads: int) -> dict:
+    """Both sides, each the best of REPEATS runs from a cold cache (GDAL's and the server's
+    connections are the only state; the area's lookups are computed again each run)."""
     scenes = scenes_for(archive, base_url, area, 27700)
-    clear_http_cache()
-    b0, r0, t0 = cogs.bytes_sent(), cogs.requests(), time.monotonic()
-    ours = screen_scenes(scenes, area, 27700, PRESETS["scl"], concurrency=CONCURRENCY)
-    t_ours, b_ours, r_ours = time.monotonic() - t0, cogs.bytes_sent() - b0, cogs.requests() - r0
-    b0, r0, t0 = cogs.bytes_sent(), cogs.requests(), time.monotonic()
-    theirs = naive(scenes, area, 27700, CONCURRENCY)
-    t_naive, b_naive, r_naive = time.monotonic() - t0, cogs.bytes_sent() - b0, cogs.requests() - r0
-    assert ours.errors == 0 and len(theirs) == len(scenes)
+    best: dict = {}
+    for _ in range(REPEATS):
+        for side in ("ours", "naive"):
+            clear_http_cache()
+            clear_lookups()
+            b0, r0, t0 = cogs.bytes_sent(), cogs.requests(), time.monotonic()
+            if side == "ours":
+                result = screen_scenes(scenes, area, 27700, PRESETS["scl"], concurrency=threads)
+                assert result.errors == 0
+                acquisitions = len(result.observations)
+            else:
+                assert len(naive(scenes, area, 27700, threads)) == len(scenes)
+            run = {"seconds": time.monotonic() - t0, "bytes": cogs.bytes_sent() - b0, "requests": cogs.requests() - r0}
+            if side not in best or run["seconds"] < best[side]["seconds"]:
+                best[side] = run
     return {
-        "label": label, "scenes": len(scenes), "acquisitions": len(ours.observations),
-        "ours": {"seconds": t_ours, "bytes": b_ours, "requests": r_ours},
-        "naive": {"seconds": t_naive, "bytes": b_naive, "requests": r_naive},
-        "bytes_ratio": b_naive / b_ours, "time_ratio": t_naive / t_ours,
+        "label": label, "threads": threads, "scenes": len(scenes), "acquisitions": acquisitions,
+        "ours": best["ours"], "naive": best["naive"],
+        "bytes_ratio": best["naive"]["bytes"] / best["ours"]["bytes"],
+        "time_ratio": best["naive"]["seconds"] / best["ours"]["seconds"],
     }
 
 
@@ -106,21 +128,28 @@ def main() -> dict:
     area = box(gx - half, gy - half, gx + half, gy + half)  # straddles UTM 30/31 and two tile rows
     results = []
     with servers.CogServer(archive, workdir=BUILD / "bench" / "nginx") as cogs:
-        results.append(measure(cogs, cogs.url, archive, area, "loopback"))
-        with servers.LatencyProxy(cogs.port, 50.0) as proxy:
-            results.append(measure(cogs, proxy.url, archive, area, "+50 ms per request"))
+        for label, latency_ms, mbps in NETWORKS:
+            if latency_ms is None:
+                for threads in THREADS:
+                    results.append(measure(cogs, cogs.url, archive, area, label, threads))
+                continue
+            with servers.LatencyProxy(cogs.port, latency_ms, bandwidth_mbps=mbps) as proxy:
+                for threads in THREADS:
+                    results.append(measure(cogs, proxy.url, archive, area, label, threads))
     rows = []
     for r in results:
         rows.append([
-            r["label"], f"{r['scenes']} scenes / {r['acquisitions']} acq.",
+            r["label"], str(r["threads"]), f"{r['scenes']} / {r['acquisitions']}",
             f"{r['ours']['bytes'] / 1e6:.2f} MB", f"{r['naive']['bytes'] / 1e6:.1f} MB", f"{r['bytes_ratio']:.1f}×",
             f"{r['ours']['seconds']:.2f} s", f"{r['naive']['seconds']:.2f} s", f"{r['time_ratio']:.1f}×",
             f"{r['ours']['requests']} / {r['naive']['requests']}",
         ])
     print(f"Area screening: {AREA_KM:g} km × {AREA_KM:g} km around Greenwich, full-size 5490×5490 SCL COGs "
-          f"({info['items']} items, {info['datatakes']} acquisitions), {CONCURRENCY} threads each, cold cache")
-    print(table(["network", "scenes", "bytes (ours)", "bytes (naive)", "bytes ratio", "time (ours)",
-                 "time (naive)", "time ratio", "requests ours/naive"], rows))
+          f"({info['items']} items, {info['datatakes']} acquisitions); both sides with the same threads, "
+          f"best of {REPEATS} cold runs")
+    print(table(["network", "threads", "scenes / acq.", "bytes (ours)", "bytes (naive)", "bytes ratio",
+                 "time (ours)", "time (naive)", "time ratio", "requests ours/naive"], rows))
+    print("  naive = download each whole SCL, decode it, count the area's pixels (mask rasterized once per tile grid)")
     print("  goal: ≥ 20× fewer bytes and ≥ 10× less time than the naive approach")
     report("screening", results)
     return {"results": results}

@@ -87,7 +87,7 @@ def _pool():
                 status_forcelist=(429, 500, 502, 503, 504), allowed_methods=frozenset({"GET"}),
                 raise_on_status=False,
             )
-            kw = dict(num_pools=32, maxsize=64, block=False, retries=retries,
+            kw = dict(num_pools=32, maxsize=128, block=False, retries=retries,
                       timeout=urllib3.Timeout(connect=min(10.0, TIMEOUT_S), read=TIMEOUT_S))
             _POOL = _ProxyAware(kw)
         return _POOL

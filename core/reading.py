@@ -103,6 +103,7 @@ def network_bytes() -> int:
 
 _AREA_CACHE: dict = {}
 _AREA_LOCK = threading.Lock()
+_AREA_COMPUTING: dict = {}
 
 
 def area_in_crs(geometry, geometry_epsg: int, crs) -> object:
@@ -118,19 +119,26 @@ def area_in_crs(geometry, geometry_epsg: int, crs) -> object:
     key = (geometry.wkb, int(geometry_epsg), dst.to_wkt())
     with _AREA_LOCK:
         hit = _AREA_CACHE.get(key)
-    if hit is not None:
-        return hit
-    src = CRS.from_epsg(geometry_epsg)
-    if src == dst:
-        result = geometry
-    else:
-        tr = Transformer.from_crs(src, dst, always_xy=True)
-        result = transform(tr.transform, _densify(geometry))
-    with _AREA_LOCK:
-        if len(_AREA_CACHE) > 256:
-            _AREA_CACHE.clear()
-        _AREA_CACHE[key] = result
-    return result
+        if hit is not None:
+            return hit
+        computing = _AREA_COMPUTING.setdefault(key, threading.Lock())
+    with computing:  # one thread transforms; the others starting at the same moment wait for it
+        with _AREA_LOCK:
+            hit = _AREA_CACHE.get(key)
+        if hit is not None:
+            return hit
+        src = CRS.from_epsg(geometry_epsg)
+        if src == dst:
+            result = geometry
+        else:
+            tr = Transformer.from_crs(src, dst, always_xy=True)
+            result = transform(tr.transform, _densify(geometry))
+        with _AREA_LOCK:
+            if len(_AREA_CACHE) > 256:
+                _AREA_CACHE.clear()
+            _AREA_CACHE[key] = result
+            _AREA_COMPUTING.pop(key, None)
+        return result
 
 
 def _densify(geometry, parts: int = 16):
@@ -183,6 +191,7 @@ def grid_around(crs, transform, width: int, height: int, area, area_epsg: int, r
 
 
 _RASTERIZE_LOCK = threading.Lock()
+_AREA_MASKS: dict = {}
 
 
 def area_mask(area, area_epsg: int, grid: "Grid") -> np.ndarray:
@@ -196,8 +205,16 @@ def area_mask(area, area_epsg: int, grid: "Grid") -> np.ndarray:
     from rasterio import features
 
     local = area_in_crs(area, area_epsg, grid.crs)
-    with _RASTERIZE_LOCK:
-        return features.geometry_mask([local], out_shape=grid.shape, transform=grid.transform, invert=True)
+    key = (local.wkb, pyproj_crs(grid.crs).to_wkt(), tuple(grid.transform)[:6], tuple(grid.shape))
+    with _RASTERIZE_LOCK:  # acquisitions of one MGRS tile share their grid: rasterized once
+        hit = _AREA_MASKS.get(key)
+        if hit is None:
+            if len(_AREA_MASKS) > 16:
+                _AREA_MASKS.clear()
+            hit = _AREA_MASKS[key] = features.geometry_mask(
+                [local], out_shape=grid.shape, transform=grid.transform, invert=True)
+            hit.flags.writeable = False  # shared: callers get a read-only view
+        return hit
 
 
 @dataclass(frozen=True)
@@ -240,6 +257,16 @@ def pyproj_crs(crs):
 
 _LOOKUPS: dict = {}
 _LOOKUPS_LOCK = threading.Lock()
+
+
+def clear_lookups() -> None:
+    """Forget the memoised grid lookups, transformed areas and area masks (a benchmark's cold start)."""
+    with _LOOKUPS_LOCK:
+        _LOOKUPS.clear()
+    with _AREA_LOCK:
+        _AREA_CACHE.clear()
+    with _RASTERIZE_LOCK:
+        _AREA_MASKS.clear()
 
 
 def lookup_for(grid: Grid) -> "GridLookup":

@@ -227,7 +227,7 @@ def screen_scenes(
     area_epsg: int,
     spec: MaskSpec,
     resolution: float = 20.0,
-    concurrency: int = 16,
+    concurrency: int = 32,
     progress: Progress | None = None,
 ) -> ScreenResult:
     """Observe every datatake of ``scenes`` over ``area``, ``concurrency`` at a time.

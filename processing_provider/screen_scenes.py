@@ -89,7 +89,8 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             self.MIN_AOI_VALID, self.tr("Minimum share of the area with valid data (%)"),
             QgsProcessingParameterNumber.Double, 0.0, False, 0.0, 100.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CONCURRENCY, self.tr("Scenes read at once"), QgsProcessingParameterNumber.Integer, 16, False, 1, 64))
+            self.CONCURRENCY, self.tr("Scenes read at once (each waits on two round trips: more for a distant server)"),
+            QgsProcessingParameterNumber.Integer, 32, False, 1, 128))
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, self.tr("Scenes screened over the area"), QgsProcessing.TypeVectorPolygon))
 

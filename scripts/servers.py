@@ -235,7 +235,9 @@ def write_items_for(archive: Path, base_url: str, out: Path) -> Path:
 
 class LatencyProxy(_Server):
     """A TCP proxy on 127.0.0.1 that holds every client request ``latency_ms`` before passing
-    it to ``upstream_port``: an HTTP server as far away as a cloud bucket, on loopback.
+    it to ``upstream_port``: an HTTP server as far away as a cloud bucket, on loopback. With
+    ``bandwidth_mbps`` the responses of all connections share one link of that speed (a
+    laptop's connection), in 64 KiB slices served in turn.
 
     HTTP/1.1 clients send one request at a time per connection, so delaying each chunk from the
     client delays each request once. It runs in its own process, as a remote server would: in
@@ -244,14 +246,16 @@ class LatencyProxy(_Server):
     process that started it dies.
     """
 
-    def __init__(self, upstream_port: int, latency_ms: float, port: int | None = None):
+    def __init__(self, upstream_port: int, latency_ms: float, port: int | None = None, bandwidth_mbps: float = 0.0):
         import sys
 
         self.upstream_port = upstream_port
         self.latency_ms = latency_ms
+        self.bandwidth_mbps = bandwidth_mbps
         self.port = port or free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", __file__, "latency-proxy", str(upstream_port), str(latency_ms), str(self.port)],
+            [sys.executable, "-S", __file__, "latency-proxy", str(upstream_port), str(latency_ms), str(self.port),
+             str(bandwidth_mbps)],
             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 10
@@ -271,10 +275,20 @@ class LatencyProxy(_Server):
         return f"http://{HOST}:{self.port}"
 
 
-def _run_latency_proxy(upstream_port: int, latency_ms: float, port: int) -> None:
+def _run_latency_proxy(upstream_port: int, latency_ms: float, port: int, bandwidth_mbps: float = 0.0) -> None:
     import asyncio
 
     latency = latency_ms / 1000.0
+    bytes_per_s = bandwidth_mbps * 1e6 / 8.0
+    link = {"free_at": 0.0}  # when the shared link has sent everything queued so far
+
+    async def through_link(size: int) -> None:
+        if bytes_per_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        start = max(loop.time(), link["free_at"])
+        link["free_at"] = start + size / bytes_per_s
+        await asyncio.sleep(link["free_at"] - loop.time())
 
     async def handle(reader, writer) -> None:
         try:
@@ -298,9 +312,10 @@ def _run_latency_proxy(upstream_port: int, latency_ms: float, port: int) -> None
         async def server_to_client() -> None:
             try:
                 while True:
-                    data = await up_reader.read(1 << 20)
+                    data = await up_reader.read(65536 if bytes_per_s > 0 else 1 << 20)
                     if not data:
                         break
+                    await through_link(len(data))
                     writer.write(data)
                     await writer.drain()
             finally:
@@ -319,7 +334,7 @@ def _run_latency_proxy(upstream_port: int, latency_ms: float, port: int) -> None
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) == 5 and sys.argv[1] == "latency-proxy":
-        _run_latency_proxy(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "latency-proxy":
+        _run_latency_proxy(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float((sys.argv + ["0"])[5]))
     else:
-        sys.exit("usage: servers.py latency-proxy UPSTREAM_PORT LATENCY_MS PORT")
+        sys.exit("usage: servers.py latency-proxy UPSTREAM_PORT LATENCY_MS PORT [BANDWIDTH_MBPS]")

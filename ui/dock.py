@@ -132,8 +132,8 @@ class CloudProbabilityDock(QgsDockWidget):
         self.max_area_cloud = self._spin(30.0)
         self.min_valid = self._spin(50.0)
         self.concurrency = QSpinBox()
-        self.concurrency.setRange(1, 64)
-        self.concurrency.setValue(16)
+        self.concurrency.setRange(1, 128)
+        self.concurrency.setValue(32)
         form.addRow("Catalogue", self.catalogue)
         form.addRow("STAC API URL", self.url)
         form.addRow("Collection", self.collection)
@@ -216,7 +216,7 @@ class CloudProbabilityDock(QgsDockWidget):
         self.max_scene_cloud.setValue(float(s.value(f"{SETTINGS}/max_scene_cloud", 100.0)))
         self.max_area_cloud.setValue(float(s.value(f"{SETTINGS}/max_area_cloud", 30.0)))
         self.min_valid.setValue(float(s.value(f"{SETTINGS}/min_valid", 50.0)))
-        self.concurrency.setValue(int(s.value(f"{SETTINGS}/concurrency", 16)))
+        self.concurrency.setValue(int(s.value(f"{SETTINGS}/concurrency", 32)))
 
     def save_settings(self) -> None:
         s = QgsSettings()
