@@ -3,7 +3,7 @@ pick — odc-stac loading the same STAC items from the same HTTP server into xar
 numpy — on full-size 5490×5490 sample tiles, in the same run.
 
 Each side runs in its own process (ours in .venv on Debian's GDAL; odc-stac in
-.build/peer-venv with numpy 2 and its own rasterio/GDAL), so peak memory (ru_maxrss) is its
+.build/peer-venv with numpy 2 and its own rasterio/GDAL), so peak memory (VmHWM) is its
 own and caches start cold. Both are swept over thread counts; each side's best and its default
 are reported. The number of acquisitions is doubled to show how memory grows.
 """

@@ -2,12 +2,11 @@
 
     python ours_frequency.py ITEMS.json XMIN YMIN XMAX YMAX EPSG RESOLUTION THREADS OUTDIR
 
-Prints one JSON line: seconds, peak memory (ru_maxrss), acquisitions, pixel-observations.
+Prints one JSON line: seconds, peak memory (VmHWM, see peak_memory.py), acquisitions, pixel-observations.
 """
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ensure_plugin_importable  # noqa: E402
+from peak_memory import peak_rss_mb  # noqa: E402
 
 ensure_plugin_importable()
 
@@ -37,7 +37,7 @@ def main() -> None:
     result = cloud_frequency(scenes, grid, PRESETS["scl"], outputs, concurrency=int(threads), tile_px=TILE,
                              cache_dir=tempfile.mkdtemp(prefix="cloudprob-bench-cache-"))
     print(json.dumps({
-        "seconds": time.monotonic() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": time.monotonic() - t0, "peak_rss_mb": peak_rss_mb(),
         "acquisitions": result.acquisitions, "pixel_observations": result.pixel_observations,
         "bytes": result.bytes_fetched, "tiles": result.tiles,
     }))

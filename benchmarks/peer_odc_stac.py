@@ -5,16 +5,16 @@ solar day, items of a day fused) and count valid and cloudy observations with nu
 
     python peer_odc_stac.py ITEMS.json XMIN YMIN XMAX YMAX EPSG RESOLUTION THREADS OUT.npz   (THREADS 0: default)
 
-Prints one JSON line: seconds, peak memory (ru_maxrss), acquisitions.
+Prints one JSON line: seconds, peak memory (VmHWM, see peak_memory.py), acquisitions.
 """
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 
 import numpy as np
+from peak_memory import peak_rss_mb
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     seconds = time.monotonic() - t0
     np.savez_compressed(out, valid=valid, cloudy=cloudy)
     print(json.dumps({
-        "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
         "acquisitions": int(scl.shape[0]), "shape": list(valid.shape),
     }))
 
