@@ -70,7 +70,6 @@ _POOL = None
 _POOL_LOCK = threading.Lock()
 _FETCHERS: cf.ThreadPoolExecutor | None = None
 _BYTES = 0
-_REQUESTS = 0
 _COUNT_LOCK = threading.Lock()
 
 
@@ -142,7 +141,7 @@ def _fetchers() -> cf.ThreadPoolExecutor:
 def get_range(url: str, start: int, end: int) -> tuple[bytes, bool]:
     """Bytes ``start`` … ``end - 1`` of ``url``; ``(body, whole)`` where ``whole`` says the server
     ignored the range and sent the whole file. Raises :class:`HttpError`."""
-    global _BYTES, _REQUESTS
+    global _BYTES
     import urllib3
 
     try:
@@ -153,7 +152,6 @@ def get_range(url: str, start: int, end: int) -> tuple[bytes, bool]:
     body = response.data
     with _COUNT_LOCK:
         _BYTES += len(body)
-        _REQUESTS += 1
     if response.status == 206:
         return body, False
     if response.status == 200:
@@ -169,9 +167,9 @@ def bytes_fetched() -> int:
 
 
 def reset_counters() -> None:
-    global _BYTES, _REQUESTS
+    global _BYTES
     with _COUNT_LOCK:
-        _BYTES = _REQUESTS = 0
+        _BYTES = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,7 +392,7 @@ def open_cog(url: str) -> CogFile:
     if first.get(NEW_SUBFILE_TYPE, [0])[0] & 5:
         raise Unsupported(f"{url}: the first image is not the full-resolution one")
     dtype, compression, predictor = _pixel_format(url, first, e)
-    crs, transform = _georeferencing(url, head, e, base, first)
+    crs, transform = _georeferencing(url, first)
     nodata = _nodata(first)
     levels = [_level(url, head, e, base, first, transform, None)]
     for tags in ifds[1:]:
@@ -513,7 +511,7 @@ def _level(url, head, e, tags, values, base_transform, full: Level | None) -> Le
     return Level(width, height, tile_w, tile_h, transform, index)
 
 
-def _georeferencing(url: str, head, e: str, tags: dict, v: dict):
+def _georeferencing(url: str, v: dict):
     from rasterio.transform import Affine
 
     keys = v.get(GEOKEYS)

@@ -213,7 +213,7 @@ def area_mask(area, area_epsg: int, grid: "Grid") -> np.ndarray:
                 _AREA_MASKS.clear()
             hit = _AREA_MASKS[key] = features.geometry_mask(
                 [local], out_shape=grid.shape, transform=grid.transform, invert=True)
-            hit.flags.writeable = False  # shared: callers get a read-only view
+            hit.flags.writeable = False  # shared by the callers: read-only
         return hit
 
 
