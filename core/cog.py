@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+from collections import OrderedDict
 import struct
 import threading
 import zlib
@@ -362,12 +363,51 @@ def _merge(tiles: list[tuple[int, int, int, int]]) -> list[list[tuple[int, int, 
     return groups
 
 
+HEADER_CACHE_SIZE = 1024  # parsed headers kept per process (a few kB to 16 kB each)
+_HEADERS: OrderedDict = OrderedDict()
+_HEADERS_LOCK = threading.Lock()
+
+
 def open_cog(url: str) -> CogFile:
-    """Fetch and parse the header of the COG at ``url``.
+    """The header of the COG at ``url``: fetched and parsed once, then kept for the process
+    (as GDAL keeps what /vsicurl/ fetched) until :func:`clear_cache`, so screening the same
+    scenes again (another area, other thresholds) costs one round trip per product, not two.
 
     Raises :class:`HttpError` when it cannot be fetched and :class:`Unsupported` when it is not
-    a layout this reader handles (the caller then uses GDAL).
+    a layout this reader handles (the caller then uses GDAL; that answer is kept too).
     """
+    with _HEADERS_LOCK:
+        hit = _HEADERS.get(url)
+        if hit is not None:
+            _HEADERS.move_to_end(url)
+    if isinstance(hit, Unsupported):
+        raise hit
+    if hit is not None:
+        return hit
+    try:
+        parsed = _parse(url)
+    except Unsupported as exc:
+        _remember(url, exc)
+        raise
+    if parsed.whole is None:  # not a whole file sent by a server that ignores Range
+        _remember(url, parsed)
+    return parsed
+
+
+def _remember(url: str, value) -> None:
+    with _HEADERS_LOCK:
+        _HEADERS[url] = value
+        while len(_HEADERS) > HEADER_CACHE_SIZE:
+            _HEADERS.popitem(last=False)
+
+
+def clear_cache() -> None:
+    """Forget the headers kept by :func:`open_cog`."""
+    with _HEADERS_LOCK:
+        _HEADERS.clear()
+
+
+def _parse(url: str) -> CogFile:
     head = _Header(url)
     order = head.bytes(0, 2)
     if order not in (b"II", b"MM"):

@@ -83,10 +83,14 @@ def network_bytes_reset() -> None:
 
 
 def clear_http_cache() -> None:
-    """Forget what GDAL cached of remote files (its /vsicurl/ cache is process wide)."""
+    """Forget what was cached of remote files: GDAL's /vsicurl/ cache and the COG headers kept
+    by :mod:`core.cog` (both process wide)."""
     from osgeo import gdal
 
+    from . import cog
+
     gdal.VSICurlClearCache()
+    cog.clear_cache()
 
 
 def network_bytes() -> int:

@@ -148,6 +148,7 @@ def test_layouts_read_natively_or_by_gdal_with_gdal_results(layouts, layout_serv
 
 def test_header_past_the_first_fetch_costs_one_more_request(layouts, layout_server):
     path, _ = layouts["many tiles (header past 16 KiB)"]
+    cog.clear_cache()
     before = layout_server.requests()
     native = cog.open_cog(f"{layout_server.url}/{path.name}")
     assert native.levels[0].offsets.size > 30000 and layout_server.requests() - before == 2
@@ -220,9 +221,11 @@ def test_coarser_resolution_reads_overviews(layouts, layout_server, monkeypatch)
     x0, y0 = 300000.0 + 20 * 1024, 5700000.0 - 20 * 1024
     fine = Grid("EPSG:32631", from_origin(x0, y0, 20.0, 20.0), (1000, 1000))  # 20 km
     coarse = Grid("EPSG:32631", from_origin(x0, y0, 80.0, 80.0), (250, 250))
+    cog.clear_cache()
     cog.reset_counters()
     at_20 = read_on_grid(url, fine, overviews=True)[0]
     fine_bytes = cog.bytes_fetched()
+    cog.clear_cache()
     cog.reset_counters()
     at_80 = read_on_grid(url, coarse, overviews=True)[0]
     coarse_bytes = cog.bytes_fetched()
@@ -247,3 +250,29 @@ def test_screening_at_a_coarser_resolution_sees_the_same_clouds(sample_servers):
     cc = {o.datatake_id: o.cloud_pct for o in coarse.observations if o.cloud_pct is not None}
     assert cf.keys() == cc.keys() and len(cf) > 10
     assert np.mean([abs(cf[k] - cc[k]) for k in cf]) < 3.0  # the same clouds, seen coarser
+
+
+def test_headers_are_kept_until_the_cache_is_cleared(sample_servers):
+    """Screening the same scenes again (another area) fetches no header: one round trip per
+    product instead of two; clear_http_cache() forgets them."""
+    from cloud_probability.core.reading import clear_http_cache
+
+    scenes = served_scenes(sample_servers)
+    x, y = sa.GREENWICH_27700
+
+    def requests_for(area) -> tuple[int, int]:
+        r0 = sample_servers.cogs.requests()
+        result = screen_scenes(scenes, area, 27700, PRESETS["scl"])
+        assert result.errors == 0
+        products = sum(len(o.scenes) for o in result.observations if o.fractions.area_pixels)
+        return sample_servers.cogs.requests() - r0, products
+
+    clear_http_cache()
+    first, products = requests_for(box(x - 600, y - 600, x + 600, y + 600))
+    again, _ = requests_for(box(x - 500, y - 700, x + 700, y + 500))
+    # one header request saved per product read (``products`` also counts the few products of
+    # an acquisition that miss the area, which are never read)
+    assert products > 20 and first - again >= 0.95 * products, (first, again, products)
+    clear_http_cache()
+    cold, _ = requests_for(box(x - 500, y - 700, x + 700, y + 500))
+    assert cold - again >= 0.95 * products, (cold, again, products)
