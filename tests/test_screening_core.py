@@ -19,6 +19,17 @@ from cloud_probability.core.progress import Cancelled, NullProgress
 from cloud_probability.core.screening import screen_scenes
 
 
+@pytest.fixture(params=["native", "gdal"])
+def reader(request, monkeypatch):
+    """Each real-data check through both readers: core.cog, and GDAL's /vsicurl/ alone."""
+    from cloud_probability.core.reading import clear_http_cache
+
+    monkeypatch.setenv("CLOUDPROB_NATIVE_COG", "YES" if request.param == "native" else "NO")
+    clear_http_cache()
+    yield request.param
+    clear_http_cache()
+
+
 def test_mask_from_scl_classes():
     scl = np.arange(12, dtype=np.uint8)
     assert mask_from_scl(scl, PRESETS["scl"]).tolist() == [
@@ -45,7 +56,7 @@ def test_dilation_is_a_disc_in_metres_and_keeps_no_data():
     assert (dilate_clouds(mask, 19.0, 20.0) == mask).all()
 
 
-def test_sen2r_scene_gives_its_13_1_percent(sen2r_servers):
+def test_sen2r_scene_gives_its_13_1_percent(sen2r_servers, reader):
     scenes = served_scenes(sen2r_servers)
     with rasterio.open(scenes[0].item["assets"]["scl"]["href"].replace(sen2r_servers.cogs.url, str(sen2r_servers.archive))) as ds:
         area = box(*ds.bounds)
@@ -59,7 +70,7 @@ def test_sen2r_scene_gives_its_13_1_percent(sen2r_servers):
     assert 0 < result.bytes_fetched
 
 
-def test_sen2r_polygon_area(sen2r_servers, realdata):
+def test_sen2r_polygon_area(sen2r_servers, realdata, reader):
     """A non-rectangular area: only pixels whose centre is inside count (checked with GDAL's rasterizer)."""
     from rasterio import features
 
@@ -76,7 +87,7 @@ def test_sen2r_polygon_area(sen2r_servers, realdata):
     assert obs.fractions.cloud_pct == pytest.approx(expected)
 
 
-def test_eolearn_cloud_coverage_per_date(eolearn_servers, realdata):
+def test_eolearn_cloud_coverage_per_date(eolearn_servers, realdata, reader):
     """CLM written as COGs: the whole patch's cloud share per date equals CLOUD_COVERAGE."""
     import realdata_archives
 
@@ -96,7 +107,7 @@ def test_eolearn_cloud_coverage_per_date(eolearn_servers, realdata):
         assert value == pytest.approx(patch["cloud_coverage"][t], abs=2.5e-4), key
 
 
-def test_eolearn_probability_rasters_both_directions(eolearn_servers, realdata):
+def test_eolearn_probability_rasters_both_directions(eolearn_servers, realdata, reader):
     """CLP (cloud when ≥ 0.4) and 1 − CLP as a clear score (cloud when < 0.6) agree with numpy."""
     import realdata_archives
 
@@ -130,7 +141,7 @@ def _interior_area(layout, code: str, size_m: float = 1200.0):
     return area
 
 
-def test_sample_archive_area_fraction_equals_the_generator_truth(sample_servers, sample_archive):
+def test_sample_archive_area_fraction_equals_the_generator_truth(sample_servers, sample_archive, reader):
     """Per acquisition, screening over HTTP gives exactly the generator's own pixel counts."""
     spec = sa.SampleSpec.small()
     layout = sa.make_layout(spec)
