@@ -446,7 +446,7 @@ def open_source(href: str, band: int = 1, resolution: float | None = None) -> It
             native = cog.open_cog(href)
         except cog.HttpError as exc:
             if exc.status is not None:
-                raise ReadError(str(exc)) from exc
+                raise ReadError(explain(href, str(exc))) from exc
             # no response at all (TLS certificates, a proxy only curl knows, …): GDAL may do
             # better, and is asked for this host from now on
             _GDAL_HOSTS.add(_host(href))
@@ -459,7 +459,7 @@ def open_source(href: str, band: int = 1, resolution: float | None = None) -> It
         try:
             yield source
         except cog.HttpError as exc:
-            raise ReadError(str(exc)) from exc
+            raise ReadError(explain(href, str(exc))) from exc
         return
     import rasterio
 
@@ -472,7 +472,28 @@ def open_source(href: str, band: int = 1, resolution: float | None = None) -> It
                 with rasterio.open(vsi_path(href), OVERVIEW_LEVEL=level) as ov:
                     yield _GdalSource(ov, band)
     except _read_errors() as exc:
-        raise ReadError(f"{href}: {exc}") from exc
+        raise ReadError(explain(href, f"{href}: {exc}")) from exc
+
+
+# Azure Blob Storage answers an unsigned request for a private blob with 403 or 409.
+_PLANETARY_COMPUTER_HINT = (
+    " — Planetary Computer assets must be signed with a SAS token, which this plugin does not do "
+    "yet: search Earth Search (https://earth-search.aws.element84.com/v1) instead"
+)
+
+
+def explain(href: str, message: str) -> str:
+    """``message`` with what the user can do about it, where we know (unsigned Planetary
+    Computer blobs)."""
+    from urllib.parse import urlsplit
+
+    import re
+
+    host = urlsplit(href).hostname or ""
+    status = re.search(r"(?:HTTP|response code:)\s*(\d{3})\b", message.replace(href, ""))
+    if host.endswith(".blob.core.windows.net") and status and status.group(1) in ("403", "409"):
+        return message + _PLANETARY_COMPUTER_HINT
+    return message
 
 
 _GDAL_HOSTS: set[str] = set()  # hosts the native reader could not reach

@@ -276,3 +276,16 @@ def test_headers_are_kept_until_the_cache_is_cleared(sample_servers):
     clear_http_cache()
     cold, _ = requests_for(box(x - 500, y - 700, x + 700, y + 500))
     assert cold - again >= 0.95 * products, (cold, again, products)
+
+
+def test_unsigned_planetary_computer_blobs_say_what_to_do():
+    from cloud_probability.core.reading import explain
+
+    href = "https://sentinel2l2a01.blob.core.windows.net/sentinel2-l2/31/U/CT/2024/01/02/S2A_MSIL2A/GRANULE/x/SCL_20m.tif"
+    assert "SAS token" in explain(href, f"{href}: HTTP 409 Public access is not permitted")
+    assert "SAS token" in explain(href, f"{href}: HTTP response code: 403")
+    assert explain(href, f"{href}: HTTP 404 Not Found").endswith("404 Not Found")
+    dated = href.replace("/x/", "/S2A_MSIL2A_20240403T110621/")  # "403" in the name is not a status
+    assert "SAS" not in explain(dated, f"{dated}: HTTP 404 Not Found")
+    other = "https://sentinel-cogs.s3.us-west-2.amazonaws.com/x/SCL.tif"
+    assert explain(other, f"{other}: HTTP 403 Forbidden") == f"{other}: HTTP 403 Forbidden"
