@@ -330,13 +330,11 @@ class CogFile:
         return self.nodata
 
     def _decode(self, raw: bytes, lv: Level, rows: int) -> np.ndarray:
-        """The first ``rows`` rows of a tile (inflating stops there: rows are stored in order)."""
+        """The first ``rows`` rows of a tile (rows are stored in order: zlib stops there;
+        libdeflate inflates whole tiles, several times faster still)."""
         n = lv.tile_w * rows
         if self.compression in DEFLATE:
-            try:
-                raw = zlib.decompressobj().decompress(raw, n * self.dtype.itemsize)
-            except zlib.error as exc:
-                raise HttpError(f"{self.url}: corrupt DEFLATE tile ({exc})") from exc
+            raw = inflate(raw, lv.tile_w * lv.tile_h * self.dtype.itemsize, n * self.dtype.itemsize, self.url)
         if len(raw) < n * self.dtype.itemsize:
             raise HttpError(f"{self.url}: tile of {len(raw)} bytes, expected {n * self.dtype.itemsize}")
         tile = np.frombuffer(raw, self.dtype, count=n).reshape(rows, lv.tile_w)
@@ -351,6 +349,69 @@ class CogFile:
         rs, cs = max(r0, row0), max(c0, col0)
         re, ce = min(r0 + lv.tile_h, row0 + out.shape[0]), min(c0 + lv.tile_w, col0 + out.shape[1])
         out[rs - row0:re - row0, cs - col0:ce - col0] = tile[rs - r0:re - r0, cs - c0:ce - c0]
+
+
+class _Libdeflate:
+    """libdeflate's zlib decoder through ctypes (the GIL is released during the call): GDAL
+    links it on Debian and most builds, and it inflates COG tiles 5–20× faster than zlib."""
+
+    def __init__(self, path: str):
+        import ctypes
+
+        lib = ctypes.CDLL(path)
+        lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
+        lib.libdeflate_alloc_decompressor.argtypes = []
+        lib.libdeflate_zlib_decompress.restype = ctypes.c_int
+        lib.libdeflate_zlib_decompress.argtypes = [
+            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_size_t)]
+        self._lib, self._ctypes = lib, ctypes
+        self._local = threading.local()  # a decompressor is not shared between threads
+
+    def inflate(self, raw: bytes, size: int) -> np.ndarray | None:
+        """The inflated bytes (at most ``size``, as uint8), or None when libdeflate refuses the stream."""
+        d = getattr(self._local, "d", None)
+        if d is None:
+            d = self._local.d = self._lib.libdeflate_alloc_decompressor()
+            if not d:
+                raise MemoryError("libdeflate_alloc_decompressor")
+        out = np.empty(size, np.uint8)
+        got = self._ctypes.c_size_t(0)
+        status = self._lib.libdeflate_zlib_decompress(d, raw, len(raw), out.ctypes.data, size, self._ctypes.byref(got))
+        return out[:got.value] if status == 0 else None
+
+
+def _find_libdeflate() -> _Libdeflate | None:
+    if os.environ.get("CLOUDPROB_LIBDEFLATE", "YES").upper() in ("NO", "FALSE", "OFF", "0"):
+        return None
+    import ctypes.util
+
+    for name in ("libdeflate.so.0", ctypes.util.find_library("deflate"), ctypes.util.find_library("libdeflate")):
+        if not name:
+            continue
+        try:
+            return _Libdeflate(name)
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+_LIBDEFLATE = _find_libdeflate()
+
+
+def inflate(raw: bytes, size: int, wanted: int, url: str = ""):
+    """A zlib stream inflated (a bytes-like object): all of it (at most ``size`` bytes) with
+    libdeflate, or its first ``wanted`` bytes with zlib. Raises :class:`HttpError` for a corrupt
+    stream."""
+    if _LIBDEFLATE is not None:
+        out = _LIBDEFLATE.inflate(raw, size)
+        if out is not None:
+            return out
+        # libdeflate refuses what zlib may still read (e.g. more output than a tile): let zlib say
+    try:
+        return zlib.decompressobj().decompress(raw, wanted)
+    except zlib.error as exc:
+        raise HttpError(f"{url}: corrupt DEFLATE tile ({exc})") from exc
 
 
 def _merge(tiles: list[tuple[int, int, int, int]]) -> list[list[tuple[int, int, int, int]]]:

@@ -289,3 +289,45 @@ def test_unsigned_planetary_computer_blobs_say_what_to_do():
     assert "SAS" not in explain(dated, f"{dated}: HTTP 404 Not Found")
     other = "https://sentinel-cogs.s3.us-west-2.amazonaws.com/x/SCL.tif"
     assert explain(other, f"{other}: HTTP 403 Forbidden") == f"{other}: HTTP 403 Forbidden"
+
+
+@pytest.mark.parametrize("name", ["uint16 predictor 2 big-endian BigTIFF", "float32 NaN nodata", "large COG"])
+def test_zlib_and_libdeflate_inflate_alike(layouts, layout_server, monkeypatch, name):
+    """Tiles inflate the same with libdeflate (when the system has it) and with zlib alone."""
+    path, _ = layouts[name]
+    url = f"{layout_server.url}/{path.name}"
+    native = cog.open_cog(url)
+    with_default = native.read(0, native.height, 0, native.width)
+    monkeypatch.setattr(cog, "_LIBDEFLATE", None)
+    with_zlib = native.read(0, native.height, 0, native.width)
+    assert np.array_equal(with_default, with_zlib, equal_nan=True)
+    _same_as_gdal(url, path, windows=2)
+
+
+def test_corrupt_tiles_fail_clearly(monkeypatch):
+    import zlib
+
+    good = zlib.compress(bytes(range(256)) * 64)
+    for libdeflate in (cog._LIBDEFLATE, None):
+        monkeypatch.setattr(cog, "_LIBDEFLATE", libdeflate)
+        assert bytes(cog.inflate(good, 16384, 16384)) == bytes(range(256)) * 64
+        with pytest.raises(cog.HttpError, match="corrupt DEFLATE tile"):
+            cog.inflate(good[:40] + b"garbage" + good[47:], 16384, 16384, "http://127.0.0.1/x.tif")
+
+
+@pytest.mark.parametrize("name", ["uint8", "many tiles (header past 16 KiB)", "internal mask", "LZW"])
+def test_classes_on_grid_keeps_no_data_whatever_the_rule(layouts, layout_server, name):
+    """No data as a nodata value (folded into the lookup table), no nodata at all, and a
+    per-dataset mask (GDAL): the classes equal table[value] where GDAL's mask says valid."""
+    from cloud_probability.core.reading import classes_on_grid
+
+    path, _ = layouts[name]
+    with rasterio.open(path) as ds:
+        rows, cols = min(ds.height, 300), min(ds.width, 400)
+        data = ds.read(1, window=((0, rows), (0, cols)))
+        valid = ds.read_masks(1, window=((0, rows), (0, cols))) > 0
+        grid = Grid(ds.crs.to_string(), ds.transform, (rows, cols))
+    table = (np.arange(256, dtype=np.uint8) * 7 % 200).astype(np.uint8)
+    got = classes_on_grid(f"{layout_server.url}/{path.name}", grid, table, 255)
+    assert np.array_equal(got, np.where(valid, table[data], 255))
+    assert (~valid).any() == (name in ("uint8", "internal mask"))
