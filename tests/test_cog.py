@@ -331,3 +331,28 @@ def test_classes_on_grid_keeps_no_data_whatever_the_rule(layouts, layout_server,
     got = classes_on_grid(f"{layout_server.url}/{path.name}", grid, table, 255)
     assert np.array_equal(got, np.where(valid, table[data], 255))
     assert (~valid).any() == (name in ("uint8", "internal mask"))
+
+
+def test_libdeflate_decompressors_end_with_their_threads():
+    """Each worker thread's decompressor is freed when the thread ends (runs start new pools)."""
+    import gc
+    import weakref
+
+    if cog._LIBDEFLATE is None:
+        pytest.skip("no libdeflate on this system: zlib inflates")
+    import zlib
+
+    good = zlib.compress(bytes(4096))
+    refs = []
+
+    def work():
+        cog.inflate(good, 4096, 4096)
+        refs.append(weakref.ref(cog._LIBDEFLATE._local.d))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gc.collect()
+    assert len(refs) == 4 and all(r() is None for r in refs)
