@@ -1,9 +1,10 @@
-"""Reading only the part of a COG that an area needs, over HTTP (GDAL ``/vsicurl/``).
+"""Reading only the part of a COG that an area needs, over HTTP.
 
 A 5 km area of a 110 km Sentinel-2 tile is a few internal tiles of its SCL COG: reading that
-window costs a few hundred kilobytes instead of the whole file. GDAL is told not to list
-directories, to merge neighbouring ranges and to cache what it fetched; coarser resolutions
-read the COG's overviews.
+window costs a few hundred kilobytes instead of the whole file. :func:`open_source` reads plain
+HTTP(S) COGs with :mod:`core.cog` (two round trips) and everything else with GDAL
+(``/vsicurl/``, told not to list directories, to merge neighbouring ranges and to cache what it
+fetched); with ``overviews`` a coarser grid reads the COG's overviews.
 """
 from __future__ import annotations
 
