@@ -31,7 +31,7 @@ from cloud_probability.core.stac import normalise_item  # noqa: E402
 
 FULL_SPEC = sa.SampleSpec.full(max_datatakes=28, truecolor_every=0)
 AREA_KM = 5.0
-THREADS = (16, 64)  # a few and many requests in flight (cloudprob:screenscenes defaults to 32)
+THREADS = (2, 16, 64)  # the cores, a few and many requests in flight (cloudprob:screenscenes defaults to 32)
 REPEATS = 2
 # (label, added latency per request in ms or None for plain loopback, shared link in Mbit/s or 0)
 NETWORKS = [("loopback", None, 0.0), ("+50 ms per request", 50.0, 0.0), ("+50 ms, 100 Mbit/s link", 50.0, 100.0)]
