@@ -176,13 +176,12 @@ def reset_counters() -> None:
 # ---------------------------------------------------------------------------------------------
 # TIFF structure
 
-_TYPES = {1: "B", 2: "s", 3: "H", 4: "I", 5: "II", 6: "b", 7: "B", 8: "h", 9: "i", 10: "ii", 11: "f", 12: "d",
-          16: "Q", 17: "q", 18: "Q"}
+_RATIONALS = {5: "I", 10: "i"}  # TIFF RATIONAL / SRATIONAL: pairs of (un)signed 32-bit ints
 _SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8, 17: 8, 18: 8}
 _NUMPY = {1: "u1", 3: "u2", 4: "u4", 6: "i1", 7: "u1", 8: "i2", 9: "i4", 11: "f4", 12: "f8", 16: "u8", 17: "i8",
           18: "u8"}
 # tags
-NEW_SUBFILE_TYPE, WIDTH, HEIGHT, BITS, COMPRESSION, SAMPLES, PLANAR, PREDICTOR = 254, 256, 257, 258, 259, 277, 284, 317
+NEW_SUBFILE_TYPE, WIDTH, HEIGHT, BITS, COMPRESSION, SAMPLES, PREDICTOR = 254, 256, 257, 258, 259, 277, 317
 TILE_W, TILE_H, TILE_OFFSETS, TILE_COUNTS, SAMPLE_FORMAT = 322, 323, 324, 325, 339
 STRIP_OFFSETS = 273
 PIXEL_SCALE, TIEPOINT, MODEL_TRANSFORM, GEOKEYS, GDAL_NODATA = 33550, 33922, 34264, 34735, 42113
@@ -575,7 +574,7 @@ def _values(head: _Header, e: str, entry) -> list | bytes:
     if typ == 2:
         return raw
     if typ in (5, 10):
-        ints = struct.unpack(e + _TYPES[typ][0] * (2 * count), raw)
+        ints = struct.unpack(e + _RATIONALS[typ] * (2 * count), raw)
         return [a / b if b else float("nan") for a, b in zip(ints[::2], ints[1::2])]
     return np.frombuffer(raw, np.dtype(_NUMPY[typ]).newbyteorder(e), count=count)
 

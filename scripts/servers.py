@@ -1,11 +1,13 @@
 """Real servers on loopback for the tests, the demo and the benchmarks.
 
 * :class:`CogServer` — nginx serving a folder with HTTP Range support (static files), so
-  every raster read goes through GDAL's ``/vsicurl/`` as it would against Earth Search; its
-  access log records bytes sent per request.
+  every raster read goes over HTTP (core.cog or GDAL's ``/vsicurl/``) as it would against Earth
+  Search; its access log records bytes sent per request.
 * :class:`StacServer` — ``rustac serve`` (a real STAC API) over a collection and its items.
+* :class:`LatencyProxy` — a TCP proxy in its own process adding latency per request (and
+  optionally a shared link speed), for the benchmarks.
 
-Both listen on a free port of 127.0.0.1 only, and stop when stopped, when the ``with`` block
+All listen on a free port of 127.0.0.1 only, and stop when stopped, when the ``with`` block
 ends, or when the process that started them dies (Linux parent-death signal), so no server
 outlives a test run.
 """
