@@ -27,8 +27,6 @@ import numpy as np
 
 HEADER_BYTES = 16384  # what GDAL fetches first too; a COG's IFDs and tile indices fit in it
 MERGE_GAP = 1024  # tiles closer than this are one range (GDAL's COG puts 8 bytes between tiles)
-RETRIES = 3
-TIMEOUT_S = 60.0
 # GDAL settings that mean a request needs more than a plain GET: such files go to GDAL.
 _GDAL_HTTP_AUTH_OPTIONS = (
     "GDAL_HTTP_HEADERS", "GDAL_HTTP_HEADER_FILE", "GDAL_HTTP_USERPWD", "GDAL_HTTP_AUTH", "GDAL_HTTP_COOKIE",
@@ -67,67 +65,10 @@ def enabled_for(href: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # HTTP
 
-_POOL = None
 _POOL_LOCK = threading.Lock()
 _FETCHERS: cf.ThreadPoolExecutor | None = None
 _BYTES = 0
 _COUNT_LOCK = threading.Lock()
-
-
-def _pool():
-    """One urllib3 pool manager (keep-alive connections shared by all threads); proxies from
-    the environment (``http_proxy``/``https_proxy``/``no_proxy``) as curl and requests do."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            import urllib3
-
-            retries = urllib3.Retry(
-                total=RETRIES, connect=RETRIES, read=RETRIES, backoff_factor=0.5,
-                status_forcelist=(429, 500, 502, 503, 504), allowed_methods=frozenset({"GET"}),
-                raise_on_status=False,
-            )
-            kw = dict(num_pools=32, maxsize=128, block=False, retries=retries,
-                      timeout=urllib3.Timeout(connect=min(10.0, TIMEOUT_S), read=TIMEOUT_S))
-            _POOL = _ProxyAware(kw)
-        return _POOL
-
-
-class _ProxyAware:
-    """A direct pool manager, and a proxy manager per proxy URL for hosts that need one."""
-
-    def __init__(self, kw: dict):
-        import urllib3
-
-        self._kw = kw
-        self._direct = urllib3.PoolManager(**kw)
-        self._proxies: dict = {}
-        self._by_host: dict = {}  # (scheme, host) → manager: the environment is read once per host
-        self._lock = threading.Lock()
-
-    def manager_for(self, url: str):
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        hit = self._by_host.get(key)
-        if hit is None:
-            hit = self._by_host[key] = self._choose(parts.scheme, parts.hostname or "")
-        return hit
-
-    def _choose(self, scheme: str, host: str):
-        import urllib.request
-
-        proxy = urllib.request.getproxies().get(scheme)
-        if not proxy or urllib.request.proxy_bypass(host):
-            return self._direct
-        with self._lock:
-            hit = self._proxies.get(proxy)
-            if hit is None:
-                import urllib3
-
-                hit = self._proxies[proxy] = urllib3.ProxyManager(proxy, **self._kw)
-            return hit
 
 
 def _fetchers() -> cf.ThreadPoolExecutor:
@@ -143,14 +84,13 @@ def get_range(url: str, start: int, end: int) -> tuple[bytes, bool]:
     """Bytes ``start`` … ``end - 1`` of ``url``; ``(body, whole)`` where ``whole`` says the server
     ignored the range and sent the whole file. Raises :class:`HttpError`."""
     global _BYTES
-    import urllib3
+    from . import http
 
     try:
-        response = _pool().manager_for(url).request(
-            "GET", url, headers={"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"})
-    except urllib3.exceptions.HTTPError as exc:
-        raise HttpError(f"{url}: {exc.__class__.__name__}: {exc}") from exc
-    body = response.data
+        response = http.get(url, {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"})
+    except http.TransportError as exc:
+        raise HttpError(str(exc)) from exc
+    body = response.body
     with _COUNT_LOCK:
         _BYTES += len(body)
     if response.status == 206:
@@ -159,7 +99,7 @@ def get_range(url: str, start: int, end: int) -> tuple[bytes, bool]:
         return body, True
     if response.status == 416:  # the file ends before ``start``
         return b"", False
-    raise HttpError(f"{url}: HTTP {response.status} {response.reason or ''}".rstrip(), response.status)
+    raise HttpError(f"{url}: HTTP {response.status} {response.reason}".rstrip(), response.status)
 
 
 def bytes_fetched() -> int:
