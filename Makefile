@@ -7,7 +7,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-scipy python3-geopandas gdal-bin \
-                python3-matplotlib python3-venv python3-pip nginx-light xvfb
+                python3-matplotlib python3-venv python3-pip nginx-light xvfb openssl
 export QT_QPA_PLATFORM ?= offscreen
 
 .PHONY: all deps system test demo bench zip clean screenshot

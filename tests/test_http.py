@@ -1,0 +1,232 @@
+"""core.http, the bare HTTP/1.1 client of the COG reader, against real servers on loopback:
+nginx for ranged reads under threads, and Python's http.server made to answer the ways real
+servers and CDNs do (chunked, close-delimited, redirects, 503 with Retry-After, closing a
+kept-alive connection, TLS, a forward proxy named by the environment)."""
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import BUILD
+
+from cloud_probability.core import cog
+from cloud_probability.core import http as cphttp
+
+BLOB = np.random.default_rng(11).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture(scope="module")
+def blob_on_nginx():
+    import servers
+
+    root = BUILD / "test-http"  # under .build: nginx's worker cannot read pytest's tmp dirs
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "blob.bin").write_bytes(BLOB)
+    with servers.CogServer(root, workdir=root / "nginx") as server:
+        yield server
+
+
+def test_ranges_from_nginx_under_threads_on_kept_alive_connections(blob_on_nginx):
+    rng = np.random.default_rng(3)
+    spans = [tuple(sorted(rng.integers(0, len(BLOB), 2))) for _ in range(400)]
+    client = cphttp.Client()
+    url = f"{blob_on_nginx.url}/blob.bin"
+    before = blob_on_nginx.requests()
+
+    def one(span):
+        a, b = int(span[0]), int(span[1]) + 1
+        r = client.get(url, {"Range": f"bytes={a}-{b - 1}"})
+        return r.status, r.body == BLOB[a:b]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, spans))
+    assert all(status == 206 and same for status, same in results)
+    assert blob_on_nginx.requests() - before == len(spans)  # no retries, no extra requests
+    idle = sum(len(v) for v in client._idle.values())
+    assert 1 <= idle <= 16  # connections were kept and reused, never more than the threads
+    client.close()
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """Answers by path; counts requests per path on the server object."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _count(self) -> int:
+        with self.server.lock:
+            self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+            return self.server.hits[self.path]
+
+    def _range(self) -> bytes:
+        spec = self.headers.get("Range", "bytes=0-")[6:]
+        a, b = spec.split("-")
+        return BLOB[int(a):int(b) + 1 if b else None]
+
+    def do_GET(self):
+        n = self._count()
+        body = self._range()
+        if self.path == "/chunked":
+            self.send_response(206)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body), 7001):
+                part = body[i:i + 7001]
+                self.wfile.write(f"{len(part):x};ext=1\r\n".encode() + part + b"\r\n")
+            self.wfile.write(b"0\r\nX-Trailer: yes\r\n\r\n")
+        elif self.path == "/until-close":
+            self.send_response(206)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+        elif self.path.startswith("/moved"):
+            self.send_response(302)
+            self.send_header("Location", "/chunked" if self.path == "/moved" else "/moved")
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"moved")
+        elif self.path == "/busy-twice" and n <= 2:
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"busy")
+        elif self.path == "/always-busy":
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self.send_response(206)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            if self.path == "/hang-up":  # keeps no promise: closes without "Connection: close"
+                self.close_connection = True
+
+
+def _serve(handler, tls: ssl.SSLContext | None = None):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.hits, server.lock = {}, threading.Lock()
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture()
+def scripted():
+    server = _serve(_Scripted)
+    yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_chunked_close_delimited_and_redirected_bodies(scripted):
+    server, base = scripted
+    client = cphttp.Client()
+    for path in ("/chunked", "/until-close", "/moved", "/moved-twice"):
+        r = client.get(base + path, {"Range": "bytes=1000-60999"})
+        assert (r.status, r.body) == (206, BLOB[1000:61000]), path
+    assert server.hits["/moved"] == 2 and server.hits["/chunked"] == 3  # followed, relative Locations
+    client.close()
+
+
+def test_503_is_retried_after_retry_after_and_then_reported(scripted):
+    server, base = scripted
+    client = cphttp.Client()
+    r = client.get(base + "/busy-twice", {"Range": "bytes=0-99"})
+    assert (r.status, r.body, server.hits["/busy-twice"]) == (206, BLOB[:100], 3)
+    with pytest.raises(cog.HttpError, match="always-busy: HTTP 503") as info:
+        cog.get_range(base + "/always-busy", 0, 10)
+    assert info.value.status == 503 and server.hits["/always-busy"] == cphttp.RETRIES + 1
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_retried_at_once(scripted):
+    server, base = scripted
+    client = cphttp.Client()
+    for i in range(5):
+        t0 = time.monotonic()
+        r = client.get(base + "/hang-up", {"Range": f"bytes={i}-{i + 9}"})
+        assert (r.status, r.body) == (206, BLOB[i:i + 10])
+        assert time.monotonic() - t0 < 0.5  # no back-off: a stale connection is not a failure
+    assert server.hits["/hang-up"] == 5  # each request reached the server once
+
+
+def test_https_with_a_trusted_certificate_and_a_clear_failure_without(tmp_path, monkeypatch):
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is installed by `make test` (Makefile APT_PACKAGES)"
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server = _serve(_Scripted, tls)
+    url = f"https://127.0.0.1:{server.server_address[1]}/plain"
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(cphttp.TransportError, match="plain.*CERTIFICATE_VERIFY_FAILED"):
+            cphttp.Client().get(url, {"Range": "bytes=0-9"})
+        assert time.monotonic() - t0 < 2  # not retried: it would fail the same way
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # how a user trusts a private CA
+        client = cphttp.Client()
+        for i in range(3):
+            r = client.get(url, {"Range": f"bytes={i * 100}-{i * 100 + 4999}"})
+            assert (r.status, r.body) == (206, BLOB[i * 100:i * 100 + 5000])
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _ForwardProxy(http.server.BaseHTTPRequestHandler):
+    """A forward proxy: GET with an absolute URL, fetched from the origin with the same Range."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        with self.server.lock:
+            self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+        request = urllib.request.Request(self.path, headers={"Range": self.headers["Range"]})
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request) as upstream:
+            body = upstream.read()
+            self.send_response(upstream.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_proxy_named_by_the_environment_is_used(scripted, monkeypatch):
+    origin, base = scripted
+    proxy = _serve(_ForwardProxy)
+    try:
+        for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
+        client = cphttp.Client()
+        r = client.get(base + "/plain", {"Range": "bytes=10-19"})
+        assert (r.status, r.body) == (206, BLOB[10:20])
+        assert proxy.hits == {base + "/plain": 1} and origin.hits == {"/plain": 1}
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        bypass = cphttp.Client().get(base + "/plain", {"Range": "bytes=0-9"})
+        assert bypass.body == BLOB[:10] and proxy.hits[base + "/plain"] == 1 and origin.hits["/plain"] == 2
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
