@@ -120,6 +120,7 @@ _RATIONALS = {5: "I", 10: "i"}  # TIFF RATIONAL / SRATIONAL: pairs of (un)signed
 _SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8, 17: 8, 18: 8}
 _NUMPY = {1: "u1", 3: "u2", 4: "u4", 6: "i1", 7: "u1", 8: "i2", 9: "i4", 11: "f4", 12: "f8", 16: "u8", 17: "i8",
           18: "u8"}
+_STRUCT = {1: "B", 3: "H", 4: "I", 6: "b", 7: "B", 8: "h", 9: "i", 11: "f", 12: "d", 16: "Q", 17: "q", 18: "Q"}
 # tags
 NEW_SUBFILE_TYPE, WIDTH, HEIGHT, BITS, COMPRESSION, SAMPLES, PREDICTOR = 254, 256, 257, 258, 259, 277, 317
 TILE_W, TILE_H, TILE_OFFSETS, TILE_COUNTS, SAMPLE_FORMAT = 322, 323, 324, 325, 339
@@ -486,16 +487,9 @@ def _read_ifd(head: _Header, e: str, big: bool, offset: int):
     n = struct.unpack(e + count_fmt, head.bytes(offset, 8 if big else 2))[0]
     start = offset + (8 if big else 2)
     raw = head.bytes(start, n * entry_size + value_size)
-    tags = {}
-    for i in range(n):
-        entry = raw[i * entry_size:(i + 1) * entry_size]
-        if big:
-            tag, typ, count = struct.unpack(e + "HHQ", entry[:12])
-            value = entry[12:20]
-        else:
-            tag, typ, count = struct.unpack(e + "HHI", entry[:8])
-            value = entry[8:12]
-        tags[tag] = (typ, count, value, value_size)
+    layout = e + ("HHQ8s" if big else "HHI4s")
+    tags = {tag: (typ, count, value, value_size)
+            for tag, typ, count, value in struct.iter_unpack(layout, raw[:n * entry_size])}
     nxt_raw = raw[n * entry_size:n * entry_size + value_size]
     nxt = struct.unpack(e + ("Q" if big else "I"), nxt_raw)[0]
     return tags, nxt
@@ -516,6 +510,8 @@ def _values(head: _Header, e: str, entry) -> list | bytes:
     if typ in (5, 10):
         ints = struct.unpack(e + _RATIONALS[typ] * (2 * count), raw)
         return [a / b if b else float("nan") for a, b in zip(ints[::2], ints[1::2])]
+    if count <= 64:  # a tag's few numbers: a tuple (numpy costs more than the parsing itself)
+        return struct.unpack(f"{e}{count}{_STRUCT[typ]}", raw)
     return np.frombuffer(raw, np.dtype(_NUMPY[typ]).newbyteorder(e), count=count)
 
 
