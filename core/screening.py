@@ -110,8 +110,13 @@ def datatake_mask_on_grid(
     """
     lookup = lookup or lookup_for(grid)
     if executor is not None and len(products) > 1:
-        futures = [executor.submit(scene_mask_on_grid, s, spec, grid, lookup, overviews) for s in products]
-        masks = [f.result() for f in futures]
+        # the others in the pool, the first in this thread (a hand-off costs as much as a read)
+        futures = [executor.submit(scene_mask_on_grid, s, spec, grid, lookup, overviews) for s in products[1:]]
+        try:
+            first = scene_mask_on_grid(products[0], spec, grid, lookup, overviews)
+        finally:
+            cf.wait(futures)  # none left running when this one failed
+        masks = [first] + [f.result() for f in futures]
     else:
         masks = _sequential_masks(products, spec, grid, lookup, overviews)
     combined = None
@@ -181,12 +186,14 @@ def _first_grid(scene: Scene, spec: MaskSpec, area, area_epsg: int, resolution: 
 
 def observe(
     group: list[Scene], spec: MaskSpec, area, area_epsg: int, resolution: float = 20.0, keep_mask: bool = False,
-    executor: cf.Executor | None = None,
+    executor: cf.Executor | None = None, members: list[Scene] | None = None,
 ) -> Observation:
-    """Cloud fractions of one datatake inside ``area`` (shapely geometry in EPSG ``area_epsg``)."""
+    """Cloud fractions of one datatake inside ``area`` (shapely geometry in EPSG ``area_epsg``);
+    ``members``: the products of ``group`` whose footprint touches the area, when known."""
     obs = Observation(group[0].datatake_id, list(group))
-    area_lonlat = area_in_crs(area, area_epsg, 4326)
-    members = [s for s in group if _touches(s, area_lonlat)]
+    if members is None:
+        area_lonlat = area_in_crs(area, area_epsg, 4326)
+        members = [s for s in group if _touches(s, area_lonlat)]
     if not members:
         obs.fractions = Fractions(None, None, None, 0.0, 0, 0)
         return obs
@@ -242,19 +249,23 @@ def screen_scenes(
         return ScreenResult([], 0, 0)
     network_bytes_reset()
     observations: list[Observation] = []
+    width = max(1, int(concurrency))
 
     # Acquisitions in one pool, their products' reads in another (a task waiting on its own
     # pool could starve it): latency, not CPU, bounds remote reads, so both are I/O threads.
-    readers = cf.ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="cloudprob-read")
+    readers = cf.ThreadPoolExecutor(max_workers=width, thread_name_prefix="cloudprob-read")
+    pool = cf.ThreadPoolExecutor(max_workers=width, thread_name_prefix="cloudprob-screen")
 
-    def work(group: list[Scene]) -> Observation:
+    def work(group: list[Scene], touching: list[Scene]) -> Observation:
         if progress.is_canceled():
             raise Cancelled("cancelled by the user")
-        return observe(group, spec, area, area_epsg, resolution, executor=readers)
+        return observe(group, spec, area, area_epsg, resolution, executor=readers, members=touching)
 
-    pool = cf.ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="cloudprob-screen")
     try:
-        futures = [pool.submit(work, g) for g in groups]
+        # which footprints touch the area, here: shapely sets GEOS up anew in each thread it runs in
+        area_lonlat = area_in_crs(area, area_epsg, 4326)
+        members = [[s for s in g if _touches(s, area_lonlat)] for g in groups]
+        futures = [pool.submit(work, g, m) for g, m in zip(groups, members)]
         for n, future in enumerate(cf.as_completed(futures), start=1):
             if progress.is_canceled():
                 raise Cancelled("cancelled by the user")
