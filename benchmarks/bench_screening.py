@@ -31,8 +31,8 @@ from cloud_probability.core.stac import normalise_item  # noqa: E402
 
 FULL_SPEC = sa.SampleSpec.full(max_datatakes=28, truecolor_every=0)
 AREA_KM = 5.0
-THREADS = (2, 16, 64)  # the cores, a few and many requests in flight (cloudprob:screenscenes defaults to 32)
-REPEATS = 2
+THREADS = (2, 16, 64, 128)  # the cores, a few, many and all requests in flight (screenscenes: default 32, at most 128)
+REPEATS = 3
 # (label, added latency per request in ms or None for plain loopback, shared link in Mbit/s or 0)
 NETWORKS = [("loopback", None, 0.0), ("+50 ms per request", 50.0, 0.0), ("+50 ms, 100 Mbit/s link", 50.0, 100.0)]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = ["bench_screening", "bench_frequency", "bench_zonal_smoothing"]
+BENCHMARKS = ["bench_screening", "bench_http", "bench_frequency", "bench_zonal_smoothing"]
 
 
 def main() -> int:
