@@ -1,7 +1,7 @@
 """Reading a window of a Cloud Optimized GeoTIFF over HTTP in two round trips.
 
 GDAL's ``/vsicurl/`` needs three round trips per file (a HEAD for the size, the header, the
-blocks); screening through it takes 1.5–2.2× as long (``make bench``). Screening a year of
+blocks); screening through it takes 1.5–5.4× as long (``make bench``). Screening a year of
 scenes is nothing but small windows of many files, so for plain HTTP(S) COGs this module reads
 them itself: one ranged GET for the header (the first 16 KiB, where a COG keeps its IFDs and
 tile indices), then the window's tiles as ranges of neighbouring tiles fetched in parallel on
