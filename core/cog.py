@@ -31,6 +31,7 @@ MERGE_GAP = 1024  # tiles closer than this are one range (GDAL's COG puts 8 byte
 _GDAL_HTTP_AUTH_OPTIONS = (
     "GDAL_HTTP_HEADERS", "GDAL_HTTP_HEADER_FILE", "GDAL_HTTP_USERPWD", "GDAL_HTTP_AUTH", "GDAL_HTTP_COOKIE",
     "GDAL_HTTP_BEARER", "GDAL_HTTP_PROXY", "GDAL_HTTP_PROXYUSERPWD", "GDAL_HTTP_NETRC",
+    "GDAL_HTTP_UNSAFESSL",  # certificates not checked: the user asked curl for that, not us
 )
 
 

@@ -8,7 +8,7 @@ names a proxy for a host (``http_proxy``/``https_proxy``/``no_proxy``, as curl r
 that host's requests go through urllib3's proxy manager instead.
 
 What a ranged read of a static file needs, and nothing else: HTTP/1.1 with keep-alive, TLS
-with the system's certificates, Content-Length or chunked bodies (or a body ended by the
+with the system's certificates (and ``CURL_CA_BUNDLE``'s), Content-Length or chunked bodies (or a body ended by the
 server closing), redirects, retries of connection errors, timeouts and 429/5xx answers (with
 Retry-After), and a silent retry when a kept-alive connection turns out to have been closed
 by the server in the meantime.
@@ -16,6 +16,7 @@ by the server in the meantime.
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import ssl
 import threading
@@ -268,7 +269,7 @@ class Client:
         if key[0] == "https":
             with self._lock:
                 if self._tls is None:
-                    self._tls = ssl.create_default_context()
+                    self._tls = _tls_context()
                 tls = self._tls
         return _Connection(key[0], key[1], key[2], tls)
 
@@ -315,6 +316,16 @@ def _through_proxy(manager, url: str, headers: dict[str, str]) -> Response:
     except urllib3.exceptions.HTTPError as exc:
         raise _Malformed(f"{exc.__class__.__name__}: {exc}") from exc
     return Response(r.status, r.reason or "", {k.lower(): v for k, v in r.headers.items()}, r.data)
+
+
+def _tls_context() -> ssl.SSLContext:
+    """The system's certificates (``SSL_CERT_FILE``/``SSL_CERT_DIR`` as OpenSSL reads them) and
+    those of ``CURL_CA_BUNDLE``, which GDAL and curl users set to trust a private CA."""
+    context = ssl.create_default_context()
+    bundle = os.environ.get("CURL_CA_BUNDLE")
+    if bundle and os.path.isfile(bundle):
+        context.load_verify_locations(cafile=bundle)
+    return context
 
 
 def _backoff(attempt: int) -> float:

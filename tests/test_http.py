@@ -177,17 +177,21 @@ def test_https_with_a_trusted_certificate_and_a_clear_failure_without(tmp_path, 
     tls.load_cert_chain(cert, key)
     server = _serve(_Scripted, tls)
     url = f"https://127.0.0.1:{server.server_address[1]}/plain"
+    for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(variable, raising=False)  # the system's certificates only
     try:
         t0 = time.monotonic()
         with pytest.raises(cphttp.TransportError, match="plain.*CERTIFICATE_VERIFY_FAILED"):
             cphttp.Client().get(url, {"Range": "bytes=0-9"})
         assert time.monotonic() - t0 < 2  # not retried: it would fail the same way
-        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # how a user trusts a private CA
-        client = cphttp.Client()
-        for i in range(3):
-            r = client.get(url, {"Range": f"bytes={i * 100}-{i * 100 + 4999}"})
-            assert (r.status, r.body) == (206, BLOB[i * 100:i * 100 + 5000])
-        client.close()
+        for variable in ("SSL_CERT_FILE", "CURL_CA_BUNDLE"):  # how users trust a private CA
+            with monkeypatch.context() as env:
+                env.setenv(variable, str(cert))
+                client = cphttp.Client()
+                for i in range(3):
+                    r = client.get(url, {"Range": f"bytes={i * 100}-{i * 100 + 4999}"})
+                    assert (r.status, r.body) == (206, BLOB[i * 100:i * 100 + 5000])
+                client.close()
     finally:
         server.shutdown()
         server.server_close()

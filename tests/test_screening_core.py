@@ -255,3 +255,64 @@ def test_thresholds_keep_errors_and_drop_what_is_asked():
     assert not passes(obs(10.0, 40.0), 20, 50)
     assert passes(obs(None, None, error="404"), 0, 100)  # unreadable: kept and marked
     assert passes(obs(None, 0.0)) and not passes(obs(None, 0.0), 99, 0)  # no data is not clear
+
+
+@pytest.mark.parametrize("epsg, centre", [(27700, sa.GREENWICH_27700), (3857, (0.0, 6_711_000.0)), (3035, (3_620_000.0, 3_200_000.0))])
+def test_areas_reach_utm_through_lon_lat_as_they_would_directly(epsg, centre):
+    """Areas reach a WGS 84 / UTM grid through their lon/lat (a cheap transformer); the
+    vertices are PROJ's direct transform of the densified area, whatever form the CRS takes."""
+    import rasterio.crs
+    from pyproj import Transformer
+    from shapely.ops import transform
+
+    from cloud_probability.core.reading import _densify, area_in_crs, clear_lookups
+
+    clear_lookups()
+    cx, cy = centre
+    area = box(cx - 2500, cy - 2500, cx + 2500, cy + 2500)
+    for zone in (32630, 32631):
+        direct = np.array(transform(Transformer.from_crs(epsg, zone, always_xy=True).transform,
+                                    _densify(area)).exterior.coords)
+        for crs in (zone, f"EPSG:{zone}", rasterio.crs.CRS.from_epsg(zone)):
+            ours = area_in_crs(area, epsg, crs)
+            assert np.abs(np.array(ours.exterior.coords) - direct).max() < 1e-6
+            assert area_in_crs(area, epsg, crs) is ours  # kept
+
+
+def test_grid_windows_are_rasterio_windows():
+    """grid_around's window (plain affine arithmetic) is rasterio.windows.from_bounds's, pixel
+    edges included."""
+    from affine import Affine
+    from rasterio.windows import from_bounds
+
+    from cloud_probability.core.reading import grid_around
+
+    rng = np.random.default_rng(5)
+    transform = Affine(20.0, 0.0, 600000.0, 0.0, -20.0, 5700000.0)
+    for i in range(300):
+        x0, y0 = 600000 + rng.uniform(0, 100000), 5600000 + rng.uniform(0, 100000)
+        w, h = rng.uniform(1, 5000), rng.uniform(1, 5000)
+        if i % 3 == 0:  # on pixel edges
+            x0, y0, w, h = (round(v / 20) * 20 for v in (x0, y0, w + 20, h + 20))
+        grid = grid_around("EPSG:32631", transform, 5490, 5490, box(x0, y0, x0 + w, y0 + h), 32631)
+        win = from_bounds(x0, y0, x0 + w, y0 + h, transform)
+        c0, r0 = max(0, int(np.floor(win.col_off))), max(0, int(np.floor(win.row_off)))
+        c1 = min(5490, int(np.ceil(win.col_off + win.width)))
+        r1 = min(5490, int(np.ceil(win.row_off + win.height)))
+        assert grid.transform == transform * Affine.translation(c0, r0)
+        assert grid.shape == (r1 - r0, c1 - c0)
+
+
+def test_pixel_centres_across_utm_zones_within_30_micrometres_of_proj():
+    from affine import Affine
+    from pyproj import Transformer
+
+    from cloud_probability.core.reading import Grid, GridLookup
+
+    for shape_ in ((254, 254), (60, 60), (1000, 700)):
+        grid = Grid("EPSG:32631", Affine(20, 0, 300000, 0, -20, 5720000), shape_)
+        x, y = GridLookup(grid).coords("EPSG:32630")
+        cc, rr = np.meshgrid(np.arange(shape_[1]) + 0.5, np.arange(shape_[0]) + 0.5)
+        ex, ey = Transformer.from_crs(32631, 32630, always_xy=True).transform(300000 + cc * 20, 5720000 - rr * 20)
+        error = max(np.abs(x - ex).max(), np.abs(y - ey).max())
+        assert error < (1e-9 if shape_ == (60, 60) else 3e-5)  # exact up to 64 × 64, lattice beyond
