@@ -51,9 +51,17 @@ def test_ranges_from_nginx_under_threads_on_kept_alive_connections(blob_on_nginx
         results = list(pool.map(one, spans))
     assert all(status == 206 and same for status, same in results)
     assert blob_on_nginx.requests() - before == len(spans)  # no retries, no extra requests
-    idle = sum(len(v) for v in client._idle.values())
-    assert 1 <= idle <= 16  # connections were kept and reused, never more than the threads
+
+    def kept() -> set[int]:
+        return {id(conn) for conns in client._idle.values() for conn in conns}
+
+    after_threads = kept()
+    assert len(after_threads) <= 16  # never more connections than threads
+    for a in range(0, 50_000, 1000):  # one thread now: always a kept connection, never a new one
+        assert client.get(url, {"Range": f"bytes={a}-{a + 999}"}).body == BLOB[a:a + 1000]
+    assert kept() == after_threads
     client.close()
+    assert kept() == set()
 
 
 class _Scripted(http.server.BaseHTTPRequestHandler):
