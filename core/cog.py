@@ -119,8 +119,7 @@ def reset_counters() -> None:
 
 _RATIONALS = {5: "I", 10: "i"}  # TIFF RATIONAL / SRATIONAL: pairs of (un)signed 32-bit ints
 _SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8, 17: 8, 18: 8}
-_NUMPY = {1: "u1", 3: "u2", 4: "u4", 6: "i1", 7: "u1", 8: "i2", 9: "i4", 11: "f4", 12: "f8", 16: "u8", 17: "i8",
-          18: "u8"}
+# TIFF numeric types as struct (and, with a byte order, numpy) codes
 _STRUCT = {1: "B", 3: "H", 4: "I", 6: "b", 7: "B", 8: "h", 9: "i", 11: "f", 12: "d", 16: "Q", 17: "q", 18: "Q"}
 # tags
 NEW_SUBFILE_TYPE, WIDTH, HEIGHT, BITS, COMPRESSION, SAMPLES, PREDICTOR = 254, 256, 257, 258, 259, 277, 317
@@ -513,7 +512,7 @@ def _values(head: _Header, e: str, entry) -> list | bytes:
         return [a / b if b else float("nan") for a, b in zip(ints[::2], ints[1::2])]
     if count <= 64:  # a tag's few numbers: a tuple (numpy costs more than the parsing itself)
         return struct.unpack(f"{e}{count}{_STRUCT[typ]}", raw)
-    return np.frombuffer(raw, np.dtype(_NUMPY[typ]).newbyteorder(e), count=count)
+    return np.frombuffer(raw, np.dtype(e + _STRUCT[typ]), count=count)
 
 
 _LEVEL_TAGS = (NEW_SUBFILE_TYPE, WIDTH, HEIGHT, BITS, COMPRESSION, SAMPLES, PREDICTOR, TILE_W, TILE_H, SAMPLE_FORMAT,
