@@ -56,7 +56,7 @@ class _Malformed(Exception):
 
 
 class _Connection:
-    def __init__(self, scheme: str, host: str, port: int, tls: ssl.SSLContext | None):
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None):
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -94,7 +94,9 @@ class _Connection:
             try:
                 length = int(headers["content-length"])
             except ValueError:
-                raise _Malformed(f"Content-Length {headers['content-length']!r}") from None
+                length = -1
+            if length < 0:
+                raise _Malformed(f"Content-Length {headers['content-length']!r}")
             body, delimited = self._read_exactly(length), True
         else:
             body, delimited = self._read_to_close(), False
@@ -223,7 +225,7 @@ class Client:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
-            raise _Malformed(f"not an http(s) URL: {url}")
+            raise TransportError(f"{url}: not an http(s) URL")  # nothing to retry
         proxy = self._route(scheme, parts)
         if proxy is not None:
             return _through_proxy(proxy, url, headers)
@@ -271,7 +273,7 @@ class Client:
                 if self._tls is None:
                     self._tls = _tls_context()
                 tls = self._tls
-        return _Connection(key[0], key[1], key[2], tls)
+        return _Connection(key[1], key[2], tls)
 
     def _checkin(self, key: tuple, conn: _Connection) -> None:
         with self._lock:
