@@ -322,9 +322,17 @@ def _through_proxy(manager, url: str, headers: dict[str, str]) -> Response:
 
 def _tls_context() -> ssl.SSLContext:
     """The system's certificates (``SSL_CERT_FILE``/``SSL_CERT_DIR`` as OpenSSL reads them) and
-    those of ``CURL_CA_BUNDLE``, which GDAL and curl users set to trust a private CA."""
+    those of ``CURL_CA_BUNDLE``, which GDAL and curl users set to trust a private CA: in the
+    environment or as a GDAL configuration option (``gdal.SetConfigOption``, ``--config``)."""
     context = ssl.create_default_context()
     bundle = os.environ.get("CURL_CA_BUNDLE")
+    if not bundle:
+        try:
+            from osgeo import gdal
+
+            bundle = gdal.GetConfigOption("CURL_CA_BUNDLE")
+        except ImportError:  # pragma: no cover - GDAL is always there with rasterio
+            pass
     if bundle and os.path.isfile(bundle):
         context.load_verify_locations(cafile=bundle)
     return context

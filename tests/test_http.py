@@ -200,6 +200,16 @@ def test_https_with_a_trusted_certificate_and_a_clear_failure_without(tmp_path, 
                     r = client.get(url, {"Range": f"bytes={i * 100}-{i * 100 + 4999}"})
                     assert (r.status, r.body) == (206, BLOB[i * 100:i * 100 + 5000])
                 client.close()
+        from osgeo import gdal  # GDAL users may set it as a configuration option instead
+
+        gdal.SetConfigOption("CURL_CA_BUNDLE", str(cert))
+        try:
+            client = cphttp.Client()
+            r = client.get(url, {"Range": "bytes=0-4999"})
+            assert (r.status, r.body) == (206, BLOB[:5000])
+            client.close()
+        finally:
+            gdal.SetConfigOption("CURL_CA_BUNDLE", None)
     finally:
         server.shutdown()
         server.server_close()
