@@ -304,8 +304,10 @@ class Client:
         if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
             import urllib3
 
+            # https origins are reached through a CONNECT tunnel: the same certificates trusted
             manager = urllib3.ProxyManager(proxy, retries=False, timeout=urllib3.Timeout(
-                connect=CONNECT_TIMEOUT_S, read=TIMEOUT_S), maxsize=MAX_IDLE_PER_HOST, block=False)
+                connect=CONNECT_TIMEOUT_S, read=TIMEOUT_S), maxsize=MAX_IDLE_PER_HOST, block=False,
+                ssl_context=_tls_context(for_urllib3=True) if scheme == "https" else None)
         with self._lock:
             return self._routes.setdefault(key, manager)
 
@@ -316,11 +318,18 @@ def _through_proxy(manager, url: str, headers: dict[str, str]) -> Response:
     try:
         r = manager.request("GET", url, headers=headers, redirect=False, retries=False)
     except urllib3.exceptions.HTTPError as exc:
+        cause = exc
+        while cause is not None:  # certificate failures are not retried, as on a direct connection
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise cause from exc
+            if type(cause).__name__ == "CertificateError":  # urllib3 1.x's own name check
+                raise ssl.SSLCertVerificationError(f"CertificateError: {cause}") from exc
+            cause = cause.__cause__ or cause.__context__
         raise _Malformed(f"{exc.__class__.__name__}: {exc}") from exc
     return Response(r.status, r.reason or "", {k.lower(): v for k, v in r.headers.items()}, r.data)
 
 
-def _tls_context() -> ssl.SSLContext:
+def _tls_context(for_urllib3: bool = False) -> ssl.SSLContext:
     """The system's certificates (``SSL_CERT_FILE``/``SSL_CERT_DIR`` as OpenSSL reads them) and
     those of ``CURL_CA_BUNDLE``, which GDAL and curl users set to trust a private CA: in the
     environment or as a GDAL configuration option (``gdal.SetConfigOption``, ``--config``)."""
@@ -335,6 +344,8 @@ def _tls_context() -> ssl.SSLContext:
             pass
     if bundle and os.path.isfile(bundle):
         context.load_verify_locations(cafile=bundle)
+    if for_urllib3:
+        context.check_hostname = False  # urllib3 matches the name itself (an IP address gets no SNI)
     return context
 
 

@@ -1,7 +1,8 @@
 """core.http, the bare HTTP/1.1 client of the COG reader, against real servers on loopback:
 nginx for ranged reads under threads, and Python's http.server made to answer the ways real
 servers and CDNs do (chunked, close-delimited, redirects, 503 with Retry-After, closing a
-kept-alive connection, TLS, a forward proxy named by the environment)."""
+kept-alive connection, TLS, a forward proxy named by the environment, and a tunnelling one for
+https)."""
 from __future__ import annotations
 
 import http.server
@@ -174,15 +175,23 @@ def test_a_kept_alive_connection_closed_by_the_server_is_retried_at_once(scripte
     assert server.hits["/hang-up"] == 5  # each request reached the server once
 
 
-def test_https_with_a_trusted_certificate_and_a_clear_failure_without(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made by openssl: (certificate file, server context)."""
     openssl = shutil.which("openssl")
     assert openssl, "openssl is installed by `make test` (Makefile APT_PACKAGES)"
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    folder = tmp_path_factory.mktemp("tls")
+    key, cert = folder / "key.pem", folder / "cert.pem"
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
+    return cert, tls
+
+
+def test_https_with_a_trusted_certificate_and_a_clear_failure_without(certificate, monkeypatch):
+    cert, tls = certificate
     server = _serve(_Scripted, tls)
     url = f"https://127.0.0.1:{server.server_address[1]}/plain"
     for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE"):
@@ -252,3 +261,69 @@ def test_a_proxy_named_by_the_environment_is_used(scripted, monkeypatch):
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+class _TunnelProxy(http.server.BaseHTTPRequestHandler):
+    """An HTTPS proxy: CONNECT opens a tunnel to the origin, bytes are relayed both ways."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_CONNECT(self):
+        import select
+        import socket
+
+        with self.server.lock:
+            self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+        host, port = self.path.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        ends = [self.connection, upstream]
+        try:
+            while True:
+                readable, _, _ = select.select(ends, [], [], 10)
+                if not readable:
+                    return
+                for end in readable:
+                    data = end.recv(65536)
+                    if not data:
+                        return
+                    (upstream if end is self.connection else self.connection).sendall(data)
+        finally:
+            upstream.close()
+            self.close_connection = True
+
+
+def test_https_through_a_tunnelling_proxy_trusts_the_same_certificates(certificate, monkeypatch):
+    cert, tls = certificate
+    origin = _serve(_Scripted, tls)
+    proxy = _serve(_TunnelProxy)
+    target = f"127.0.0.1:{origin.server_address[1]}"
+    try:
+        for name in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                     "CURL_CA_BUNDLE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
+        t0 = time.monotonic()
+        with pytest.raises(cphttp.TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+            cphttp.Client().get(f"https://{target}/plain", {"Range": "bytes=0-9"})
+        assert time.monotonic() - t0 < 2
+        monkeypatch.setenv("CURL_CA_BUNDLE", str(cert))  # trusted here as on a direct connection
+        client = cphttp.Client()
+        for i in range(3):
+            r = client.get(f"https://{target}/plain", {"Range": f"bytes={i * 10}-{i * 10 + 9}"})
+            assert (r.status, r.body) == (206, BLOB[i * 10:i * 10 + 10])
+        client.close()
+        assert proxy.hits[target] >= 2 and origin.hits["/plain"] == 3  # through the tunnel, not around it
+        other_name = f"https://localhost:{origin.server_address[1]}/plain"  # not the certificate's name
+        t0 = time.monotonic()
+        with pytest.raises(cphttp.TransportError, match="(?i)hostname|match"):
+            cphttp.Client().get(other_name, {"Range": "bytes=0-9"})
+        assert time.monotonic() - t0 < 2 and origin.hits["/plain"] == 3  # refused at once, not retried
+    finally:
+        for server in (proxy, origin):
+            server.shutdown()
+            server.server_close()
