@@ -65,8 +65,8 @@ def test_ranges_from_nginx_under_threads_on_kept_alive_connections(blob_on_nginx
     assert kept() == set()
 
 
-class _Scripted(http.server.BaseHTTPRequestHandler):
-    """Answers by path; counts requests per path on the server object."""
+class _Counting(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1, silent, counting requests per path (or CONNECT target) on the server object."""
 
     protocol_version = "HTTP/1.1"
 
@@ -77,6 +77,10 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
             return self.server.hits[self.path]
+
+
+class _Scripted(_Counting):
+    """Answers by path."""
 
     def _range(self) -> bytes:
         spec = self.headers.get("Range", "bytes=0-")[6:]
@@ -224,17 +228,11 @@ def test_https_with_a_trusted_certificate_and_a_clear_failure_without(certificat
         server.server_close()
 
 
-class _ForwardProxy(http.server.BaseHTTPRequestHandler):
+class _ForwardProxy(_Counting):
     """A forward proxy: GET with an absolute URL, fetched from the origin with the same Range."""
 
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
     def do_GET(self):
-        with self.server.lock:
-            self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+        self._count()
         request = urllib.request.Request(self.path, headers={"Range": self.headers["Range"]})
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request) as upstream:
             body = upstream.read()
@@ -263,20 +261,14 @@ def test_a_proxy_named_by_the_environment_is_used(scripted, monkeypatch):
         proxy.server_close()
 
 
-class _TunnelProxy(http.server.BaseHTTPRequestHandler):
+class _TunnelProxy(_Counting):
     """An HTTPS proxy: CONNECT opens a tunnel to the origin, bytes are relayed both ways."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
 
     def do_CONNECT(self):
         import select
         import socket
 
-        with self.server.lock:
-            self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+        self._count()
         host, port = self.path.rsplit(":", 1)
         upstream = socket.create_connection((host, int(port)))
         self.send_response(200, "Connection established")
