@@ -284,6 +284,8 @@ class _TunnelProxy(_Counting):
                     if not data:
                         return
                     (upstream if end is self.connection else self.connection).sendall(data)
+        except ConnectionError:
+            pass  # either side hung up: the tunnel ends, as a proxy's would
         finally:
             upstream.close()
             self.close_connection = True
