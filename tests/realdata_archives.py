@@ -138,3 +138,99 @@ def write_l1c_reference_archive(out: Path, realdata: Path) -> Path:
 def reset(out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
+
+
+# --- Collection 1 (sentinel-2-c1-l2a) from the eo-learn series: the reference product's inputs ---
+
+C1_COLLECTION = "sentinel-2-c1-l2a"
+C1_ORIGIN = (465180.0, 5080260.0)  # the patch's bbox snapped to whole metres: exact 10 m cell edges
+C1_PIXEL = 10.0
+C1_SPLIT_DATES = (10, 40)  # these datatakes come as two overlapping products (tiles 33TVM and 33TWM)
+C1_NEVER_OBSERVED = (slice(70, 95), slice(70, 95))  # 25 × 25 cells no date has data in …
+C1_LONE_PIXEL = (82, 82)  # … but its centre (observed every third date): a neighbourhood with no data
+
+
+def eolearn_c1_layers(realdata: Path) -> dict:
+    """The eo-learn series as Collection-1 layers on a 101 × 100 grid of 10 m cells.
+
+    ``cloud`` (uint8 percent) is round(100 · CLP), s2cloudless's probability in place of
+    Sen2Cor's, 0 where a date has no data. ``scl`` (uint8): 0 no data, else 9 where CLM says cloud
+    and cloud ≥ 65, 8 where CLM says cloud below that, 4 elsewhere, and 1 (defective, which still
+    has data) on rows 50–52 every 13th date. IS_DATA is all 1 in the patch, so the swaths are
+    drawn here: every 5th date misses the left third, every 7th (from 3) the bottom-right triangle
+    beyond an oblique edge, every 11th (from 6) the top 20 rows, and no date sees
+    ``C1_NEVER_OBSERVED`` except ``C1_LONE_PIXEL`` every third date. The dates of
+    ``C1_SPLIT_DATES`` come as two products of one datatake, columns < 60 and ≥ 40: the same
+    observation in the 20 columns both hold.
+
+    Returns ``times``, ``transform``, ``scl`` and ``cloud`` (date, row, col) — one observation per
+    datatake, what a correct reader sees — and ``products``: per date a list of (tile, scl, cloud)
+    as the items hold them.
+    """
+    p = eolearn_patch(realdata)
+    clp, clm = p["clp"], p["clm"]
+    dates, rows, cols = clp.shape
+    cloud = np.round(clp.astype(np.float64) * 100).astype(np.uint8)
+    scl = np.where(clm == 1, np.where(cloud >= 65, 9, 8), 4).astype(np.uint8)
+    r, c = np.mgrid[0:rows, 0:cols]
+    for t in range(dates):
+        gone = np.zeros((rows, cols), bool)
+        if t % 5 == 0:
+            gone |= c < cols // 3
+        if t % 7 == 3:
+            gone |= r + c > 130
+        if t % 11 == 6:
+            gone |= r < 20
+        lone = gone[C1_LONE_PIXEL]  # what the swaths above leave of it
+        gone[C1_NEVER_OBSERVED] = True
+        if t % 3 == 0:
+            gone[C1_LONE_PIXEL] = lone
+        if t % 13 == 4:
+            scl[t, 50:53] = 1
+        scl[t][gone] = 0
+        cloud[t][gone] = 0
+    products = []
+    for t in range(dates):
+        if t in C1_SPLIT_DATES:
+            west, east = c < 60, c >= 40
+            products.append([(tile, np.where(part, scl[t], 0).astype(np.uint8), np.where(part, cloud[t], 0).astype(np.uint8))
+                             for tile, part in (("33TVM", west), ("33TWM", east))])
+        else:
+            products.append([("33TVM", scl[t], cloud[t])])
+    from rasterio.transform import from_origin
+
+    return {"times": p["times"], "transform": from_origin(*C1_ORIGIN, C1_PIXEL, C1_PIXEL), "epsg": 32633,
+            "scl": scl, "cloud": cloud, "products": products}
+
+
+def _c1_asset(href: str, title: str, roles: list[str], shape, transform) -> dict:
+    # as Earth Search declares them, nodata 0 on the cloud probability included
+    return {"href": href, "type": "image/tiff; application=geotiff; profile=cloud-optimized", "title": title,
+            "gsd": C1_PIXEL, "proj:shape": list(shape), "proj:transform": list(transform)[:6],
+            "raster:bands": [{"nodata": 0, "data_type": "uint8", "spatial_resolution": C1_PIXEL}], "roles": roles}
+
+
+def write_eolearn_c1_archive(out: Path, realdata: Path) -> Path:
+    """:func:`eolearn_c1_layers` as Collection-1 items with assets ``scl`` (SCL.tif) and ``cloud``
+    (CLD_20m.tif, GeoTIFF nodata tag 0 as Earth Search's, although 0 % is a real value), one
+    item per product: 70 items, 68 datatakes."""
+    if (out / "items" / "items.json").exists():
+        return out
+    layers = eolearn_c1_layers(realdata)
+    transform, epsg = layers["transform"], layers["epsg"]
+    shape = layers["scl"].shape[1:]
+    bounds = (transform.c, transform.f + transform.e * shape[0], transform.c + transform.a * shape[1], transform.f)
+    items = []
+    for when, products in zip(layers["times"], layers["products"]):
+        for tile, scl, cloud in products:
+            item_id = f"S2A_T{tile}_{when:%Y%m%dT%H%M%S}_L2A"
+            folder = f"c1/{item_id}"
+            write_cog(out / folder / "SCL.tif", scl, f"EPSG:{epsg}", transform, nodata=0)
+            write_cog(out / folder / "CLD_20m.tif", cloud, f"EPSG:{epsg}", transform, nodata=0)
+            assets = {"scl": _c1_asset(f"{folder}/SCL.tif", "Scene classification map (SCL)", ["data"], shape, transform),
+                      "cloud": _c1_asset(f"{folder}/CLD_20m.tif", "Cloud Probabilities", ["data", "cloud"], shape, transform)}
+            item = _item(item_id, when, epsg, bounds, assets, baseline="05.10", collection=C1_COLLECTION)
+            item["properties"].update({"mgrs:utm_zone": int(tile[:2]), "mgrs:latitude_band": tile[2],
+                                       "mgrs:grid_square": tile[3:], "grid:code": f"MGRS-{tile}"})
+            items.append(item)
+    return _finish(out, items, collection=C1_COLLECTION)
