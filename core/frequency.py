@@ -1,5 +1,15 @@
 """Per-pixel cloud probability over a period: valid and cloudy observation counts on one grid.
 
+Two measures, both kept with their observation count (:data:`MEASURES`):
+
+* ``frequency``: cloudy / valid observations, cloudy = the mask's cloud class (SCL 8, 9, 10 by
+  default), valid = every SCL class but no data and defective (0, 1);
+* ``mean_probability`` (the reference product's): the mean of a probability asset (Earth Search
+  Collection 1's ``cloud``, Sen2Cor's cloud probability, 0–100 %) over the observations whose SCL
+  has data (not class 0). The asset declares ``nodata: 0``, but 0 % is a real value: validity
+  comes from the SCL alone. Stored as valid = count and cloudy = Σ p/100 (expected cloudy
+  observations), so that probability = 100·cloudy/valid for both measures.
+
 The output grid is worked in tiles; for each tile every acquisition (datatake) touching it
 contributes one observation per pixel: its products are combined (newest baseline first,
 each filling only the pixels still without data), so MGRS overlaps, split datastrips and
@@ -14,6 +24,7 @@ crashes resumes from the finished tiles, and the output rasters are written only
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import math
@@ -28,12 +39,17 @@ import numpy as np
 
 from .masks import CLOUD, NODATA, SHADOW, MaskError, MaskSpec
 from .progress import NullProgress, Progress, check_cancel
-from .reading import Grid, GridLookup, ReadError, area_in_crs, gdal_http_env, network_bytes, network_bytes_reset
+from .reading import (
+    Grid, GridLookup, ReadError, area_in_crs, classes_on_grid, gdal_http_env, network_bytes, network_bytes_reset,
+    read_on_grid,
+)
 from .screening import datatake_mask_on_grid, group_by_datatake
 from .stac import Scene, parse_datetime
 
-CACHE_VERSION = 1  # bump when tile results change for the same inputs
+CACHE_VERSION = 2  # bump when tile results change for the same inputs
 PROBABILITY_NODATA = -9999.0
+MEASURES = ("frequency", "mean_probability")
+MEAN_NODATA_CLASSES = (0,)  # the mean measure's own rule: only SCL "no data" is no observation
 
 
 class FrequencyError(Exception):
@@ -96,6 +112,7 @@ class FrequencyResult:
     valid: str
     cloudy: str
     periods: list[Period]
+    measure: str
     acquisitions: int
     scenes: int
     pixel_observations: int  # output pixels × acquisitions that had valid data there
@@ -132,12 +149,13 @@ def _footprint(grid: Grid):
     return box(min(xs), min(ys), max(xs), max(ys))
 
 
-def _cache_key(groups, grid: Grid, spec: MaskSpec, periods: list[Period], tile_px: int) -> str:
+def _cache_key(groups, grid: Grid, spec: MaskSpec, periods: list[Period], tile_px: int, measure) -> str:
     from pyproj import CRS
 
     h = hashlib.sha256()
     payload = {
         "version": CACHE_VERSION,
+        "measure": measure,
         "grid": [CRS.from_user_input(grid.crs).to_wkt(), list(grid.transform)[:6], list(grid.shape)],
         "spec": {k: v for k, v in asdict(spec).items() if k != "extra"},
         "periods": [(p.label, str(p.start), str(p.end)) for p in periods],
@@ -153,6 +171,45 @@ def default_cache_dir() -> Path:
     return Path(base) / "cloud_probability" / "frequency"
 
 
+def datatake_probability_on_grid(
+    products: list[Scene], grid: Grid, lookup: GridLookup, asset: str = "cloud",
+    nodata_classes: tuple[int, ...] = MEAN_NODATA_CLASSES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One acquisition's observation of a probability asset on ``grid``: (valid, percent).
+
+    ``valid`` (bool) is where a product's SCL is not one of ``nodata_classes``; ``percent``
+    (float32, 0–100) is the asset's value there, taken from the same product. Products in order
+    (newest baseline first), each filling only the pixels the ones before it left without data;
+    the asset is read only where a product adds pixels. The asset's own no-data tag is not
+    used (Earth Search declares 0 on ``cloud``, where 0 % is a real value); values above 100
+    are no probability and count as no observation.
+    """
+    table = np.ones(256, np.uint8)
+    table[list(nodata_classes)] = 0
+    valid = np.zeros(grid.shape, bool)
+    percent = np.zeros(grid.shape, np.float32)
+    for scene in products:
+        scl_href, value_href = scene.asset_href("scl"), scene.asset_href(asset)
+        if not scl_href:
+            raise MaskError(f"Scene {scene.item_id} has no 'scl' asset (SCL), which says where it has data.")
+        if not value_href:
+            raise MaskError(
+                f"Scene {scene.item_id} has no '{asset}' asset: the mean cloud probability needs Earth Search "
+                f"Collection 1 (sentinel-2-c1-l2a), whose items carry Sen2Cor's 'cloud' probability."
+            )
+        has_data = classes_on_grid(scl_href, grid, table, 0, lookup=lookup).view(bool)
+        new = has_data & ~valid
+        if not new.any():
+            continue
+        values, _ = read_on_grid(value_href, grid, lookup=lookup)
+        new &= values <= 100
+        np.copyto(percent, values, where=new, casting="unsafe")
+        valid |= new
+        if valid.all():
+            break  # covered: the other products of this acquisition add nothing
+    return valid, percent
+
+
 def cloud_frequency(
     scenes: list[Scene],
     grid: Grid,
@@ -163,19 +220,40 @@ def cloud_frequency(
     concurrency: int = 4,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
+    measure: str = "frequency",
+    probability_asset: str = "cloud",
+    nodata_classes: tuple[int, ...] | None = None,
 ) -> FrequencyResult:
-    """Count valid and cloudy observations of ``scenes`` on ``grid`` and write the rasters.
+    """Count valid observations of ``scenes`` on ``grid`` with their cloudy share, and write the rasters.
 
     ``outputs`` maps ``probability`` (float32 percent, no data where no valid observation),
-    ``valid`` and ``cloudy`` (uint16 counts) to file paths; one band per period. Cloudy means
-    the mask's cloud class, and cloud shadows too with ``spec.count_shadows``.
+    ``valid`` (uint16 count) and ``cloudy`` to file paths, and optionally ``stdev`` (float32,
+    the standard deviation of one observation in percent: what an area's uncertainty is built
+    on); one band per period.
 
-    Memory is about ``concurrency`` × 60 MB plus 250 MB per ``tile_px`` = 2048 tile, whatever
+    ``measure`` ``frequency``: cloudy (uint16) counts the mask's cloud class, and cloud shadows
+    too with ``spec.count_shadows``; valid is every class but ``spec.invalid_classes``.
+    ``mean_probability``: cloudy (float32) is Σ p/100 of ``probability_asset`` (percent) over
+    the observations whose SCL is not in ``nodata_classes`` (default: class 0 only).
+    ``nodata_classes`` given overrides the frequency measure's invalid classes too.
+
+    Memory is about ``concurrency`` × 60 MB plus 350 MB per ``tile_px`` = 2048 tile, whatever
     the number of scenes or the size of the grid. Decoding is CPU work: on a local or nearby
     server about twice the number of cores is fastest; a distant server wants more threads.
     """
+    from dataclasses import replace
+
     progress = progress or NullProgress()
     started = time.monotonic()
+    if measure not in MEASURES:
+        raise FrequencyError(f"Unknown measure '{measure}'; choose one of {', '.join(MEASURES)}.")
+    mean = measure == "mean_probability"
+    if mean:
+        nodata_classes = tuple(nodata_classes) if nodata_classes else MEAN_NODATA_CLASSES
+        if spec.source != "scl":
+            raise FrequencyError("The mean cloud probability takes its validity from the SCL: use the SCL mask source.")
+    elif nodata_classes:
+        spec = replace(spec, invalid_classes=tuple(nodata_classes))
     periods = periods or [Period("all")]
     if len(periods) > 400:
         raise FrequencyError(f"{len(periods)} periods is too many bands.")
@@ -191,19 +269,20 @@ def cloud_frequency(
         raise FrequencyError("More than 65535 acquisitions: split the period.")
 
     from shapely.geometry import shape
-    from shapely.ops import unary_union
     from shapely.prepared import prep
 
-    footprints = []
+    # each product's footprint: a tile reads only the products that meet it
+    footprints = {}
     for group, _ in groups:
-        geoms = [shape(s.geometry) for s in group if s.geometry]
-        footprints.append(prep(unary_union(geoms)) if geoms else None)
+        for s in group:
+            footprints[s.item_id] = prep(shape(s.geometry)) if s.geometry else None
 
-    key = _cache_key([g for g, _ in groups], grid, spec, periods, tile_px)
+    measure_key = [measure, probability_asset, list(nodata_classes or ())] if mean else [measure]
+    key = _cache_key([g for g, _ in groups], grid, spec, periods, tile_px, measure_key)
     cache = Path(cache_dir or default_cache_dir()) / key
     cache.mkdir(parents=True, exist_ok=True)
     tiles = list(_tiles(grid, tile_px))
-    halo = int(math.ceil(spec.buffer_m / grid.resolution)) if spec.buffer_m > 0 else 0
+    halo = int(math.ceil(spec.buffer_m / grid.resolution)) if (spec.buffer_m > 0 and not mean) else 0
     grid_epsg = _epsg_of(grid.crs)
     resumed = 0
     pixel_obs = 0
@@ -217,14 +296,18 @@ def cloud_frequency(
         area = _footprint(tile_grid)
         area_ll = area_in_crs(area, grid_epsg, 4326) if grid_epsg else None
         chosen = []
-        for (group, band), fp in zip(groups, footprints):
-            if fp is None or area_ll is None or fp.intersects(area_ll):
-                chosen.append((group, band))
+        for group, band in groups:
+            touching = [s for s in group
+                        if footprints[s.item_id] is None or area_ll is None or footprints[s.item_id].intersects(area_ll)]
+            if touching:
+                chosen.append((touching, band))
         return chosen
 
     def observe_tile(tile_grid: Grid, lookup: GridLookup, group: list[Scene]):
         check_cancel(progress)
         with gdal_http_env():
+            if mean:
+                return datatake_probability_on_grid(group, tile_grid, lookup, probability_asset, nodata_classes)
             return datatake_mask_on_grid(group, spec, tile_grid, lookup)
 
     pool = cf.ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="cloudprob-freq")
@@ -241,22 +324,34 @@ def cloud_frequency(
             tile_grid = _sub_grid(grid, r0, c0, h, w, halo)
             lookup = GridLookup(tile_grid)
             valid = np.zeros((len(periods), h, w), np.uint16)
-            cloudy = np.zeros((len(periods), h, w), np.uint16)
+            cloudy = np.zeros((len(periods), h, w), np.float64 if mean else np.uint16)
+            squares = np.zeros((len(periods), h, w), np.float64) if mean else None
             chosen = tile_groups(tile_grid)
             futures = {pool.submit(observe_tile, tile_grid, lookup, g): (g, b) for g, b in chosen}
+            total = max(1, len(futures))
             errors = []
             for k, future in enumerate(cf.as_completed(futures), start=1):
-                group, band = futures[future]
+                group, band = futures.pop(future)  # its arrays are released once added
                 try:
-                    mask = future.result()
+                    observed = future.result()
                 except (ReadError, MaskError) as exc:
                     errors.append(f"{', '.join(s.item_id for s in group)}: {exc}")
                     continue
-                if halo:
-                    mask = mask[halo:-halo, halo:-halo]
-                np.add(valid[band], mask != NODATA, out=valid[band], casting="unsafe")
-                np.add(cloudy[band], np.take(cloudy_lut, mask), out=cloudy[band], casting="unsafe")
-                progress.set_progress(95.0 * (n + k / max(1, len(futures))) / len(tiles))
+                finally:
+                    del future
+                if mean:
+                    ok, percent = observed
+                    fraction = np.where(ok, percent.astype(np.float64) / 100.0, 0.0)
+                    np.add(valid[band], ok, out=valid[band], casting="unsafe")
+                    cloudy[band] += fraction
+                    fraction *= fraction
+                    squares[band] += fraction
+                else:
+                    mask = observed[halo:-halo, halo:-halo] if halo else observed
+                    np.add(valid[band], mask != NODATA, out=valid[band], casting="unsafe")
+                    np.add(cloudy[band], np.take(cloudy_lut, mask), out=cloudy[band], casting="unsafe")
+                del observed
+                progress.set_progress(95.0 * (n + k / total) / len(tiles))
             if errors:
                 raise FrequencyError(
                     f"{len(errors)} acquisition(s) could not be read (finished tiles are kept; a re-run resumes): "
@@ -264,7 +359,10 @@ def cloud_frequency(
                 )
             tmp = path.with_suffix(".part.npz")
             tile_obs = int(valid.sum(dtype=np.int64))
-            np.savez_compressed(tmp, valid=valid, cloudy=cloudy, pixel_obs=np.int64(tile_obs))
+            arrays = dict(valid=valid, cloudy=cloudy, pixel_obs=np.int64(tile_obs))
+            if squares is not None:
+                arrays["squares"] = squares
+            np.savez_compressed(tmp, **arrays)
             os.replace(tmp, path)
             pixel_obs += tile_obs
     except BaseException:
@@ -273,12 +371,17 @@ def cloud_frequency(
     pool.shutdown(wait=True)
 
     check_cancel(progress)
-    stats = _write_outputs(grid, tiles, cache, periods, outputs, spec, len(groups))
+    tags = {"measure": measure}
+    if mean:
+        tags.update(probability_asset=probability_asset, nodata_classes=",".join(map(str, nodata_classes)))
+    else:
+        tags["mask"] = json.dumps({k: v for k, v in asdict(spec).items() if k != "extra"})
+    stats = _write_outputs(grid, tiles, cache, periods, outputs, tags, len(groups), mean)
     shutil.rmtree(cache, ignore_errors=True)
     progress.set_progress(100.0)
     return FrequencyResult(
         probability=outputs["probability"], valid=outputs["valid"], cloudy=outputs["cloudy"], periods=periods,
-        acquisitions=len(groups), scenes=sum(len(g) for g, _ in groups), pixel_observations=pixel_obs,
+        measure=measure, acquisitions=len(groups), scenes=sum(len(g) for g, _ in groups), pixel_observations=pixel_obs,
         tiles=len(tiles), tiles_resumed=resumed, seconds=time.monotonic() - started,
         bytes_fetched=network_bytes(), stats=stats,
     )
@@ -290,8 +393,20 @@ def _epsg_of(crs) -> int | None:
     return CRS.from_user_input(crs).to_epsg()
 
 
-def _write_outputs(grid: Grid, tiles, cache: Path, periods, outputs: dict[str, str], spec: MaskSpec, n_acq: int) -> dict:
-    """Assemble the three rasters from the tile files; temporary files renamed at the end."""
+def observation_stdev(valid: np.ndarray, cloudy: np.ndarray, squares: np.ndarray | None) -> np.ndarray:
+    """Standard deviation of one observation in percent (population form; NaN without
+    observations): 100·sqrt(p(1−p)) for 0/1 observations (``squares`` None), else from Σx²."""
+    n = valid.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = cloudy / n
+        second = p if squares is None else squares / n
+        var = np.maximum(second - p * p, 0.0)
+        return np.where(n > 0, 100.0 * np.sqrt(var), np.nan)
+
+
+def _write_outputs(grid: Grid, tiles, cache: Path, periods, outputs: dict[str, str], tags: dict, n_acq: int,
+                   mean: bool) -> dict:
+    """Assemble the rasters from the tile files; temporary files renamed at the end."""
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.windows import Window
@@ -303,36 +418,49 @@ def _write_outputs(grid: Grid, tiles, cache: Path, periods, outputs: dict[str, s
                   compress="DEFLATE", BIGTIFF="IF_SAFER")
     if tiled:
         common.update(tiled=True, blockxsize=256, blockysize=256)
-    tmp = {k: f"{v}.part-{os.getpid()}.tif" for k, v in outputs.items()}
-    spec_text = json.dumps({k: v for k, v in asdict(spec).items() if k != "extra"})
+    tmp = {k: f"{v}.part-{os.getpid()}.tif" for k, v in outputs.items() if v}
     total_valid = np.zeros(bands, np.float64)
     total_cloudy = np.zeros(bands, np.float64)
+    # a pixel without a valid observation has no data in every output (valid 0 is no data, so
+    # statistics of the count skip it as they skip the probability); cloudy keeps its zeros
+    kinds = {
+        "valid": (dict(dtype="uint16", nodata=0, predictor=2), "count", "valid observations"),
+        "cloudy": ((dict(dtype="float32", predictor=3) if mean else dict(dtype="uint16", predictor=2)),
+                   "expected count, sum of probability / 100" if mean else "count",
+                   "cloudy observations"),
+        "probability": (dict(dtype="float32", nodata=PROBABILITY_NODATA, predictor=3), "percent",
+                        "mean cloud probability" if mean else "cloud frequency"),
+        "stdev": (dict(dtype="float32", nodata=PROBABILITY_NODATA, predictor=3), "percent",
+                  "standard deviation of one observation"),
+    }
     try:
-        with rasterio.open(tmp["valid"], "w", dtype="uint16", predictor=2, **common) as dv, \
-                rasterio.open(tmp["cloudy"], "w", dtype="uint16", predictor=2, **common) as dc, \
-                rasterio.open(tmp["probability"], "w", dtype="float32", nodata=PROBABILITY_NODATA, predictor=3, **common) as dp:
+        with contextlib.ExitStack() as stack:
+            ds = {k: stack.enter_context(rasterio.open(path, "w", **kinds[k][0], **common)) for k, path in tmp.items()}
             for r0, c0, h, w in tiles:
                 with np.load(cache / f"tile_{r0}_{c0}.npz") as done:
                     valid, cloudy = done["valid"], done["cloudy"]
+                    squares = done["squares"] if "squares" in done else None
                 window = Window(c0, r0, w, h)
-                dv.write(valid, window=window)
-                dc.write(cloudy, window=window)
+                ds["valid"].write(valid, window=window)
+                ds["cloudy"].write(cloudy.astype(np.float32) if mean else cloudy, window=window)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    prob = np.where(valid > 0, 100.0 * cloudy / np.maximum(valid, 1), PROBABILITY_NODATA).astype(np.float32)
-                dp.write(prob, window=window)
+                    prob = np.where(valid > 0, 100.0 * cloudy / np.maximum(valid, 1), PROBABILITY_NODATA)
+                ds["probability"].write(prob.astype(np.float32), window=window)
+                if "stdev" in ds:
+                    sd = observation_stdev(valid, cloudy, squares)
+                    ds["stdev"].write(np.where(np.isnan(sd), PROBABILITY_NODATA, sd).astype(np.float32), window=window)
                 total_valid += valid.reshape(bands, -1).sum(axis=1)
                 total_cloudy += cloudy.reshape(bands, -1).sum(axis=1)
-            for ds, units in ((dv, "observations"), (dc, "observations"), (dp, "percent")):
+            for k, d in ds.items():
                 for i, p in enumerate(periods, start=1):
-                    ds.set_band_description(i, p.label)
-                ds.update_tags(units=units, mask=spec_text, acquisitions=str(n_acq), software="cloud_probability")
+                    d.set_band_description(i, f"{kinds[k][2]}, {p.label} ({kinds[k][1]})")
+                d.update_tags(units=kinds[k][1], acquisitions=str(n_acq), software="cloud_probability", **tags)
             # QGIS draws rasters under ~4000 px fine without pyramids; larger ones get them
             factors = [f for f in (2, 4, 8, 16, 32, 64) if min(rows, cols) // f >= 256] if min(rows, cols) >= 4096 else []
             if factors:
-                dv.build_overviews(factors, Resampling.nearest)
-                dc.build_overviews(factors, Resampling.nearest)
-                dp.build_overviews(factors, Resampling.average)
-        for k in ("valid", "cloudy", "probability"):
+                for k, d in ds.items():
+                    d.build_overviews(factors, Resampling.nearest if k == "valid" else Resampling.average)
+        for k in tmp:
             os.replace(tmp[k], outputs[k])
     finally:
         for path in tmp.values():

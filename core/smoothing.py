@@ -225,3 +225,305 @@ def _adjust(smoothed_path, kv_path, covariates, names, xtx, xty, yty, total, out
     with open(os.path.splitext(out_adjusted)[0] + ".regression.json", "w") as fh:
         json.dump(asdict(result), fh, indent=1)
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# The reference product's adjustment: each pixel's deviation from its acquisition-weighted
+# neighbourhood, and an OLS of the probability on that deviation.
+
+
+@dataclass
+class ReferenceAdjustment:
+    """The fitted reference adjustment: p = intercept + slope·d' (percent per percent of
+    deviation), the median deviation ``m`` (percent), R², pixels fitted and pixels shifted."""
+
+    intercept: float
+    slope: float
+    median_deviation_pct: float
+    r2: float
+    pixels: int
+    shifted: int
+    threshold_pct: float
+    kernel_size: int
+    mean_before: float
+    mean_after: float
+
+
+def neighbourhood_deviation(cloudy: np.ndarray, valid: np.ndarray, size: int = 21):
+    """(p, lag, d) of one window, float64, NaN where undefined.
+
+    p = 100·cloudy/valid (percent; NaN where valid is 0); lag = K0∗(p·n) / K0∗n with K0 a
+    ``size``² kernel of ones whose centre is 0 and zeros beyond the window's edges (NaN where
+    K0∗n = 0); d = 100·(p − lag)/lag (percent; NaN where p or lag is undefined or lag is 0).
+    """
+    from scipy.ndimage import uniform_filter
+
+    n = valid.astype(np.float64)
+    pn = 100.0 * cloudy.astype(np.float64)  # p·n: cloudy is Σ p/100
+    pn[n <= 0] = 0.0
+    cells = float(size * size)
+    # box sum minus the centre: the kernel of ones with a 0 in the middle
+    sum_pn = uniform_filter(pn, size=size, mode="constant", cval=0.0)
+    sum_pn *= cells
+    sum_pn -= pn
+    sum_n = uniform_filter(n, size=size, mode="constant", cval=0.0)
+    sum_n *= cells
+    sum_n -= n
+    # running sums leave residues of ~1e-12 where the exact sums are 0: the counts are whole
+    # numbers, and a p·n (a sum of percents) under 1e-6 is such a residue, not a cloud
+    np.rint(sum_n, out=sum_n)
+    sum_pn[sum_pn < 1e-6] = 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        has_data = n > 0
+        p = np.where(has_data, pn / np.where(has_data, n, 1.0), np.nan)
+        lag = np.where(sum_n > 0, sum_pn / np.where(sum_n > 0, sum_n, 1.0), np.nan)
+        d = 100.0 * (p - lag) / lag
+    d[~np.isfinite(d)] = np.nan
+    return p, lag, d
+
+
+def _strip_rows_for(width: int, reach: int, memory_mb: float, arrays: int = 10) -> int:
+    """Rows per strip so that ``arrays`` float64 arrays of the strip (halo included) fit in
+    ``memory_mb``; at least 4 halos tall so the halo is a small share of the work."""
+    rows = int(memory_mb * 1e6 / (8.0 * arrays * max(1, width))) - 2 * reach
+    return max(4 * reach, 64, rows)
+
+
+def _strips(height: int, rows: int, reach: int):
+    for r0 in range(0, height, rows):
+        r1 = min(height, r0 + rows)
+        yield r0, r1, max(0, r0 - reach), min(height, r1 + reach)
+
+
+class _Histogram:
+    """Counts of values in [lo, hi) in ``bins`` bins with explicit edges, and of values below lo.
+
+    A value's bin is decided by comparisons with the edges (the arithmetic guess corrected),
+    so a later pass that keeps the values of one bin by comparison finds exactly its count.
+    """
+
+    def __init__(self, lo: float, hi: float, bins: int = 1 << 16):
+        self.lo, self.hi, self.bins = float(lo), float(hi), bins
+        self.edges = np.linspace(self.lo, self.hi, bins + 1)
+        self.edges[-1] = self.hi
+        self.counts = np.zeros(bins, np.int64)
+        self.below = 0
+
+    def index(self, v: np.ndarray) -> np.ndarray:
+        width = (self.hi - self.lo) / self.bins
+        idx = np.clip(((v - self.lo) / width).astype(np.int64), 0, self.bins - 1)
+        idx -= v < self.edges[idx]
+        idx += v >= self.edges[idx + 1]
+        return np.clip(idx, 0, self.bins - 1)
+
+    def add(self, v: np.ndarray) -> None:
+        self.below += int(np.count_nonzero(v < self.lo))
+        v = v[(v >= self.lo) & (v < self.hi)]
+        self.counts += np.bincount(self.index(v), minlength=self.bins)
+
+    def locate(self, rank: int) -> tuple[float, float, int, int]:
+        """(bin low edge, bin high edge, values below the bin, values in it) of the rank-th value."""
+        cum = np.cumsum(self.counts)
+        i = int(np.searchsorted(cum, rank - self.below, side="right"))
+        i = min(i, self.bins - 1)
+        before = self.below + (int(cum[i - 1]) if i else 0)
+        return float(self.edges[i]), float(self.edges[i + 1]), before, int(self.counts[i])
+
+
+def _exact_order_statistic(values_in, rank: int, hist: _Histogram, collect_limit: int = 4_000_000, check=None) -> float:
+    """The ``rank``-th smallest (0-based) of the values ``values_in()`` yields (one pass per
+    call), starting from ``hist`` over those values, whose [lo, hi) must hold the rank: bins
+    narrowed pass by pass until the one holding the rank is small enough to sort."""
+    while True:
+        lo, hi, _, inside = hist.locate(rank)
+        if not lo < hi:  # bins finer than the floats there: the interval holds only a few values
+            lo, hi = hist.lo, hist.hi
+        elif inside > collect_limit and np.nextafter(lo, np.inf) < hi:
+            hist = _Histogram(lo, hi, hist.bins)
+            for v in values_in():
+                if check:
+                    check()
+                hist.add(v)
+            continue
+        # the distinct values of the interval with their counts (many pixels may share one value)
+        below, uniques, counts = 0, [], []
+        for v in values_in():
+            if check:
+                check()
+            below += int(np.count_nonzero(v < lo))
+            u, c = np.unique(v[(v >= lo) & (v < hi)], return_counts=True)
+            uniques.append(u)
+            counts.append(c)
+        u, inverse = np.unique(np.concatenate(uniques), return_inverse=True)
+        c = np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64)).astype(np.int64)
+        return float(u[int(np.searchsorted(np.cumsum(c), rank - below, side="right"))])
+
+
+def reference_adjustment(
+    cloudy_path: str,
+    valid_path: str,
+    out_smoothed: str,
+    out_adjusted: str | None = None,
+    size: int = 21,
+    threshold_pct: float = 5.0,
+    memory_mb: float = 400.0,
+    progress: Progress | None = None,
+) -> ReferenceAdjustment:
+    """The reference product's adjustment of the counts of cloudprob:cloudfrequency.
+
+        p   = 100·cloudy/valid, n = valid
+        lag = K0∗(p·n) / K0∗n            K0: size² ones, centre 0, zeros beyond the edges
+        d   = 100·(p − lag)/lag           percent deviation from the neighbourhood
+        m   = median of d (exact; the mean of the two middle values for an even count)
+        d'  = d where |d| > threshold_pct, else m
+        OLS p = a + b·d' over the pixels where p and d are defined
+        adjusted = p − b·(d' − m)         the prediction at m plus the residual; no clipping;
+                                          adjusted = p where d is undefined
+
+    Writes ``out_smoothed`` = lag and ``out_adjusted`` (float32 percent, no data −9999) and a
+    JSON report beside the adjusted raster (``.regression.json``). Worked in strips of the
+    full width sized by ``memory_mb``: three passes over the counts (lag and the sums of the
+    fit; the exact median; the adjusted raster), nothing the size of the raster in memory.
+    The OLS sums need no second pass: over the pixels within the threshold d' is the constant
+    m, so Σd', Σd'², Σp·d' follow from the sums over the others and the counts.
+    """
+    import math
+
+    import rasterio
+    from rasterio.windows import Window
+
+    progress = progress or NullProgress()
+    if size < 3 or size % 2 == 0:
+        raise ValueError("The kernel size must be an odd number of pixels, at least 3 (e.g. 21).")
+    if not threshold_pct >= 0:
+        raise ValueError("The deviation threshold must be 0 or more (percent).")
+    with rasterio.open(cloudy_path) as dc, rasterio.open(valid_path) as dv:
+        if (dc.width, dc.height, tuple(dc.transform), dc.crs) != (dv.width, dv.height, tuple(dv.transform), dv.crs):
+            raise ValueError("The cloudy and valid count rasters are not on the same grid (size, transform and CRS).")
+        profile = dict(driver="GTiff", width=dc.width, height=dc.height, count=1, dtype="float32", crs=dc.crs,
+                       transform=dc.transform, nodata=NODATA, compress="DEFLATE", predictor=3, BIGTIFF="IF_SAFER")
+        if dc.width >= 256 and dc.height >= 256:
+            profile.update(tiled=True, blockxsize=256, blockysize=256)
+        height, width = dc.height, dc.width
+    reach = size // 2
+    rows = _strip_rows_for(width, reach, memory_mb)
+    strips = list(_strips(height, rows, reach))
+    steps = 3 * len(strips)
+    done = [0]
+
+    def windows():
+        """(r0, r1, p, lag, d) per strip, the halo cut off; one pass over the counts."""
+        with rasterio.open(cloudy_path) as dc, rasterio.open(valid_path) as dv:
+            for r0, r1, h0, h1 in strips:
+                check_cancel(progress)
+                window = Window(0, h0, width, h1 - h0)
+                p, lag, d = neighbourhood_deviation(dc.read(1, window=window), dv.read(1, window=window), size)
+                core = slice(r0 - h0, r1 - h0)
+                yield r0, r1, p[core], lag[core], d[core]
+                done[0] += 1
+                progress.set_progress(min(99.0, 100.0 * done[0] / steps))
+
+    # pass 1: lag written; count, range and the sums of the fit
+    n_fit = n_in = 0
+    s = dict(p=0.0, pp=0.0, p_in=0.0, d_out=0.0, dd_out=0.0, pd_out=0.0)
+    # d ≥ −100 (p ≥ 0, lag > 0); bins of 0.0017 points up to 1000 %, the rare larger ones beyond
+    first = _Histogram(-100.0, 1000.0, 1 << 19)
+    d_max = -math.inf
+    p_sum = 0.0
+    p_count = 0
+    tmp_smoothed = f"{out_smoothed}.part-{os.getpid()}.tif"
+    written = [tmp_smoothed]
+    try:
+        with rasterio.open(tmp_smoothed, "w", **profile) as out:
+            for r0, r1, p, lag, d in windows():
+                out.write(np.where(np.isnan(lag), NODATA, lag).astype(np.float32)[None], window=Window(0, r0, width, r1 - r0))
+                has_p = ~np.isnan(p)
+                p_sum += float(p[has_p].sum())
+                p_count += int(has_p.sum())
+                ok = ~np.isnan(d)  # d defined implies p defined
+                if not ok.any():
+                    continue
+                pv, dv_ = p[ok], d[ok]
+                inside = np.abs(dv_) <= threshold_pct
+                outside = ~inside
+                n_fit += int(ok.sum())
+                n_in += int(inside.sum())
+                s["p"] += float(pv.sum())
+                s["pp"] += float(pv @ pv)
+                s["p_in"] += float(pv[inside].sum())
+                do, po = dv_[outside], pv[outside]
+                s["d_out"] += float(do.sum())
+                s["dd_out"] += float(do @ do)
+                s["pd_out"] += float(po @ do)
+                first.add(dv_)
+                d_max = max(d_max, float(dv_.max()))
+        if n_fit < 3:
+            raise ValueError("Too few pixels with a neighbourhood to fit the adjustment (the counts have no data?).")
+
+        # pass 2: the exact median of d (usually one pass: a fine histogram, then the middle bin sorted)
+        def defined_d():
+            for _, _, _, _, d in windows():
+                yield d[~np.isnan(d)]
+
+        ranks = sorted({(n_fit - 1) // 2, n_fit // 2})
+        middle = []
+        for r in ranks:
+            hist = first
+            if r >= first.below + int(first.counts.sum()):  # the middle lies beyond 1000 %
+                hist = _Histogram(1000.0, float(np.nextafter(d_max, np.inf)), 1 << 16)
+                for v in defined_d():
+                    hist.add(v)
+            middle.append(_exact_order_statistic(defined_d, r, hist, check=lambda: check_cancel(progress)))
+        m = float(sum(middle) / len(middle))
+
+        # the fit, from pass 1's sums: over the pixels within the threshold d' = m
+        sum_d = s["d_out"] + m * n_in
+        sum_dd = s["dd_out"] + m * m * n_in
+        sum_pd = s["pd_out"] + m * s["p_in"]
+        xtx = np.array([[n_fit, sum_d], [sum_d, sum_dd]], dtype=np.float64)
+        xty = np.array([s["p"], sum_pd])
+        if abs(np.linalg.det(xtx)) <= 1e-12 * max(1.0, sum_dd * n_fit):
+            a, b = s["p"] / n_fit, 0.0  # every deviation within the threshold: nothing to regress on
+        else:
+            a, b = (float(v) for v in np.linalg.solve(xtx, xty))
+        mean_p = s["p"] / n_fit
+        ss_tot = s["pp"] - n_fit * mean_p * mean_p
+        ss_res = s["pp"] - 2 * (a * s["p"] + b * sum_pd) + (a * a * n_fit + 2 * a * b * sum_d + b * b * sum_dd)
+        r2 = float(1.0 - ss_res / ss_tot) if ss_tot > 0 else 0.0
+
+        # pass 3: adjusted = p − b·(d' − m)
+        shifted = n_fit - n_in if b != 0.0 else 0
+        after_sum = 0.0
+        if out_adjusted:
+            tmp_adjusted = f"{out_adjusted}.part-{os.getpid()}.tif"
+            written.append(tmp_adjusted)
+            with rasterio.open(tmp_adjusted, "w", **profile) as out:
+                for r0, r1, p, lag, d in windows():
+                    shift = np.where(np.abs(d) > threshold_pct, b * (d - m), 0.0)  # NaN d: compares False
+                    adjusted = p - shift
+                    after_sum += float(np.nansum(adjusted))
+                    out.write(np.where(np.isnan(adjusted), NODATA, adjusted).astype(np.float32)[None],
+                              window=Window(0, r0, width, r1 - r0))
+        else:
+            done[0] += len(strips)
+        result = ReferenceAdjustment(
+            intercept=a, slope=b, median_deviation_pct=m, r2=r2, pixels=int(n_fit), shifted=int(shifted),
+            threshold_pct=float(threshold_pct), kernel_size=int(size),
+            mean_before=p_sum / p_count if p_count else float("nan"),
+            mean_after=(after_sum / p_count if (p_count and out_adjusted) else float("nan")),
+        )
+        os.replace(tmp_smoothed, out_smoothed)
+        written.remove(tmp_smoothed)
+        if out_adjusted:
+            os.replace(tmp_adjusted, out_adjusted)
+            written.remove(tmp_adjusted)
+            report = dict(asdict(result), method="reference: deviation from the acquisition-weighted neighbourhood",
+                          formula="adjusted = p - slope * (d' - median_deviation_pct)")
+            with open(os.path.splitext(out_adjusted)[0] + ".regression.json", "w") as fh:
+                json.dump(report, fh, indent=1)
+        progress.set_progress(100.0)
+        return result
+    finally:
+        for path in written:
+            if os.path.exists(path):
+                os.remove(path)

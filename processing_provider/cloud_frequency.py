@@ -11,10 +11,12 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
 )
 
 from .base import CloudProbAlgorithm
-from ..core.frequency import FrequencyError, cloud_frequency, periods_for
+from ..core.frequency import MEASURES, FrequencyError, cloud_frequency, periods_for
+from ..core.masks import MaskError, parse_classes
 from ..core.progress import Cancelled
 from .common import add_mask_parameters, grid_from_parameters, mask_spec, output_path, scenes_from_source
 from .feedback import FeedbackProgress, core_logging_to
@@ -38,16 +40,27 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
     GRID_LIKE = "GRID_LIKE"
     PERIOD = "PERIOD"
     CONCURRENCY = "CONCURRENCY"
+    MEASURE = "MEASURE"
+    PROBABILITY_ASSET = "PROBABILITY_ASSET"
+    NODATA_CLASSES = "NODATA_CLASSES"
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
     OUTPUT_VALID = "OUTPUT_VALID"
     OUTPUT_CLOUDY = "OUTPUT_CLOUDY"
+    OUTPUT_STDEV = "OUTPUT_STDEV"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(
-            "Composites every acquisition in the scenes layer onto one grid and counts, per pixel, the valid "
-            "observations and the cloudy ones; the cloud probability is cloudy / valid in percent (no data "
-            "where there is no valid observation). Keep the counts: a probability from 3 observations is not "
-            "one from 150.\n\n"
+            "Composites every acquisition in the scenes layer onto one grid and gives, per pixel, the number of "
+            "valid observations and the cloud probability over them (percent; no data where there is no valid "
+            "observation). Keep the counts: a probability from 3 observations is not one from 150.\n\n"
+            "Measure 'Cloud frequency': cloudy / valid observations by the mask (SCL cloud classes). Measure "
+            "'Mean cloud probability' (the reference product's): the mean of the probability asset (Earth Search "
+            "Collection 1 'cloud', Sen2Cor's cloud probability, 0–100 %) over the observations whose SCL has data "
+            "(every class but 0); the asset's own no-data tag is ignored, since 0 % is a real value. For both, "
+            "'Cloudy observations' holds Σ probability / 100, so probability = 100 × cloudy / valid and the "
+            "smoothing stays acquisition-weighted. 'SCL classes that are no data' overrides the measure's rule "
+            "(empty: 0 for the mean, 0 and 1 for the frequency). The optional spread raster is the standard "
+            "deviation of one observation (percent), on which the per-area intervals are built.\n\n"
             "Each acquisition counts once per pixel: neighbouring MGRS tiles, split datastrips and reprocessed "
             "duplicates of one datatake are combined, and scenes from several UTM zones are resampled (nearest, "
             "exact) onto the grid. Valid = every SCL class but no data (0) and defective (1); cloudy = the "
@@ -68,6 +81,16 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Double, 20.0, False, 1.0, 10000.0))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.GRID_LIKE, self.tr("Use the grid of this raster instead (optional)"), optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.MEASURE, self.tr("Measure"),
+            options=[self.tr("Cloud frequency (SCL cloudy / valid observations)"),
+                     self.tr("Mean cloud probability (probability asset over observations with data)")],
+            defaultValue=0))
+        self.addParameter(QgsProcessingParameterString(
+            self.PROBABILITY_ASSET, self.tr("Probability asset, percent 0–100 (mean cloud probability)"), "cloud"))
+        self.addParameter(QgsProcessingParameterString(
+            self.NODATA_CLASSES, self.tr("SCL classes that are no data (empty: the measure's own rule)"), "",
+            optional=True))
         add_mask_parameters(self)
         self.addParameter(QgsProcessingParameterEnum(
             self.PERIOD, self.tr("Period"), options=[self.tr("Whole period (one band)"), self.tr("One band per month")],
@@ -77,7 +100,11 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             QgsProcessingParameterNumber.Integer, 4, False, 1, 64))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, self.tr("Cloud probability (%)")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_VALID, self.tr("Valid observations")))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_CLOUDY, self.tr("Cloudy observations")))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_CLOUDY, self.tr("Cloudy observations (count; Σ probability / 100 for the mean)")))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_STDEV, self.tr("Spread: standard deviation of one observation (%)"), optional=True,
+            createByDefault=False))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
@@ -88,22 +115,40 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             raise QgsProcessingException(self.tr("The scenes layer holds no scenes."))
         grid = grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION, self.GRID_LIKE)
         spec = mask_spec(self, parameters, context)
+        measure = MEASURES[self.parameterAsEnum(parameters, self.MEASURE, context)]
+        nodata_text = (self.parameterAsString(parameters, self.NODATA_CLASSES, context) or "").strip()
+        try:
+            nodata_classes = parse_classes(nodata_text) if nodata_text else None
+        except MaskError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        asset = (self.parameterAsString(parameters, self.PROBABILITY_ASSET, context) or "").strip() or "cloud"
+        if measure == "mean_probability":
+            missing = [s.item_id for s in scenes if not s.asset_href(asset)]
+            if missing:
+                raise QgsProcessingException(
+                    f"{len(missing)} of {len(scenes)} scenes have no '{asset}' asset (e.g. {missing[0]}). The mean "
+                    "cloud probability needs Earth Search Collection 1 (collection 'sentinel-2-c1-l2a'), whose items "
+                    "carry Sen2Cor's 'cloud' probability; or choose the cloud frequency measure.")
         periods = periods_for(PERIODS[self.parameterAsEnum(parameters, self.PERIOD, context)], scenes)
         outputs = {
             "probability": output_path(self, parameters, self.OUTPUT_PROBABILITY, context, "tif"),
             "valid": output_path(self, parameters, self.OUTPUT_VALID, context, "tif"),
             "cloudy": output_path(self, parameters, self.OUTPUT_CLOUDY, context, "tif"),
         }
+        if parameters.get(self.OUTPUT_STDEV):
+            outputs["stdev"] = output_path(self, parameters, self.OUTPUT_STDEV, context, "tif")
         feedback.pushInfo(
             f"Grid {grid.shape[1]} × {grid.shape[0]} pixels of {grid.resolution:g} m in {grid.crs}; "
-            f"{len(scenes)} scenes, {len({s.datatake_id for s in scenes})} acquisitions; {len(periods)} band(s)."
+            f"{len(scenes)} scenes, {len({s.datatake_id for s in scenes})} acquisitions; {len(periods)} band(s); "
+            f"measure: {'mean of ' + repr(asset) if measure == 'mean_probability' else 'cloud frequency'}."
         )
         try:
             with core_logging_to(feedback):
                 result = cloud_frequency(
                     scenes, grid, spec, outputs, periods,
                     concurrency=self.parameterAsInt(parameters, self.CONCURRENCY, context),
-                    progress=FeedbackProgress(feedback),
+                    progress=FeedbackProgress(feedback), measure=measure, probability_asset=asset,
+                    nodata_classes=nodata_classes,
                 )
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; finished tiles are kept and a re-run resumes from them. Nothing was written."))
@@ -118,8 +163,14 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             f"{result.bytes_fetched / 1e6:.1f} MB fetched. Mean probability: "
             + ", ".join(f"{p.label} {m:.1f} %" if m is not None else f"{p.label} -" for p, m in zip(periods, mean))
         )
-        StylePostProcessor.attach(context, outputs["probability"], "cloud_probability.qml", name="Cloud probability (%)")
-        StylePostProcessor.attach(context, outputs["valid"], "observation_count.qml", name="Valid observations")
-        StylePostProcessor.attach(context, outputs["cloudy"], "observation_count.qml", name="Cloudy observations")
-        return {self.OUTPUT_PROBABILITY: outputs["probability"], self.OUTPUT_VALID: outputs["valid"],
-                self.OUTPUT_CLOUDY: outputs["cloudy"]}
+        label = "Mean cloud probability (%)" if measure == "mean_probability" else "Cloud frequency (%)"
+        StylePostProcessor.attach(context, outputs["probability"], "cloud_probability.qml", name=label)
+        StylePostProcessor.attach(context, outputs["valid"], "observation_count.qml", name="Valid observations (count)")
+        StylePostProcessor.attach(context, outputs["cloudy"], "observation_count.qml", name="Cloudy observations (count)")
+        results = {self.OUTPUT_PROBABILITY: outputs["probability"], self.OUTPUT_VALID: outputs["valid"],
+                   self.OUTPUT_CLOUDY: outputs["cloudy"]}
+        if "stdev" in outputs:
+            StylePostProcessor.attach(context, outputs["stdev"], "cloud_probability.qml",
+                                      name="Spread of one observation (%)")
+            results[self.OUTPUT_STDEV] = outputs["stdev"]
+        return results

@@ -14,7 +14,7 @@ from qgis.core import (
 
 from .base import CloudProbAlgorithm
 from ..core.progress import Cancelled
-from ..core.smoothing import smooth_probability
+from ..core.smoothing import reference_adjustment, smooth_probability
 from .common import output_path
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
@@ -36,12 +36,23 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
     KERNEL_SHAPE = "KERNEL_SHAPE"
     COVARIATES = "COVARIATES"
     ADJUST = "ADJUST"
+    METHOD = "METHOD"
+    DEVIATION_THRESHOLD = "DEVIATION_THRESHOLD"
     OUTPUT_SMOOTHED = "OUTPUT_SMOOTHED"
     OUTPUT_ADJUSTED = "OUTPUT_ADJUSTED"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(
-            "Acquisition-weighted smoothing of the counts from 'Per-pixel cloud probability': smoothed = "
+            "Method 'Reference': the adjustment of the reference product (Cloud probability statistics per small "
+            "area, 2024). With p = 100 × cloudy / valid and n = valid: the neighbourhood mean lag = K0∗(p·n) / "
+            "K0∗n, K0 a kernel of ones of the given size whose centre is 0 (zeros beyond the edges); each pixel's "
+            "deviation d = 100 × (p − lag) / lag (percent); m = the median deviation; d' = d where |d| is above the "
+            "threshold (percent), else m; an ordinary least-squares fit p = a + b × d'; adjusted = p − b × (d' − m), "
+            "the prediction at the median deviation plus the residual. Pixels within the threshold of their "
+            "neighbourhood are unchanged; outliers (building edges, orbit seams) are pulled toward it. The "
+            "smoothed output is lag. a, b, m, R² and the pixels shifted go to the log and to a .regression.json "
+            "file beside the adjusted raster.\n\n"
+            "Method 'Smoothed counts': acquisition-weighted smoothing of the counts from 'Per-pixel cloud probability': smoothed = "
             "K∗cloudy / K∗valid in percent, with a box or Gaussian kernel of the given size (pixels, odd). "
             "Pixels with more acquisitions weigh more and pixels without data weigh nothing; beyond the "
             "raster's edge is no data, never mirrored. The time per pixel does not depend on the kernel size.\n\n"
@@ -55,12 +66,19 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.CLOUDY, self.tr("Cloudy observations")))
         self.addParameter(QgsProcessingParameterRasterLayer(self.VALID, self.tr("Valid observations")))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.METHOD, self.tr("Method"),
+            options=[self.tr("Smoothed counts, regression on covariates"),
+                     self.tr("Reference: deviation from the acquisition-weighted neighbourhood")], defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
             self.KERNEL_SIZE, self.tr("Kernel size (pixels, odd)"), QgsProcessingParameterNumber.Integer, 21, False, 1, 1001))
         self.addParameter(QgsProcessingParameterEnum(
             self.KERNEL_SHAPE, self.tr("Kernel shape"), options=[self.tr("Box"), self.tr("Gaussian")], defaultValue=0))
         self.addParameter(QgsProcessingParameterMultipleLayers(
             self.COVARIATES, self.tr("Covariate rasters (same grid; optional)"), QgsProcessing.TypeRaster, optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.DEVIATION_THRESHOLD, self.tr("Deviation threshold, percent (reference method)"),
+            QgsProcessingParameterNumber.Double, 5.0, False, 0.0, 1000.0))
         self.addParameter(QgsProcessingParameterBoolean(self.ADJUST, self.tr("Adjust with regression residuals"), True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_SMOOTHED, self.tr("Smoothed probability (%)")))
         self.addParameter(QgsProcessingParameterRasterDestination(
@@ -78,6 +96,9 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         covariates = [layer.source() for layer in self.parameterAsLayerList(parameters, self.COVARIATES, context)]
         out_smoothed = output_path(self, parameters, self.OUTPUT_SMOOTHED, context, "tif")
         out_adjusted = output_path(self, parameters, self.OUTPUT_ADJUSTED, context, "tif") if adjust else None
+        if self.parameterAsEnum(parameters, self.METHOD, context) == 1:
+            return self._reference(parameters, context, feedback, cloudy.source(), valid.source(), size, out_smoothed,
+                                   out_adjusted)
         try:
             with core_logging_to(feedback):
                 result = smooth_probability(
@@ -101,4 +122,33 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             )
             outputs[self.OUTPUT_ADJUSTED] = out_adjusted
             StylePostProcessor.attach(context, out_adjusted, "cloud_probability.qml", name="Adjusted cloud probability (%)")
+        return outputs
+
+    def _reference(self, parameters, context, feedback, cloudy, valid, size, out_smoothed, out_adjusted):
+        threshold = self.parameterAsDouble(parameters, self.DEVIATION_THRESHOLD, context)
+        if self.parameterAsEnum(parameters, self.KERNEL_SHAPE, context) != 0 or \
+                self.parameterAsLayerList(parameters, self.COVARIATES, context):
+            feedback.pushWarning(self.tr("The reference method uses a box kernel and no covariates; "
+                                         "the kernel shape and covariates are ignored."))
+        try:
+            with core_logging_to(feedback):
+                result = reference_adjustment(cloudy, valid, out_smoothed, out_adjusted, size=size,
+                                              threshold_pct=threshold, progress=FeedbackProgress(feedback))
+        except Cancelled:
+            feedback.pushWarning(self.tr("Cancelled; nothing was written."))
+            return {}
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        feedback.pushInfo(
+            f"Reference adjustment: p = {result.intercept:.4f} + {result.slope:+.6f} × d' (percent per percent of "
+            f"deviation); median deviation m = {result.median_deviation_pct:.4f} %; R² {result.r2:.4f} over "
+            f"{result.pixels} pixels; {result.shifted} pixels deviating more than {result.threshold_pct:g} % shifted; "
+            f"mean {result.mean_before:.2f} % → {result.mean_after:.2f} %."
+        )
+        StylePostProcessor.attach(context, out_smoothed, "cloud_probability.qml",
+                                  name="Neighbourhood cloud probability (%)")
+        outputs = {self.OUTPUT_SMOOTHED: out_smoothed}
+        if out_adjusted:
+            StylePostProcessor.attach(context, out_adjusted, "cloud_probability.qml", name="Adjusted cloud probability (%)")
+            outputs[self.OUTPUT_ADJUSTED] = out_adjusted
         return outputs

@@ -56,7 +56,7 @@ def test_counts_equal_the_generator_counts_across_utm_zones(sample_servers, nati
     np.testing.assert_allclose(prob, expected, rtol=1e-6)
     with rasterio.open(out["probability"]) as ds:
         assert ds.nodata == PROBABILITY_NODATA and ds.dtypes[0] == "float32" and ds.crs.to_epsg() == 27700
-        assert ds.descriptions == ("all",) and ds.tags()["units"] == "percent"
+        assert ds.descriptions == ("cloud frequency, all (percent)",) and ds.tags()["units"] == "percent"
     with rasterio.open(out["valid"]) as ds:
         assert ds.dtypes[0] == "uint16"
     assert result.acquisitions == 146 and result.tiles == 9 and result.tiles_resumed == 0
@@ -205,7 +205,7 @@ def test_processing_cloudfrequency_monthly_and_styled(provider, scenes_gpkg, sam
         "OUTPUT_CLOUDY": str(tmp_path / "mc.tif")})
     with rasterio.open(monthly["OUTPUT_VALID"]) as ds:
         assert ds.count == 12 and ds.crs.to_epsg() == utm_epsg(-0.0025, 51.475) and ds.res == (40.0, 40.0)
-        assert ds.descriptions[0] == "2024-01"
+        assert ds.descriptions[0] == "valid observations, 2024-01 (count)"
 
 
 def test_processing_rejects_a_geographic_target(provider, scenes_gpkg, tmp_path):
