@@ -269,6 +269,10 @@ def _mismatch(ours, theirs, mask, label):
 def test_frequency_mean_probability_counts_and_cloudy(frequency_run, layers, truth):
     """MEASURE=1: valid = SCL != 0 once per datatake (class 1 and 0 % included), p = the mean
     cloud %, cloudy = Σ p/100."""
+    import geopandas as gpd
+
+    scenes = gpd.read_file(frequency_run["folder"] / "scenes.gpkg")
+    assert len(scenes) == 70  # every product found, the two of a split datatake included
     valid, ds = _read(frequency_run["OUTPUT_VALID"])
     assert ds.transform == layers["transform"] and ds.shape == truth["n"].shape and ds.dtypes[0] == "uint16"
     n = truth["n"]
