@@ -16,8 +16,27 @@ import numpy as np
 
 from .progress import NullProgress, Progress, check_cancel
 
-COLUMNS = ["cloud_prob_mean", "min", "max", "stdev", "coverage_pct", "pixel_count"]
-VALID_COLUMNS = ["valid_obs_mean", "ci95_low", "ci95_high"]
+# The reference product's statistics per area, coverage-weighted (exactextract), then what an
+# analyst needs to trust them. Units in FIELD_UNITS (the GeoPackage's aliases, the README).
+PROBABILITY_STATS = ["mean", "median", "min", "max", "stdev"]
+COLUMNS = [f"probability_{s}" for s in PROBABILITY_STATS] + ["coverage_pct", "covered_cells"]
+VALID_COLUMNS = [f"acquisition_count_{s}" for s in PROBABILITY_STATS] + ["probability_ci95_low", "probability_ci95_high"]
+FIELD_UNITS = {
+    "probability_mean": "Cloud probability, area-weighted mean (%)",
+    "probability_median": "Cloud probability, area-weighted median (%)",
+    "probability_min": "Cloud probability, minimum over the area's cells (%)",
+    "probability_max": "Cloud probability, maximum over the area's cells (%)",
+    "probability_stdev": "Cloud probability, area-weighted standard deviation over cells (percentage points)",
+    "coverage_pct": "Share of the area's surface with data (%)",
+    "covered_cells": "Cells with data, area-weighted (fractional count of cells)",
+    "acquisition_count_mean": "Acquisitions per cell, area-weighted mean (count)",
+    "acquisition_count_median": "Acquisitions per cell, area-weighted median (count)",
+    "acquisition_count_min": "Acquisitions per cell, minimum (count)",
+    "acquisition_count_max": "Acquisitions per cell, maximum (count)",
+    "acquisition_count_stdev": "Acquisitions per cell, area-weighted standard deviation (count)",
+    "probability_ci95_low": "Mean cloud probability, 95 % interval, lower end (%)",
+    "probability_ci95_high": "Mean cloud probability, 95 % interval, upper end (%)",
+}
 
 
 class ZonalError(Exception):
@@ -32,21 +51,47 @@ class ZonalResult:
     no_data: list[str] = field(default_factory=list)  # ids without a cell with data
 
 
+def _same_grid(a: str, b: str) -> bool:
+    import rasterio
+
+    with rasterio.open(a) as da, rasterio.open(b) as db:
+        return (da.width, da.height, tuple(da.transform), da.crs) == (db.width, db.height, tuple(db.transform), db.crs)
+
+
+def mean_interval(mean, spread, count, z: float = 1.96):
+    """(low, high) of a ``z`` interval of an area's mean probability (percent, clipped to 0–100).
+
+    All cells of an area share the same acquisitions, so an area is not thousands of
+    independent cells but about ``count`` observations (its mean acquisition count) of the
+    whole area at once: the standard error is ``spread`` / √count, with ``spread`` the
+    standard deviation of one observation (percent; the area mean of the per-cell spread from
+    cloudprob:cloudfrequency, or √(p(100 − p)) for 0/1 observations). Treating the cells of an
+    area as observing together is exact where clouds are larger than the area and errs wide
+    otherwise; tests/test_calibration.py measures the coverage on independent years.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = z * np.asarray(spread, dtype=np.float64) / np.sqrt(np.asarray(count, dtype=np.float64))
+    return np.clip(mean - half, 0.0, 100.0), np.clip(mean + half, 0.0, 100.0)
+
+
 def zonal_statistics(
     raster_path: str,
     zones,
     id_field: str,
     valid_path: str | None = None,
     progress: Progress | None = None,
+    spread_path: str | None = None,
 ) -> ZonalResult:
-    """Statistics of ``raster_path`` (band 1; its no-data value is honoured) per zone.
+    """Statistics of ``raster_path`` (band 1, percent; its no-data value is honoured) per zone.
 
-    ``zones`` is a GeoDataFrame with a CRS. Columns: ``cloud_prob_mean`` (coverage-weighted),
-    ``min``, ``max``, ``stdev`` (coverage-weighted), ``coverage_pct`` (percent of the zone's
-    area with data), ``pixel_count`` (sum of the covered fractions of cells with data); with
-    ``valid_path`` also ``valid_obs_mean`` and a 95 % interval of the mean probability from
-    each cell's binomial sampling error, cells taken as independent (a lower bound on the
-    uncertainty: clouds are correlated in space).
+    ``zones`` is a GeoDataFrame with a CRS. Columns (coverage-weighted, exactextract; on a
+    geographic grid weighted by cell area too): ``probability_mean``, ``_median``, ``_min``,
+    ``_max``, ``_stdev`` (population form); ``coverage_pct`` (percent of the zone's area with
+    data) and ``covered_cells`` (sum of the covered fractions of cells with data). With
+    ``valid_path`` (the acquisition count on the same grid): ``acquisition_count_mean`` …
+    ``_stdev`` and a 95 % interval of the mean (:func:`mean_interval`), its spread from
+    ``spread_path`` (cloudprob:cloudfrequency's spread raster) when given.
     """
     import geopandas as gpd
     import pandas as pd
@@ -58,8 +103,13 @@ def zonal_statistics(
         raise ZonalError(f"The zones have no field '{id_field}'; fields: {', '.join(c for c in zones.columns if c != 'geometry')}.")
     if zones.crs is None:
         raise ZonalError("The zones have no coordinate reference system.")
+    for other, what in ((valid_path, "acquisition-count"), (spread_path, "spread")):
+        if other and not _same_grid(raster_path, other):
+            raise ZonalError(f"The {what} raster is not on the probability raster's grid (size, transform and CRS).")
+    if spread_path and not valid_path:
+        raise ZonalError("The interval needs the acquisition counts (VALID) besides the spread.")
     with rasterio.open(raster_path) as ds:
-        crs, transform, nodata = ds.crs, ds.transform, ds.nodata
+        crs, transform = ds.crs, ds.transform
         geographic = ds.crs.is_geographic
         cell_area = abs(transform.a * transform.e)
     ids = zones[id_field].astype(str)
@@ -77,30 +127,41 @@ def zonal_statistics(
         result[column] = np.nan
     if len(work):
         weight = "(coverage_weight=area_spherical_m2)" if geographic else ""
-        ops = [f"mean{weight}", "min", "max", f"stdev{weight}", "count"]
-        stats = exact_extract(raster_path, work, ops, include_cols=["_zone"], output="pandas")
-        progress.set_progress(60.0)
-        stats.columns = ["_zone", "cloud_prob_mean", "min", "max", "stdev", "pixel_count"]
+        ops = [f"{s}{weight}" if s in ("mean", "median", "stdev") else s for s in PROBABILITY_STATS]
+        stats = exact_extract(raster_path, work, ops + ["count"], include_cols=["_zone"], output="pandas")
+        stats.columns = ["_zone"] + [f"probability_{s}" for s in PROBABILITY_STATS] + ["covered_cells"]
+        progress.set_progress(50.0)
         if geographic:
             areas = work.to_crs(work.estimate_utm_crs()).area.values
-            cell = _mean_cell_area_m2(raster_path)
-            full = areas / cell
+            full = areas / _mean_cell_area_m2(raster_path)
         else:
             full = work.area.values / cell_area
-        stats["coverage_pct"] = np.where(full > 0, 100.0 * stats["pixel_count"].values / full, np.nan)
+        stats["coverage_pct"] = np.where(full > 0, 100.0 * stats["covered_cells"].values / full, np.nan)
         if valid_path:
             check_cancel(progress)
-            stats = stats.join(_valid_columns(raster_path, valid_path, work, nodata, stats, weight), how="left")
+            counts = exact_extract(valid_path, work, ops, include_cols=["_zone"], output="pandas")
+            for k, s in enumerate(PROBABILITY_STATS, start=1):
+                stats[f"acquisition_count_{s}"] = counts.iloc[:, k].values
+            progress.set_progress(75.0)
+            mean = stats["probability_mean"].values
+            if spread_path:
+                check_cancel(progress)
+                spread = exact_extract(spread_path, work, [f"mean{weight}"], include_cols=["_zone"],
+                                       output="pandas").iloc[:, 1].values
+            else:
+                spread = np.sqrt(np.clip(mean, 0, 100) * (100.0 - np.clip(mean, 0, 100)))
+            low, high = mean_interval(mean, spread, stats["acquisition_count_mean"].values)
+            stats["probability_ci95_low"], stats["probability_ci95_high"] = low, high
         progress.set_progress(90.0)
         stats = stats.set_index("_zone")
         for column in [c for c in result.columns if c != id_field]:
             result[column] = result[id_field].map(stats[column]) if column in stats else np.nan
     # no cell with data: NULL, never 0
-    no_cells = result["pixel_count"].isna() | (result["pixel_count"] <= 0)
-    for column in [c for c in result.columns if c not in (id_field, "coverage_pct", "pixel_count")]:
+    no_cells = result["covered_cells"].isna() | (result["covered_cells"] <= 0)
+    for column in [c for c in result.columns if c not in (id_field, "coverage_pct", "covered_cells")]:
         result.loc[no_cells, column] = np.nan
     result.loc[no_cells & result["coverage_pct"].notna(), "coverage_pct"] = 0.0
-    result.loc[no_cells & result["pixel_count"].notna(), "pixel_count"] = 0.0
+    result.loc[no_cells & result["covered_cells"].notna(), "covered_cells"] = 0.0
     no_data = [i for i, flag in zip(result[id_field], no_cells) if flag and i not in empty]
     progress.set_progress(100.0)
     return ZonalResult(result, invalid=invalid, empty=empty, no_data=no_data)
@@ -114,50 +175,23 @@ def _mean_cell_area_m2(raster_path: str) -> float:
         return abs(ds.transform.a * ds.transform.e) * (111_320.0**2) * math.cos(lat)
 
 
-def _valid_columns(raster_path, valid_path, work, nodata, stats, weight):
-    """valid_obs_mean, and the interval of the mean from per-cell binomial variance."""
-    import pandas as pd
-    import rasterio
-    from exactextract import exact_extract
-
-    with rasterio.open(raster_path) as dp, rasterio.open(valid_path) as dv:
-        if (dp.width, dp.height) != (dv.width, dv.height) or not np.allclose(tuple(dp.transform), tuple(dv.transform)):
-            raise ZonalError("The valid-count raster is not on the probability raster's grid.")
-        profile = dp.profile.copy()
-        p = dp.read(1).astype(np.float64)
-        n = dv.read(1).astype(np.float64)
-    bad = (p == nodata) if nodata is not None else np.zeros(p.shape, bool)
-    bad |= ~np.isfinite(p) | (n <= 0)
-    var = np.where(bad, -1.0, np.clip(p, 0, 100) * (100 - np.clip(p, 0, 100)) / np.maximum(n, 1))
-    tmp = tempfile.NamedTemporaryFile(suffix=".tif", delete=False).name
-    try:
-        profile.update(dtype="float32", nodata=-1.0, count=1, compress="DEFLATE")
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(var.astype(np.float32)[None])
-        var_stats = exact_extract(tmp, work, [f"mean{weight}"], include_cols=["_zone"], output="pandas")
-        valid_stats = exact_extract(valid_path, work, [f"mean{weight}"], include_cols=["_zone"], output="pandas")
-    finally:
-        os.remove(tmp)
-    count = stats["pixel_count"].values
-    half = 1.96 * np.sqrt(var_stats.iloc[:, 1].values / np.where(count > 0, count, np.nan))
-    mean = stats["cloud_prob_mean"].values
-    return pd.DataFrame({
-        "valid_obs_mean": valid_stats.iloc[:, 1].values,
-        "ci95_low": np.clip(mean - half, 0, 100),
-        "ci95_high": np.clip(mean + half, 0, 100),
-    }, index=stats.index)
-
-
 def write_outputs(result: ZonalResult, zones, id_field: str, gpkg_path: str | None, csv_path: str | None,
                   layer: str = "small_areas") -> None:
-    """The zones with their statistics as a GeoPackage layer (zones' CRS) and a CSV (no
-    geometry; NULL as an empty field), each written to a temporary file and renamed."""
+    """The zones with their own attributes and their statistics as a GeoPackage layer (zones'
+    CRS) and a CSV (no geometry; NULL as an empty field), each written to a temporary file and
+    renamed. The result's rows are the zones' rows, in order; an attribute named like a
+    statistic is kept as ``<name>_input``."""
     import geopandas as gpd
 
     table = result.table.copy()
     for column in table.columns:
         if column != id_field:
             table[column] = table[column].astype(float).round(6)
+    carried = [c for c in zones.columns if c not in (id_field, zones.geometry.name)]
+    if carried:
+        attributes = zones[carried].reset_index(drop=True)
+        attributes.columns = [f"{c}_input" if c in table.columns else c for c in carried]
+        table = table.iloc[:, :1].join(attributes).join(table.iloc[:, 1:])
     if csv_path:
         tmp = f"{csv_path}.part"
         table.to_csv(tmp, index=False, na_rep="")
@@ -193,6 +227,7 @@ def python_executable() -> str:
 
 def zonal_statistics_in_process(
     raster_path: str, zones, id_field: str, valid_path: str | None = None, progress: Progress | None = None,
+    spread_path: str | None = None,
 ) -> ZonalResult:
     """:func:`zonal_statistics` in a separate Python process.
 
@@ -218,6 +253,8 @@ def zonal_statistics_in_process(
         cmd = [python_executable(), "-m", f"{package}.core.zonal", raster_path, zones_path, id_field, out]
         if valid_path:
             cmd += ["--valid", valid_path]
+        if spread_path:
+            cmd += ["--spread", spread_path]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([plugin_parent] + [p for p in sys.path if p and os.path.isdir(p)])
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -257,10 +294,11 @@ def main(argv=None) -> int:
     parser.add_argument("id_field")
     parser.add_argument("out")
     parser.add_argument("--valid")
+    parser.add_argument("--spread")
     args = parser.parse_args(argv)
     zones = gpd.read_file(args.zones, layer="zones")
     try:
-        result = zonal_statistics(args.raster, zones, args.id_field, args.valid)
+        result = zonal_statistics(args.raster, zones, args.id_field, args.valid, spread_path=args.spread)
     except ZonalError as exc:
         raise SystemExit(str(exc)) from exc
     table = result.table.astype(object).where(result.table.notna(), None)

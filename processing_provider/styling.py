@@ -46,23 +46,29 @@ class StylePostProcessor(KeptPostProcessor):
 
 
 class GraduatedPostProcessor(KeptPostProcessor):
-    """A graduated renderer (7 quantile classes, legend in percent) on ``cloud_prob_mean``."""
+    """A graduated renderer (7 quantile classes, legend in percent) on ``probability_mean``, a
+    sequential palette, and every field's alias with its unit."""
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802
         if layer is None or not layer.isValid():
             return
         from qgis.core import QgsClassificationQuantile, QgsGraduatedSymbolRenderer, QgsStyle
 
-        renderer = QgsGraduatedSymbolRenderer("cloud_prob_mean")
+        renderer = QgsGraduatedSymbolRenderer("probability_mean")
         renderer.setClassificationMethod(QgsClassificationQuantile())
         renderer.updateClasses(layer, 7)
-        ramp = QgsStyle.defaultStyle().colorRamp("RdYlBu")
-        if ramp is not None:
-            ramp.invert()
+        ramp = QgsStyle.defaultStyle().colorRamp("Blues")
+        if ramp is not None:  # sequential: more cloud, darker
             renderer.updateColorRamp(ramp)
         for index, item in enumerate(renderer.ranges()):
             renderer.updateRangeLabel(index, f"{item.lowerValue():.1f} – {item.upperValue():.1f} %")
         layer.setRenderer(renderer)
+        from ..core.zonal import FIELD_UNITS
+
+        for name, alias in FIELD_UNITS.items():
+            index = layer.fields().indexOf(name)
+            if index >= 0:
+                layer.setFieldAlias(index, alias)
         layer.triggerRepaint()
 
 

@@ -31,6 +31,7 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
     ZONES = "ZONES"
     ZONE_ID_FIELD = "ZONE_ID_FIELD"
     VALID = "VALID"
+    SPREAD = "SPREAD"
     OUTPUT = "OUTPUT"
     OUTPUT_CSV = "OUTPUT_CSV"
 
@@ -39,10 +40,15 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
             "Exact pixel-area-weighted statistics of a probability raster per polygon, with exactextract: each "
             "cell counts by the exact fraction of it the polygon covers (and by its area on a geographic grid). "
             "Zones in any CRS are reprojected to the raster's.\n\n"
-            "Columns: the id, cloud_prob_mean, min, max, stdev, coverage_pct (percent of the zone's area with "
-            "data), pixel_count (sum of covered cell fractions with data) and, with the valid-count raster, "
-            "valid_obs_mean and a 95 % interval of the mean (ci95_low, ci95_high) from each cell's binomial "
-            "sampling error, cells taken as independent. Zones without data get NULL, not 0; invalid geometries "
+            "Fields (the reference product's, coverage-weighted): probability_mean, probability_median, "
+            "probability_min, probability_max, probability_stdev (percent; stdev in percentage points over the "
+            "area's cells), coverage_pct (percent of the area with data), covered_cells (area-weighted, fractional "
+            "count of cells with data); with the valid-observation raster also acquisition_count_mean, _median, "
+            "_min, _max, _stdev and a 95 % interval of the mean (probability_ci95_low, probability_ci95_high). "
+            "The interval treats the area as observed by its acquisitions, which all its cells share (standard "
+            "error = spread / √acquisitions), with the spread of one observation from the optional spread raster "
+            "of 'Per-pixel cloud probability', or √(p(100 − p)) without it. The areas' own attributes are "
+            "carried through. Areas without data get NULL, not 0; invalid geometries "
             "are repaired and reported; empty ones are reported. Writes a GeoPackage layer and a CSV."
         )
 
@@ -56,7 +62,10 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.ZONES, self.tr("Small areas (polygons)"), [QgsProcessing.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(self.ZONE_ID_FIELD, self.tr("Area id field"), parentLayerParameterName=self.ZONES))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.VALID, self.tr("Valid observations (optional)"), optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.VALID, self.tr("Valid observations (acquisition count; optional)"), optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.SPREAD, self.tr("Spread of one observation (%; optional, for the interval)"), optional=True))
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.OUTPUT, self.tr("Small areas with cloud probability"), QgsProcessing.TypeVectorPolygon))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -74,21 +83,30 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
         if source.fields().indexOf(id_field) < 0:
             raise QgsProcessingException(f"The small areas have no field '{id_field}'.")
         valid = self.parameterAsRasterLayer(parameters, self.VALID, context)
-        ids, geoms = [], []
+        spread = self.parameterAsRasterLayer(parameters, self.SPREAD, context)
+        if spread is not None and valid is None:
+            raise QgsProcessingException(self.tr("The interval needs the valid observations besides the spread."))
+        names = [f.name() for f in source.fields() if f.name() != id_field and f.name().lower() != "fid"]
+        ids, geoms, rows = [], [], []
         for feature in source.getFeatures():
             ids.append(str(feature[id_field]))
+            rows.append([_plain(feature[name]) for name in names])
             g = feature.geometry()
             geoms.append(None if g is None or g.isEmpty() else wkb.loads(bytes(g.asWkb())))
         if not ids:
             raise QgsProcessingException(self.tr("The small-area layer has no features."))
         crs = source.sourceCrs()
-        zones = gpd.GeoDataFrame({id_field: ids}, geometry=geoms, crs=crs.toWkt() if not crs.authid() else crs.authid())
+        columns = {id_field: ids}
+        for k, name in enumerate(names):
+            columns[name] = [row[k] for row in rows]
+        zones = gpd.GeoDataFrame(columns, geometry=geoms, crs=crs.toWkt() if not crs.authid() else crs.authid())
         feedback.pushInfo(f"{len(ids)} small areas; statistics of {raster.source()}.")
         try:
             with core_logging_to(feedback):
                 # exactextract runs in its own Python: its bundled GEOS crashes inside QGIS's executables
                 result = zonal_statistics_in_process(raster.source(), zones, id_field, valid.source() if valid else None,
-                                                     FeedbackProgress(feedback))
+                                                     FeedbackProgress(feedback),
+                                                     spread_path=spread.source() if spread else None)
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; nothing was written."))
             return {}
@@ -104,7 +122,7 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
         out = output_path(self, parameters, self.OUTPUT, context, "gpkg")
         csv = self.parameterAsFileOutput(parameters, self.OUTPUT_CSV, context) if parameters.get(self.OUTPUT_CSV) else None
         write_outputs(result, zones, id_field, out, csv)
-        means = result.table["cloud_prob_mean"]
+        means = result.table["probability_mean"]
         feedback.pushInfo(
             f"Mean cloud probability over the areas {means.mean():.2f} % (min {means.min():.2f}, max {means.max():.2f}); "
             f"{int(means.isna().sum())} areas NULL."
@@ -114,3 +132,18 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
         if csv:
             outputs[self.OUTPUT_CSV] = csv
         return outputs
+
+
+def _plain(value):
+    """A QGIS attribute value as plain Python (NULL → None; dates and times as ISO text)."""
+    if value is None:
+        return None
+    if hasattr(value, "isNull") and value.isNull():
+        return None
+    if hasattr(value, "toPyDateTime"):
+        return value.toPyDateTime().isoformat()
+    if hasattr(value, "toPyDate"):
+        return value.toPyDate().isoformat()
+    if hasattr(value, "toString") and not isinstance(value, (str, int, float, bool)):
+        return value.toString()
+    return value

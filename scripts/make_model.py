@@ -27,6 +27,7 @@ def build():
         QgsProcessingModelParameter,
         QgsProcessingParameterCrs,
         QgsProcessingParameterDateTime,
+        QgsProcessingParameterEnum,
         QgsProcessingParameterExtent,
         QgsProcessingParameterFeatureSource,
         QgsProcessingParameterField,
@@ -38,9 +39,15 @@ def build():
     model = QgsProcessingModelAlgorithm(
         "annualcloudprobability", "Cloud probability", "probability")  # (name = id, group, group id)
     model.setHelpContent({
-        "ALG_DESC": "Search Sentinel-2 scenes for the area and period, count valid and cloudy observations per pixel "
-                    "on one grid, smooth them with an acquisition-weighted 21×21 kernel, adjust with regression "
-                    "residuals, and compute exact area-weighted statistics per small area (GeoPackage and CSV).",
+        "ALG_DESC": "Makes the reference product 'Cloud probability statistics per small area': searches Sentinel-2 "
+                    "scenes (Earth Search Collection 1) for the area and period; per pixel, the mean of Sen2Cor's "
+                    "cloud probability ('cloud' asset) over the observations whose SCL has data, with the "
+                    "acquisition count; the adjustment on each pixel's deviation from its acquisition-weighted "
+                    "21×21 neighbourhood; and exact area-weighted mean, median, min, max and standard deviation of the "
+                    "adjusted probability and of the acquisition count per small area, with a 95 % interval "
+                    "(GeoPackage and CSV). Measure 0 and method 0 give the cloud-frequency chain instead (SCL cloudy / "
+                    "valid, smoothed counts with a regression on the smoothed count). The adjustment's fit depends "
+                    "on the extent: the same area in a larger run can move.",
     })
 
     def param(definition, x, y):
@@ -49,7 +56,7 @@ def build():
         model.addModelParameter(definition, meta)
 
     param(QgsProcessingParameterString("STAC_URL", "STAC API URL", "https://earth-search.aws.element84.com/v1"), 120, 60)
-    param(QgsProcessingParameterString("COLLECTION", "Collection", "sentinel-2-l2a"), 120, 120)
+    param(QgsProcessingParameterString("COLLECTION", "Collection", "sentinel-2-c1-l2a"), 120, 120)
     param(QgsProcessingParameterExtent("AOI", "Area of interest"), 120, 180)
     param(QgsProcessingParameterDateTime("START_DATE", "Start date", QgsProcessingParameterDateTime.Date, QDate(2024, 1, 1)), 120, 240)
     param(QgsProcessingParameterDateTime("END_DATE", "End date", QgsProcessingParameterDateTime.Date, QDate(2024, 12, 31)), 120, 300)
@@ -58,6 +65,12 @@ def build():
     param(QgsProcessingParameterCrs("TARGET_CRS", "Target CRS", QgsCoordinateReferenceSystem("EPSG:27700")), 120, 480)
     param(QgsProcessingParameterNumber("RESOLUTION", "Resolution (metres)", QgsProcessingParameterNumber.Double, 20.0,
                                        False, 1.0, 10000.0), 120, 540)
+    param(QgsProcessingParameterEnum("MEASURE", "Measure", [
+        "Cloud frequency (SCL cloudy / valid observations)",
+        "Mean cloud probability (the 'cloud' asset; the reference product)"], defaultValue=1), 120, 600)
+    param(QgsProcessingParameterEnum("METHOD", "Adjustment", [
+        "Smoothed counts, regression on the smoothed count",
+        "Reference: deviation from the acquisition-weighted neighbourhood"], defaultValue=1), 120, 660)
 
     def child(alg_id, child_id, description, x, y, sources, outputs=None):
         c = QgsProcessingModelChildAlgorithm(alg_id)
@@ -89,19 +102,22 @@ def build():
         "SCENES": Source.fromChildOutput("search", "OUTPUT"), "AOI": p("AOI"), "TARGET_CRS": p("TARGET_CRS"),
         "RESOLUTION": p("RESOLUTION"), "MASK_SOURCE": Source.fromStaticValue(0), "CLOUD_CLASSES": Source.fromStaticValue("8,9,10"),
         "COUNT_SHADOWS": Source.fromStaticValue(False), "BUFFER": Source.fromStaticValue(0.0), "PERIOD": Source.fromStaticValue(0),
-        "CONCURRENCY": Source.fromStaticValue(4),
+        "CONCURRENCY": Source.fromStaticValue(4), "MEASURE": p("MEASURE"),
+        "PROBABILITY_ASSET": Source.fromStaticValue("cloud"), "NODATA_CLASSES": Source.fromStaticValue(""),
     }, {"OUTPUT_PROBABILITY": ("PROBABILITY", "Raw cloud probability (%)"),
-        "OUTPUT_VALID": ("VALID", "Valid observations"), "OUTPUT_CLOUDY": ("CLOUDY", "Cloudy observations")})
+        "OUTPUT_VALID": ("VALID", "Valid observations (count)"), "OUTPUT_CLOUDY": ("CLOUDY", "Cloudy observations"),
+        "OUTPUT_STDEV": ("SPREAD", "Spread of one observation (%)")})
     child("cloudprob:smoothprobability", "smoothing", "Smooth and adjust", 420, 400, {
         "CLOUDY": Source.fromChildOutput("frequency", "OUTPUT_CLOUDY"),
         "VALID": Source.fromChildOutput("frequency", "OUTPUT_VALID"),
         "KERNEL_SIZE": Source.fromStaticValue(21), "KERNEL_SHAPE": Source.fromStaticValue(0),
-        "ADJUST": Source.fromStaticValue(True),
-    }, {"OUTPUT_SMOOTHED": ("SMOOTHED", "Smoothed cloud probability (%)"),
+        "ADJUST": Source.fromStaticValue(True), "METHOD": p("METHOD"), "DEVIATION_THRESHOLD": Source.fromStaticValue(5.0),
+    }, {"OUTPUT_SMOOTHED": ("SMOOTHED", "Smoothed or neighbourhood cloud probability (%)"),
         "OUTPUT_ADJUSTED": ("ADJUSTED", "Adjusted cloud probability (%)")})
     child("cloudprob:zonalstatistics", "zonal", "Cloud probability per small area", 420, 540, {
         "INPUT_RASTER": Source.fromChildOutput("smoothing", "OUTPUT_ADJUSTED"), "ZONES": p("ZONES"),
         "ZONE_ID_FIELD": p("ZONE_ID_FIELD"), "VALID": Source.fromChildOutput("frequency", "OUTPUT_VALID"),
+        "SPREAD": Source.fromChildOutput("frequency", "OUTPUT_STDEV"),
     }, {"OUTPUT": ("SMALL_AREAS", "Small areas with cloud probability"), "OUTPUT_CSV": ("SMALL_AREAS_CSV", "Small areas (CSV)")})
     model.updateDestinationParameters()  # what the model designer does on save: outputs become parameters
     return model

@@ -23,11 +23,10 @@ def main(argv: list[str]) -> int:
     if not layer.isValid():
         print(f"cannot open {gpkg}", file=sys.stderr)
         return 1
-    renderer = QgsGraduatedSymbolRenderer("cloud_prob_mean")
+    renderer = QgsGraduatedSymbolRenderer("probability_mean")
     renderer.setClassificationMethod(QgsClassificationQuantile())
     renderer.updateClasses(layer, 7)
-    ramp = QgsStyle.defaultStyle().colorRamp("RdYlBu")
-    ramp.invert()
+    ramp = QgsStyle.defaultStyle().colorRamp("Blues")
     renderer.updateColorRamp(ramp)
     for index, item in enumerate(renderer.ranges()):
         renderer.updateRangeLabel(index, f"{item.lowerValue():.1f} – {item.upperValue():.1f} %")

@@ -105,17 +105,21 @@ def test_zonal_weights_are_exact_cover_fractions(tmp_path):
     ], crs="EPSG:27700")
     result = zonal_statistics(raster, zones, "code")
     t = result.table.set_index("code")
-    assert t.loc["aligned", "cloud_prob_mean"] == pytest.approx(values[0:2, 0:2].mean())
-    assert t.loc["aligned", "pixel_count"] == pytest.approx(4) and t.loc["aligned", "coverage_pct"] == pytest.approx(100)
-    assert t.loc["half", "cloud_prob_mean"] == pytest.approx((values[0, 0] + 0.5 * values[0, 1]) / 1.5)
-    assert t.loc["half", "pixel_count"] == pytest.approx(1.5)
+    assert t.loc["aligned", "probability_mean"] == pytest.approx(values[0:2, 0:2].mean())
+    cells = values[0:2, 0:2]
+    assert (t.loc["aligned", "probability_min"], t.loc["aligned", "probability_max"]) == (cells.min(), cells.max())
+    assert t.loc["aligned", "probability_stdev"] == pytest.approx(cells.std())  # population form, as numpy's default
+    assert t.loc["aligned", "probability_median"] == pytest.approx(np.median(cells))
+    assert t.loc["aligned", "covered_cells"] == pytest.approx(4) and t.loc["aligned", "coverage_pct"] == pytest.approx(100)
+    assert t.loc["half", "probability_mean"] == pytest.approx((values[0, 0] + 0.5 * values[0, 1]) / 1.5)
+    assert t.loc["half", "covered_cells"] == pytest.approx(1.5)
     for code in ("outside", "nodata", "empty"):
-        assert np.isnan(t.loc[code, "cloud_prob_mean"]), code
+        assert np.isnan(t.loc[code, "probability_mean"]), code
     assert t.loc["nodata", "coverage_pct"] == 0.0
     assert result.invalid == ["bowtie"] and result.empty == ["empty"] and set(result.no_data) == {"outside", "nodata"}
     # the helper-process path (used inside QGIS) gives the same table
     other = zonal_statistics_in_process(raster, zones, "code").table.set_index("code")
-    np.testing.assert_allclose(other["cloud_prob_mean"].astype(float), t["cloud_prob_mean"].astype(float), equal_nan=True)
+    np.testing.assert_allclose(other["probability_mean"].astype(float), t["probability_mean"].astype(float), equal_nan=True)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +158,7 @@ def test_adjusted_is_closer_to_the_truth_and_the_artefacts_shrink(year_products,
     errors, lines = {}, []
     for name in ("raw", "smoothed", "adjusted"):
         table = zonal_statistics(year_products[name], zones, "code").table
-        err = table["cloud_prob_mean"].values - np.array([truth[c] for c in table["code"]])
+        err = table["probability_mean"].values - np.array([truth[c] for c in table["code"]])
         errors[name] = err
         lines.append(f"{name:9s} RMSE {np.sqrt(np.nanmean(err**2)):5.2f}  bias {np.nanmean(err):+5.2f}  "
                      f"urban−rest {np.nanmean(err[urban]) - np.nanmean(err[~urban]):+5.2f}  "
@@ -195,14 +199,17 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
     assert ok, feedback.textLog()
     layer = QgsVectorLayer(results["OUTPUT"], "z", "ogr")
     names = [f.name() for f in layer.fields()]
-    assert {"code", "cloud_prob_mean", "min", "max", "stdev", "coverage_pct", "pixel_count", "valid_obs_mean",
-            "ci95_low", "ci95_high"} <= set(names)
+    assert {"code", "name", "probability_mean", "probability_median", "probability_min", "probability_max",
+            "probability_stdev", "coverage_pct", "covered_cells", "acquisition_count_mean", "acquisition_count_median",
+            "acquisition_count_min", "acquisition_count_max", "acquisition_count_stdev", "probability_ci95_low",
+            "probability_ci95_high"} <= set(names)
     assert layer.featureCount() == 300 and layer.crs().authid() == "EPSG:27700"
     rows = (tmp_path / "z.csv").read_text().splitlines()
     assert rows[0].startswith("code,cloud_prob_mean") and len(rows) == 301
     details = context.layersToLoadOnCompletion()[results["OUTPUT"]]
     details.postProcessor().postProcessLayer(layer, context, feedback)
     assert layer.renderer().type() == "graduatedSymbol" and len(layer.renderer().ranges()) == 7
+    assert layer.attributeDisplayName(layer.fields().indexOf("probability_mean")) == "Cloud probability, area-weighted mean (%)"
 
     x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
     model = processing.run("cloudprob:annualcloudprobability", {
@@ -231,7 +238,7 @@ def test_geographic_grid_weights_cells_by_their_area(tmp_path):
     raster = _write(tmp_path / "geo.tif", np.array([[10.0], [90.0]], dtype=np.float32),
                     from_origin(0, 80, 10, 40), crs="EPSG:4326", nodata=-9999.0)
     zones = gpd.GeoDataFrame({"code": ["both"]}, geometry=[box(0, 0, 10, 80)], crs="EPSG:4326")
-    mean = zonal_statistics(raster, zones, "code").table["cloud_prob_mean"].iloc[0]
+    mean = zonal_statistics(raster, zones, "code").table["probability_mean"].iloc[0]
     # area of 40–80° N vs 0–40° N on the sphere: sin 80 − sin 40 vs sin 40
     north, south = np.sin(np.radians(80)) - np.sin(np.radians(40)), np.sin(np.radians(40))
     assert mean == pytest.approx((10 * north + 90 * south) / (north + south), rel=0.01)
