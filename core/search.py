@@ -17,7 +17,7 @@ from .progress import NullProgress, Progress, check_cancel
 from .stac import ItemError, Scene, normalise_item, parse_datetime
 
 EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
-DEFAULT_COLLECTION = "sentinel-2-l2a"
+DEFAULT_COLLECTION = "sentinel-2-c1-l2a"  # Collection 1: carries the `cloud` asset
 
 CONFORMANCE_QUERY = "query"
 CONFORMANCE_FILTER = "filter"

@@ -34,7 +34,7 @@ def test_provider_and_algorithm_are_registered(provider):
     names = [p.name() for p in alg.parameterDefinitions()]
     assert names == ["STAC_URL", "COLLECTION", "AOI", "START_DATE", "END_DATE", "MAX_SCENE_CLOUD", "MAX_ITEMS", "OUTPUT"]
     assert alg.parameterDefinition("STAC_URL").defaultValue() == "https://earth-search.aws.element84.com/v1"
-    assert alg.parameterDefinition("COLLECTION").defaultValue() == "sentinel-2-l2a"
+    assert alg.parameterDefinition("COLLECTION").defaultValue() == "sentinel-2-c1-l2a"
 
 
 def test_search_writes_one_footprint_per_scene(provider, sample_servers, sample_archive, tmp_path):

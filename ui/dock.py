@@ -50,9 +50,9 @@ from qgis.PyQt.QtWidgets import (
 
 STYLES = Path(__file__).resolve().parent / "styles"
 CATALOGUES = [
-    ("Earth Search v1 (Element 84)", "https://earth-search.aws.element84.com/v1", "sentinel-2-l2a"),
+    ("Earth Search v1 (Element 84)", "https://earth-search.aws.element84.com/v1", "sentinel-2-c1-l2a"),
     ("Microsoft Planetary Computer", "https://planetarycomputer.microsoft.com/api/stac/v1", "sentinel-2-l2a"),
-    ("Custom STAC API", "", "sentinel-2-l2a"),
+    ("Custom STAC API", "", "sentinel-2-c1-l2a"),
 ]
 COLUMNS = ["date", "platform", "tile", "scene cloud %", "area cloud %", "valid %", "items"]
 SETTINGS = "cloud_probability/dock"
@@ -122,7 +122,7 @@ class CloudProbabilityDock(QgsDockWidget):
             self.catalogue.addItem(label, url)
         self.catalogue.currentIndexChanged.connect(self._catalogue_changed)
         self.url = QLineEdit()
-        self.collection = QLineEdit("sentinel-2-l2a")
+        self.collection = QLineEdit("sentinel-2-c1-l2a")
         self.start = QDateEdit(QDate(QDate.currentDate().year() - 1, 1, 1))
         self.end = QDateEdit(QDate(QDate.currentDate().year() - 1, 12, 31))
         for edit in (self.start, self.end):
@@ -212,7 +212,7 @@ class CloudProbabilityDock(QgsDockWidget):
         custom = s.value(f"{SETTINGS}/url", "")
         if not CATALOGUES[index][1] and custom:
             self.url.setText(custom)
-        self.collection.setText(s.value(f"{SETTINGS}/collection", "sentinel-2-l2a"))
+        self.collection.setText(s.value(f"{SETTINGS}/collection", "sentinel-2-c1-l2a"))
         self.max_scene_cloud.setValue(float(s.value(f"{SETTINGS}/max_scene_cloud", 100.0)))
         self.max_area_cloud.setValue(float(s.value(f"{SETTINGS}/max_area_cloud", 30.0)))
         self.min_valid.setValue(float(s.value(f"{SETTINGS}/min_valid", 50.0)))
