@@ -98,13 +98,17 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.CONCURRENCY, self.tr("Scenes read at once (about 2 × CPU cores; more for a distant server)"),
             QgsProcessingParameterNumber.Integer, 4, False, 1, 64))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, self.tr("Cloud probability (%)")))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_VALID, self.tr("Valid observations")))
+        # optional with a temporary file by default: a model (or qgis_process) run that names none of
+        # them still makes them for the next stage (QGIS 3.22 makes a model's outputs mandatory
+        # when its children's are)
         self.addParameter(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_CLOUDY, self.tr("Cloudy observations (count; Σ probability / 100 for the mean)")))
+            self.OUTPUT_PROBABILITY, self.tr("Cloud probability (%)"), optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_STDEV, self.tr("Spread: standard deviation of one observation (%)"), optional=True,
-            createByDefault=False))
+            self.OUTPUT_VALID, self.tr("Valid observations (count)"), optional=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_CLOUDY, self.tr("Cloudy observations (count; Σ probability / 100 for the mean)"), optional=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_STDEV, self.tr("Spread: standard deviation of one observation (%)"), optional=True))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
@@ -134,9 +138,10 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             "probability": output_path(self, parameters, self.OUTPUT_PROBABILITY, context, "tif"),
             "valid": output_path(self, parameters, self.OUTPUT_VALID, context, "tif"),
             "cloudy": output_path(self, parameters, self.OUTPUT_CLOUDY, context, "tif"),
+            # always made (a temporary file when unnamed): a model's zonal statistics build their
+            # interval on it, and a model passes its children no name for an unnamed output
+            "stdev": output_path(self, parameters, self.OUTPUT_STDEV, context, "tif"),
         }
-        if parameters.get(self.OUTPUT_STDEV):
-            outputs["stdev"] = output_path(self, parameters, self.OUTPUT_STDEV, context, "tif")
         feedback.pushInfo(
             f"Grid {grid.shape[1]} × {grid.shape[0]} pixels of {grid.resolution:g} m in {grid.crs}; "
             f"{len(scenes)} scenes, {len({s.datatake_id for s in scenes})} acquisitions; {len(periods)} band(s); "
@@ -169,8 +174,6 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         StylePostProcessor.attach(context, outputs["cloudy"], "observation_count.qml", name="Cloudy observations (count)")
         results = {self.OUTPUT_PROBABILITY: outputs["probability"], self.OUTPUT_VALID: outputs["valid"],
                    self.OUTPUT_CLOUDY: outputs["cloudy"]}
-        if "stdev" in outputs:
-            StylePostProcessor.attach(context, outputs["stdev"], "cloud_probability.qml",
-                                      name="Spread of one observation (%)")
-            results[self.OUTPUT_STDEV] = outputs["stdev"]
+        StylePostProcessor.attach(context, outputs["stdev"], "cloud_probability.qml", name="Spread of one observation (%)")
+        results[self.OUTPUT_STDEV] = outputs["stdev"]
         return results

@@ -80,7 +80,8 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             self.DEVIATION_THRESHOLD, self.tr("Deviation threshold, percent (reference method)"),
             QgsProcessingParameterNumber.Double, 5.0, False, 0.0, 1000.0))
         self.addParameter(QgsProcessingParameterBoolean(self.ADJUST, self.tr("Adjust with regression residuals"), True))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_SMOOTHED, self.tr("Smoothed probability (%)")))
+        self.addParameter(QgsProcessingParameterRasterDestination(  # optional: see cloud_frequency.py
+            self.OUTPUT_SMOOTHED, self.tr("Smoothed or neighbourhood probability (%)"), optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_ADJUSTED, self.tr("Adjusted probability (%)"), optional=True))
 
