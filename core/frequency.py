@@ -17,8 +17,9 @@ reprocessed duplicates never count twice, whatever UTM zone they come in. Only c
 kept (uint16 per period), never a stack of scenes, so memory does not grow with the number of
 scenes or the size of the area.
 
-Each finished tile is saved in a cache folder keyed by the inputs; a run that is cancelled or
-crashes resumes from the finished tiles, and the output rasters are written only at the end
+Each finished tile is saved in a cache folder keyed by the grid and the way of counting, under a
+name made of what the tile read; a run that is cancelled or crashes resumes from the finished
+tiles, a run with an edited scene list resumes every tile the edit does not touch, and the output rasters are written only at the end
 (temporary files renamed into place), so nothing half-written is ever left behind.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -121,6 +123,8 @@ class FrequencyResult:
     seconds: float
     bytes_fetched: int
     stats: dict = field(default_factory=dict)
+    unreadable: dict = field(default_factory=dict)  # datatake id -> what failed (left out of every tile)
+    unreadable_csv: str | None = None
 
 
 def _tiles(grid: Grid, tile_px: int):
@@ -149,7 +153,9 @@ def _footprint(grid: Grid):
     return box(min(xs), min(ys), max(xs), max(ys))
 
 
-def _cache_key(groups, grid: Grid, spec: MaskSpec, periods: list[Period], tile_px: int, measure) -> str:
+def _cache_key(grid: Grid, spec: MaskSpec, periods: list[Period], tile_px: int, measure) -> str:
+    """The cache folder of a grid and a way of counting; which scenes a tile read is in the
+    tile's own name (:func:`_tile_key`), so editing the scene list keeps every other tile."""
     from pyproj import CRS
 
     h = hashlib.sha256()
@@ -160,10 +166,32 @@ def _cache_key(groups, grid: Grid, spec: MaskSpec, periods: list[Period], tile_p
         "spec": {k: v for k, v in asdict(spec).items() if k != "extra"},
         "periods": [(p.label, str(p.start), str(p.end)) for p in periods],
         "tile_px": tile_px,
-        "scenes": sorted((s.item_id, json.dumps(s.assets, sort_keys=True)) for g in groups for s in g),
     }
     h.update(json.dumps(payload, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
+
+
+def _tile_key(chosen) -> str:
+    """What one tile reads: each acquisition's products (ids and hrefs) and its band."""
+    payload = sorted((band, sorted((s.item_id, json.dumps(s.assets, sort_keys=True)) for s in group))
+                     for group, band in chosen)
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+CACHE_DAYS = 14  # cache folders untouched this long are pruned: no run resumes from them any more
+
+
+def _prune_cache(root: Path, keep: Path) -> None:
+    """Remove cache folders (and stray partial tiles) nobody touched for :data:`CACHE_DAYS`."""
+    if not root.is_dir():
+        return
+    old = time.time() - CACHE_DAYS * 86400
+    for folder in root.iterdir():
+        try:
+            if folder != keep and folder.is_dir() and folder.stat().st_mtime < old:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def default_cache_dir() -> Path:
@@ -223,6 +251,7 @@ def cloud_frequency(
     measure: str = "frequency",
     probability_asset: str = "cloud",
     nodata_classes: tuple[int, ...] | None = None,
+    fail_on_read_error: bool = False,
 ) -> FrequencyResult:
     """Count valid observations of ``scenes`` on ``grid`` with their cloudy share, and write the rasters.
 
@@ -236,6 +265,12 @@ def cloud_frequency(
     ``mean_probability``: cloudy (float32) is Σ p/100 of ``probability_asset`` (percent) over
     the observations whose SCL is not in ``nodata_classes`` (default: class 0 only).
     ``nodata_classes`` given overrides the frequency measure's invalid classes too.
+
+    An acquisition that cannot be read (a product missing, truncated, refused) is left out of
+    every tile it touches, named through ``progress.warning``, counted in the outputs' tags
+    and listed in ``<probability>.unreadable.csv``; ``fail_on_read_error`` stops the run instead.
+    Tiles are cached under a name made of what they read: a re-run resumes every tile whose
+    scenes did not change.
 
     Memory is about ``concurrency`` × 60 MB plus 350 MB per ``tile_px`` = 2048 tile, whatever
     the number of scenes or the size of the grid. Decoding is CPU work: on a local or nearby
@@ -278,9 +313,12 @@ def cloud_frequency(
             footprints[s.item_id] = prep(shape(s.geometry)) if s.geometry else None
 
     measure_key = [measure, probability_asset, list(nodata_classes or ())] if mean else [measure]
-    key = _cache_key([g for g, _ in groups], grid, spec, periods, tile_px, measure_key)
-    cache = Path(cache_dir or default_cache_dir()) / key
+    key = _cache_key(grid, spec, periods, tile_px, measure_key)
+    root = Path(cache_dir or default_cache_dir())
+    cache = root / key
     cache.mkdir(parents=True, exist_ok=True)
+    os.utime(cache)
+    _prune_cache(root, cache)
     tiles = list(_tiles(grid, tile_px))
     halo = int(math.ceil(spec.buffer_m / grid.resolution)) if (spec.buffer_m > 0 and not mean) else 0
     grid_epsg = _epsg_of(grid.crs)
@@ -310,81 +348,146 @@ def cloud_frequency(
                 return datatake_probability_on_grid(group, tile_grid, lookup, probability_asset, nodata_classes)
             return datatake_mask_on_grid(group, spec, tile_grid, lookup)
 
-    pool = cf.ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="cloudprob-freq")
-    try:
-        for n, (r0, c0, h, w) in enumerate(tiles):
-            check_cancel(progress)
-            path = cache / f"tile_{r0}_{c0}.npz"
-            if path.exists():
-                with np.load(path) as done:
-                    pixel_obs += int(done["pixel_obs"])
-                resumed += 1
-                progress.set_progress(95.0 * (n + 1) / len(tiles))
+    unreadable: dict[str, str] = {}  # datatake id -> what failed
+
+    def compute_tile(tile_grid: Grid, chosen, h: int, w: int) -> dict:
+        valid = np.zeros((len(periods), h, w), np.uint16)
+        cloudy = np.zeros((len(periods), h, w), np.float64 if mean else np.uint16)
+        squares = np.zeros((len(periods), h, w), np.float64) if mean else None
+        lookup = GridLookup(tile_grid)
+        futures = {pool.submit(observe_tile, tile_grid, lookup, g): (g, b) for g, b in chosen}
+        total = max(1, len(futures))
+        for k, future in enumerate(cf.as_completed(futures), start=1):
+            group, band = futures.pop(future)  # its arrays are released once added
+            try:
+                observed = future.result()
+            except (ReadError, MaskError) as exc:
+                message = f"{', '.join(s.item_id for s in group)}: {exc}"
+                if fail_on_read_error:
+                    raise FrequencyError(
+                        f"An acquisition could not be read (finished tiles are kept; a re-run resumes): {message}"
+                    ) from exc
+                if group[0].datatake_id not in unreadable:
+                    progress.warning(f"Acquisition {group[0].datatake_id} left out (unreadable): {message}")
+                unreadable.setdefault(group[0].datatake_id, message)
                 continue
-            tile_grid = _sub_grid(grid, r0, c0, h, w, halo)
-            lookup = GridLookup(tile_grid)
-            valid = np.zeros((len(periods), h, w), np.uint16)
-            cloudy = np.zeros((len(periods), h, w), np.float64 if mean else np.uint16)
-            squares = np.zeros((len(periods), h, w), np.float64) if mean else None
-            chosen = tile_groups(tile_grid)
-            futures = {pool.submit(observe_tile, tile_grid, lookup, g): (g, b) for g, b in chosen}
-            total = max(1, len(futures))
-            errors = []
-            for k, future in enumerate(cf.as_completed(futures), start=1):
-                group, band = futures.pop(future)  # its arrays are released once added
-                try:
-                    observed = future.result()
-                except (ReadError, MaskError) as exc:
-                    errors.append(f"{', '.join(s.item_id for s in group)}: {exc}")
-                    continue
-                finally:
-                    del future
-                if mean:
-                    ok, percent = observed
-                    fraction = np.where(ok, percent.astype(np.float64) / 100.0, 0.0)
-                    np.add(valid[band], ok, out=valid[band], casting="unsafe")
-                    cloudy[band] += fraction
-                    fraction *= fraction
-                    squares[band] += fraction
-                else:
-                    mask = observed[halo:-halo, halo:-halo] if halo else observed
-                    np.add(valid[band], mask != NODATA, out=valid[band], casting="unsafe")
-                    np.add(cloudy[band], np.take(cloudy_lut, mask), out=cloudy[band], casting="unsafe")
-                del observed
-                progress.set_progress(95.0 * (n + k / total) / len(tiles))
-            if errors:
-                raise FrequencyError(
-                    f"{len(errors)} acquisition(s) could not be read (finished tiles are kept; a re-run resumes): "
-                    + "; ".join(errors[:5])
-                )
-            tmp = path.with_suffix(".part.npz")
-            tile_obs = int(valid.sum(dtype=np.int64))
-            arrays = dict(valid=valid, cloudy=cloudy, pixel_obs=np.int64(tile_obs))
-            if squares is not None:
-                arrays["squares"] = squares
-            np.savez_compressed(tmp, **arrays)
-            os.replace(tmp, path)
-            pixel_obs += tile_obs
+            finally:
+                del future
+            if mean:
+                ok, percent = observed
+                fraction = np.where(ok, percent.astype(np.float64) / 100.0, 0.0)
+                np.add(valid[band], ok, out=valid[band], casting="unsafe")
+                cloudy[band] += fraction
+                fraction *= fraction
+                squares[band] += fraction
+            else:
+                mask = observed[halo:-halo, halo:-halo] if halo else observed
+                np.add(valid[band], mask != NODATA, out=valid[band], casting="unsafe")
+                np.add(cloudy[band], np.take(cloudy_lut, mask), out=cloudy[band], casting="unsafe")
+            del observed
+            progress.set_progress(min(95.0, 95.0 * (done_tiles + k / total) / len(tiles)))
+        arrays = dict(valid=valid, cloudy=cloudy, pixel_obs=np.int64(valid.sum(dtype=np.int64)))
+        if squares is not None:
+            arrays["squares"] = squares
+        return arrays
+
+    def cached(path: Path) -> int | None:
+        """The pixel-observations of a finished tile, or None (a damaged one is removed)."""
+        if not path.exists():
+            return None
+        try:
+            with np.load(path) as done:
+                done["valid"], done["cloudy"]
+                return int(done["pixel_obs"])
+        except Exception as exc:  # a truncated or foreign file: recompute, never fail on it
+            progress.warning(f"Cached tile {path} is damaged ({exc}); computing it again.")
+            path.unlink(missing_ok=True)
+            return None
+
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="cloudprob-freq")
+    tile_paths: dict[tuple[int, int], Path] = {}
+    done_tiles = 0
+    try:
+        # An acquisition found unreadable in one tile is left out of every tile: the tiles that
+        # already counted it are named differently without it, so the next pass recomputes
+        # exactly those and resumes the rest.
+        first_pass = True
+        while True:
+            known = len(unreadable)
+            pixel_obs = done_tiles = 0
+            for r0, c0, h, w in tiles:
+                check_cancel(progress)
+                tile_grid = _sub_grid(grid, r0, c0, h, w, halo)
+                chosen = [(g, b) for g, b in tile_groups(tile_grid) if g[0].datatake_id not in unreadable]
+                path = cache / f"tile_{r0}_{c0}_{_tile_key(chosen)}.npz"
+                obs = cached(path)
+                if obs is None:
+                    arrays = compute_tile(tile_grid, chosen, h, w)
+                    chosen = [(g, b) for g, b in chosen if g[0].datatake_id not in unreadable]
+                    path = cache / f"tile_{r0}_{c0}_{_tile_key(chosen)}.npz"
+                    # a name of this run's own, then renamed: runs of the same inputs never collide
+                    tmp = path.with_name(f"{path.stem}.part-{os.getpid()}-{threading.get_ident()}.npz")
+                    np.savez_compressed(tmp, **arrays)
+                    os.replace(tmp, path)
+                    obs = int(arrays["pixel_obs"])
+                    del arrays
+                elif first_pass:
+                    resumed += 1  # finished by an earlier run
+                tile_paths[(r0, c0)] = path
+                pixel_obs += obs
+                done_tiles += 1
+                progress.set_progress(95.0 * done_tiles / len(tiles))
+            first_pass = False
+            if len(unreadable) == known:
+                break
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    if len(unreadable) == len(groups):
+        raise FrequencyError("No acquisition could be read: " + "; ".join(list(unreadable.values())[:3]))
 
     check_cancel(progress)
-    tags = {"measure": measure}
+    tags = {"measure": measure, "unreadable_acquisitions": str(len(unreadable))}
     if mean:
         tags.update(probability_asset=probability_asset, nodata_classes=",".join(map(str, nodata_classes)))
     else:
         tags["mask"] = json.dumps({k: v for k, v in asdict(spec).items() if k != "extra"})
-    stats = _write_outputs(grid, tiles, cache, periods, outputs, tags, len(groups), mean)
-    shutil.rmtree(cache, ignore_errors=True)
+    stats = _write_outputs(grid, tiles, tile_paths, periods, outputs, tags, len(groups) - len(unreadable), mean)
+    unreadable_csv = _write_unreadable(outputs["probability"], unreadable, groups)
+    for path in set(tile_paths.values()):  # this run's tiles; other runs' stay
+        path.unlink(missing_ok=True)
+    try:
+        cache.rmdir()
+    except OSError:
+        pass
     progress.set_progress(100.0)
     return FrequencyResult(
         probability=outputs["probability"], valid=outputs["valid"], cloudy=outputs["cloudy"], periods=periods,
         measure=measure, acquisitions=len(groups), scenes=sum(len(g) for g, _ in groups), pixel_observations=pixel_obs,
         tiles=len(tiles), tiles_resumed=resumed, seconds=time.monotonic() - started,
-        bytes_fetched=network_bytes(), stats=stats,
+        bytes_fetched=network_bytes(), stats=stats, unreadable=dict(unreadable), unreadable_csv=unreadable_csv,
     )
+
+
+def _write_unreadable(probability_path: str, unreadable: dict[str, str], groups) -> str | None:
+    """``<probability>.unreadable.csv``: each acquisition left out, its products and the error."""
+    import csv
+
+    path = os.path.splitext(probability_path)[0] + ".unreadable.csv"
+    if not unreadable:
+        if os.path.exists(path):
+            os.remove(path)  # a stale list from an earlier run would name what is now counted
+        return None
+    products = {g[0].datatake_id: [s.item_id for s in g] for g, _ in groups}
+    tmp = f"{path}.part-{os.getpid()}"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["datatake_id", "item_ids", "error"])
+        for datatake, message in sorted(unreadable.items()):
+            writer.writerow([datatake, " ".join(products.get(datatake, [])), message])
+    os.replace(tmp, path)
+    return path
 
 
 def _epsg_of(crs) -> int | None:
@@ -404,7 +507,7 @@ def observation_stdev(valid: np.ndarray, cloudy: np.ndarray, squares: np.ndarray
         return np.where(n > 0, 100.0 * np.sqrt(var), np.nan)
 
 
-def _write_outputs(grid: Grid, tiles, cache: Path, periods, outputs: dict[str, str], tags: dict, n_acq: int,
+def _write_outputs(grid: Grid, tiles, tile_paths: dict, periods, outputs: dict[str, str], tags: dict, n_acq: int,
                    mean: bool) -> dict:
     """Assemble the rasters from the tile files; temporary files renamed at the end."""
     import rasterio
@@ -437,7 +540,7 @@ def _write_outputs(grid: Grid, tiles, cache: Path, periods, outputs: dict[str, s
         with contextlib.ExitStack() as stack:
             ds = {k: stack.enter_context(rasterio.open(path, "w", **kinds[k][0], **common)) for k, path in tmp.items()}
             for r0, c0, h, w in tiles:
-                with np.load(cache / f"tile_{r0}_{c0}.npz") as done:
+                with np.load(tile_paths[(r0, c0)]) as done:
                     valid, cloudy = done["valid"], done["cloudy"]
                     squares = done["squares"] if "squares" in done else None
                 window = Window(c0, r0, w, h)

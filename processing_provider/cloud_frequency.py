@@ -4,6 +4,7 @@ from __future__ import annotations
 from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -43,6 +44,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
     MEASURE = "MEASURE"
     PROBABILITY_ASSET = "PROBABILITY_ASSET"
     NODATA_CLASSES = "NODATA_CLASSES"
+    FAIL_ON_READ_ERROR = "FAIL_ON_READ_ERROR"
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
     OUTPUT_VALID = "OUTPUT_VALID"
     OUTPUT_CLOUDY = "OUTPUT_CLOUDY"
@@ -68,8 +70,13 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             "Grid: the extent in the target CRS (default: the extent's CRS if projected, else the UTM zone of "
             "its centre; EPSG:27700 for the UK) at the resolution, edges on multiples of the resolution; or the "
             "grid of an existing raster. Period: one band for the whole period, or one per month.\n\n"
+            "An acquisition that cannot be read (a product missing, truncated or refused by the server) is left "
+            "out of every tile it touches, named in the log, counted in the rasters' metadata and listed in a "
+            "<probability>.unreadable.csv beside the outputs; 'Stop on an unreadable scene' fails the run "
+            "instead.\n\n"
             "Work is done in tiles and saved as it goes: a cancelled or failed run resumes from the finished "
-            "tiles when re-run with the same inputs, and never leaves half-written outputs."
+            "tiles when re-run, a run with an edited scene list resumes every tile the edit does not touch, and "
+            "nothing half-written is left."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -95,6 +102,8 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             self.PERIOD, self.tr("Period"), options=[self.tr("Whole period (one band)"), self.tr("One band per month")],
             defaultValue=0))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.FAIL_ON_READ_ERROR, self.tr("Stop on an unreadable scene (default: leave its acquisition out)"), False))
         self.addParameter(QgsProcessingParameterNumber(
             self.CONCURRENCY, self.tr("Scenes read at once (about 2 × CPU cores; more for a distant server)"),
             QgsProcessingParameterNumber.Integer, 4, False, 1, 64))
@@ -154,6 +163,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
                     concurrency=self.parameterAsInt(parameters, self.CONCURRENCY, context),
                     progress=FeedbackProgress(feedback), measure=measure, probability_asset=asset,
                     nodata_classes=nodata_classes,
+                    fail_on_read_error=self.parameterAsBool(parameters, self.FAIL_ON_READ_ERROR, context),
                 )
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; finished tiles are kept and a re-run resumes from them. Nothing was written."))
@@ -168,6 +178,10 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             f"{result.bytes_fetched / 1e6:.1f} MB fetched. Mean probability: "
             + ", ".join(f"{p.label} {m:.1f} %" if m is not None else f"{p.label} -" for p, m in zip(periods, mean))
         )
+        if result.unreadable:
+            feedback.pushWarning(
+                f"{len(result.unreadable)} acquisition(s) could not be read and were left out; they are listed in "
+                f"{result.unreadable_csv}.")
         label = "Mean cloud probability (%)" if measure == "mean_probability" else "Cloud frequency (%)"
         StylePostProcessor.attach(context, outputs["probability"], "cloud_probability.qml", name=label)
         StylePostProcessor.attach(context, outputs["valid"], "observation_count.qml", name="Valid observations (count)")

@@ -125,17 +125,89 @@ def test_eolearn_cloud_free_counts_equal_valid_count(eolearn_servers, realdata, 
     np.testing.assert_array_equal(valid.astype(np.int64) - cloudy, patch["valid_count"])
 
 
-def test_unreadable_scene_fails_clearly(sample_servers, national_grid, tmp_path):
+def _datatake_index(scene) -> int:
+    """The generator's index of a served scene's datatake (from the truth's layout)."""
+    layout = sa.make_layout(sa.SampleSpec.small())
+    # the generator's id is the S2 datatake id (GS2A_<start>_<orbit>); a Scene's is <sat>_<start>
+    return next(d.index for d in layout.datatakes if d.datatake_id[1:].startswith(scene.datatake_id))
+
+
+def test_unreadable_products_are_left_out_and_named(sample_servers, sample_archive, national_grid, tmp_path):
+    """One product missing (404), another truncated: their acquisitions are left out of every
+    tile, named, listed in a CSV and counted in the tags; every pixel's counts then equal the
+    generator's counts without those two acquisitions."""
+    import csv
+
     from cloud_probability.core.stac import normalise_item
 
-    scenes = served_scenes(sample_servers)[:40]
-    item = json.loads(scenes[5].item_json())
+    scenes = served_scenes(sample_servers)
+    gone, cut = scenes[5], next(s for s in scenes[40:] if s.datatake_id != scenes[5].datatake_id)
+    item = json.loads(gone.item_json())
     item["assets"]["scl"]["href"] = item["assets"]["scl"]["href"].replace("SCL.tif", "GONE.tif")
-    scenes[5] = normalise_item(item)
-    out = _outputs(tmp_path / "broken")
-    with pytest.raises(FrequencyError, match=scenes[5].item_id):
-        cloud_frequency(scenes, national_grid, PRESETS["scl"], out, tile_px=512, cache_dir=tmp_path / "c")
-    assert not any((tmp_path / "broken").iterdir())
+    scenes[scenes.index(gone)] = normalise_item(item)
+    # a truncated copy of a real SCL, served by the same nginx (removed at the end)
+    relative = cut.asset_href("scl").split(sample_servers.cogs.url + "/")[-1]
+    source = sample_archive / relative
+    truncated = source.with_name("SCL-truncated-by-test.tif")
+    data = source.read_bytes()
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    try:
+        item = json.loads(cut.item_json())
+        item["assets"]["scl"]["href"] = cut.asset_href("scl").replace("SCL.tif", truncated.name)
+        scenes[scenes.index(cut)] = normalise_item(item)
+        out = _outputs(tmp_path / "skipped")
+        result = cloud_frequency(scenes, national_grid, PRESETS["scl"], out, tile_px=96, cache_dir=tmp_path / "c")
+        with pytest.raises(FrequencyError, match="could not be read.*(GONE|truncated-by-test).tif"):
+            cloud_frequency(scenes, national_grid, PRESETS["scl"], _outputs(tmp_path / "strict"), tile_px=96,
+                            cache_dir=tmp_path / "c", fail_on_read_error=True)
+    finally:
+        truncated.unlink()
+    assert set(result.unreadable) == {gone.datatake_id, cut.datatake_id}
+    assert "GONE.tif" in result.unreadable[gone.datatake_id] and truncated.name in result.unreadable[cut.datatake_id]
+    with open(result.unreadable_csv) as fh:
+        rows = {r["datatake_id"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {gone.datatake_id, cut.datatake_id} and gone.item_id in rows[gone.datatake_id]["item_ids"]
+    with rasterio.open(out["valid"]) as ds:
+        assert ds.tags()["unreadable_acquisitions"] == "2" and ds.tags()["acquisitions"] == "144"
+    layout = sa.make_layout(sa.SampleSpec.small())
+    others = [d.index for d in layout.datatakes if d.index not in (_datatake_index(gone), _datatake_index(cut))]
+    valid, cloudy = sa.observation_counts(sa.SampleSpec.small(), 27700, national_grid.transform, national_grid.shape,
+                                          datatakes=others)
+    np.testing.assert_array_equal(_read(out["valid"], 1), valid)
+    np.testing.assert_array_equal(_read(out["cloudy"], 1), cloudy)
+    assert not any((tmp_path / "strict").iterdir())  # the strict run wrote nothing
+
+
+def test_rerun_without_a_datatake_resumes_the_tiles_it_does_not_touch(sample_servers, national_grid, tmp_path):
+    class CancelAtTheEnd(NullProgress):
+        percent = 0.0
+
+        def set_progress(self, percent):
+            self.percent = percent
+
+        def is_canceled(self):
+            return self.percent >= 95.0  # every tile finished, nothing written yet
+
+    scenes = served_scenes(sample_servers)
+    with pytest.raises(Cancelled):
+        cloud_frequency(scenes, national_grid, PRESETS["scl"], _outputs(tmp_path / "first"), tile_px=96,
+                        cache_dir=tmp_path / "c", progress=CancelAtTheEnd())
+    # an orbit-94 acquisition: its partial swath covers only the west of the grid
+    dropped = next(s for s in scenes if s.relative_orbit == 94).datatake_id
+    kept = [s for s in scenes if s.datatake_id != dropped]
+    out = _outputs(tmp_path / "second")
+    result = cloud_frequency(kept, national_grid, PRESETS["scl"], out, tile_px=96, cache_dir=tmp_path / "c")
+    layout = sa.make_layout(sa.SampleSpec.small())
+    index = next(d.index for d in layout.datatakes if d.datatake_id[1:].startswith(dropped))
+    valid, cloudy = sa.observation_counts(sa.SampleSpec.small(), 27700, national_grid.transform, national_grid.shape,
+                                          datatakes=[d.index for d in layout.datatakes if d.index != index])
+    np.testing.assert_array_equal(_read(out["valid"], 1), valid)  # no stale tile was reused
+    np.testing.assert_array_equal(_read(out["cloudy"], 1), cloudy)
+    everything, _ = sa.observation_counts(sa.SampleSpec.small(), 27700, national_grid.transform, national_grid.shape,
+                                          datatakes=[index])
+    touched = {(r, c) for r in range(0, 232, 96) for c in range(0, 232, 96) if everything[r:r + 96, c:c + 96].any()}
+    assert 0 < len(touched) < 9
+    assert 1 <= result.tiles_resumed <= 9 - len(touched)  # the untouched tiles came from the cache
 
 
 def test_shadows_counted_when_asked(sample_servers, national_grid, tmp_path):
