@@ -94,8 +94,9 @@ def smooth_probability(
     shape: str = "box",
     covariates: list[str] | None = None,
     adjust: bool = True,
-    strip_rows: int = 1024,
+    strip_rows: int | None = None,
     progress: Progress | None = None,
+    memory_mb: float = 400.0,
 ) -> Regression | None:
     """Smooth the counts of cloudprob:cloudfrequency and, with ``adjust``, remove the part of
     the smoothed probability explained by the covariates. Writes GeoTIFFs (float32 percent,
@@ -111,8 +112,8 @@ def smooth_probability(
         raise ValueError("The kernel size must be an odd number of pixels (e.g. 21).")
     covariates = list(covariates or [])
     with rasterio.open(cloudy_path) as dc, rasterio.open(valid_path) as dv:
-        if (dc.width, dc.height, dc.transform, dc.crs) != (dv.width, dv.height, dv.transform, dv.crs):
-            raise ValueError("The cloudy and valid count rasters are not on the same grid.")
+        if (dc.width, dc.height, tuple(dc.transform), dc.crs) != (dv.width, dv.height, tuple(dv.transform), dv.crs):
+            raise ValueError("The cloudy and valid count rasters are not on the same grid (size, transform and CRS).")
         profile = dict(driver="GTiff", width=dc.width, height=dc.height, count=1, dtype="float32", crs=dc.crs,
                        transform=dc.transform, nodata=NODATA, compress="DEFLATE", predictor=3, BIGTIFF="IF_SAFER")
         if dc.width >= 256 and dc.height >= 256:
@@ -120,10 +121,11 @@ def smooth_probability(
         height, width = dc.height, dc.width
     for path in covariates:
         with rasterio.open(path) as ds:
-            if (ds.width, ds.height) != (width, height) or not np.allclose(tuple(ds.transform), tuple(profile["transform"])):
-                raise ValueError(f"The covariate {os.path.basename(path)} is not on the counts' grid.")
+            if (ds.width, ds.height, tuple(ds.transform), ds.crs) != (width, height, tuple(profile["transform"]), profile["crs"]):
+                raise ValueError(f"The covariate {os.path.basename(path)} is not on the counts' grid (size, transform and CRS).")
     reach = kernel_reach(size, shape)
-    strip_rows = max(strip_rows, 4 * reach)
+    # strips of the full width sized by the memory budget (about 10 float64 arrays of a strip)
+    strip_rows = max(strip_rows, 4 * reach) if strip_rows else _strip_rows_for(width, reach, memory_mb)
     names = ["smoothed_valid_obs"] + [os.path.splitext(os.path.basename(p))[0] for p in covariates]
     k = len(names)
     xtx = np.zeros((k + 1, k + 1))
