@@ -10,7 +10,7 @@ from rasterio.transform import from_origin
 
 from cloud_probability.core import sample_archive as sa
 from cloud_probability.core.smoothing import NODATA, convolve, smooth_arrays, smooth_probability
-from cloud_probability.core.zonal import zonal_statistics, zonal_statistics_in_process
+from cloud_probability.core.zonal import ZonalError, zonal_statistics, zonal_statistics_in_process
 
 
 def _write(path, array, transform=None, crs="EPSG:27700", nodata=None):
@@ -116,7 +116,10 @@ def test_zonal_weights_are_exact_cover_fractions(tmp_path):
     for code in ("outside", "nodata", "empty"):
         assert np.isnan(t.loc[code, "probability_mean"]), code
     assert t.loc["nodata", "coverage_pct"] == 0.0
-    assert result.invalid == ["bowtie"] and result.empty == ["empty"] and set(result.no_data) == {"outside", "nodata"}
+    assert result.invalid == ["bowtie (area 0 → 800 after repair)"]  # both 20 m triangles kept: 2 × 400 m²
+    assert result.empty == ["empty"] and set(result.no_data) == {"outside", "nodata"}
+    # the bowtie's two lobes: the left triangle covers half of cells (row 2–3, col 0) etc.: its whole area counts
+    assert t.loc["bowtie", "covered_cells"] == pytest.approx(2.0)
     # the helper-process path (used inside QGIS) gives the same table
     other = zonal_statistics_in_process(raster, zones, "code").table.set_index("code")
     np.testing.assert_allclose(other["probability_mean"].astype(float), t["probability_mean"].astype(float), equal_nan=True)
@@ -227,6 +230,17 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
     np.testing.assert_allclose(rasterio.open(tmp_path / "model_adj.tif").read(1),
                                rasterio.open(tmp_path / "a2.tif").read(1), atol=1e-3)
     assert len((tmp_path / "model.csv").read_text().splitlines()) == 301
+
+
+def test_point_and_line_zones_are_refused(tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import LineString, Point
+
+    raster = _write(tmp_path / "p.tif", np.full((4, 4), 50, np.float32), from_origin(0, 80, 20, 20), nodata=-9999.0)
+    for geometry, kind in ((Point(10, 10), "Point"), (LineString([(0, 0), (40, 40)]), "LineString")):
+        zones = gpd.GeoDataFrame({"code": ["a"]}, geometry=[geometry], crs="EPSG:27700")
+        with pytest.raises(ZonalError, match=f"must be polygons; this layer has {kind}"):
+            zonal_statistics(raster, zones, "code")
 
 
 def test_geographic_grid_weights_cells_by_their_area(tmp_path):
