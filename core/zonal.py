@@ -231,7 +231,47 @@ def write_outputs(result: ZonalResult, zones, id_field: str, gpkg_path: str | No
         if os.path.exists(tmp):
             os.remove(tmp)
         out.to_file(tmp, layer=layer, driver="GPKG")
+        _store_default_style(tmp, layer, list(out.columns))
         os.replace(tmp, gpkg_path)
+
+
+def _store_default_style(gpkg_path: str, layer: str, columns: list[str]) -> None:
+    """The fields' units as aliases in the GeoPackage's ``layer_styles`` table, the default
+    style QGIS applies whenever the layer is opened (GDAL 3.6 does not store field aliases)."""
+    from xml.sax.saxutils import quoteattr
+
+    from osgeo import ogr
+
+    fields = [c for c in columns if c != "geometry"]
+    aliases = "".join(f"<alias field={quoteattr(c)} index=\"{i}\" name={quoteattr(FIELD_UNITS[c])}/>"
+                      for i, c in enumerate(fields) if c in FIELD_UNITS)
+    qml = ("<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>"
+           f"<qgis version=\"3.22\" styleCategories=\"Fields\"><aliases>{aliases}</aliases></qgis>")
+    ds = ogr.Open(gpkg_path, 1)
+    if ds is None:
+        raise ZonalError(f"Could not reopen {gpkg_path} to store the field units.")
+    try:
+        geometry_column = ds.GetLayerByName(layer).GetGeometryColumn() or "geom"
+        styles = ds.CreateLayer("layer_styles", geom_type=ogr.wkbNone)
+        for name, kind in (("f_table_catalog", ogr.OFTString), ("f_table_schema", ogr.OFTString),
+                           ("f_table_name", ogr.OFTString), ("f_geometry_column", ogr.OFTString),
+                           ("styleName", ogr.OFTString), ("styleQML", ogr.OFTString), ("styleSLD", ogr.OFTString),
+                           ("useAsDefault", ogr.OFTInteger), ("description", ogr.OFTString),
+                           ("owner", ogr.OFTString), ("ui", ogr.OFTString), ("update_time", ogr.OFTDateTime)):
+            definition = ogr.FieldDefn(name, kind)
+            if name == "useAsDefault":
+                definition.SetSubType(ogr.OFSTBoolean)
+            styles.CreateField(definition)
+        feature = ogr.Feature(styles.GetLayerDefn())
+        for name, value in (("f_table_catalog", ""), ("f_table_schema", ""), ("f_table_name", layer),
+                            ("f_geometry_column", geometry_column), ("styleName", layer), ("styleQML", qml),
+                            ("styleSLD", ""), ("description", "field units (Cloud Probability)"), ("owner", ""),
+                            ("ui", "")):
+            feature.SetField(name, value)
+        feature.SetField("useAsDefault", 1)
+        styles.CreateFeature(feature)
+    finally:
+        ds = None
 
 
 def python_executable() -> str:

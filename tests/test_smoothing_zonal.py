@@ -202,6 +202,9 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
     assert ok, feedback.textLog()
     layer = QgsVectorLayer(results["OUTPUT"], "z", "ogr")
     names = [f.name() for f in layer.fields()]
+    # the units reach QGIS from the file itself (its default style), before any post-processor
+    assert layer.attributeDisplayName(layer.fields().indexOf("acquisition_count_mean")) == \
+        "Acquisitions per cell, area-weighted mean (count)"
     assert {"code", "name", "probability_mean", "probability_median", "probability_min", "probability_max",
             "probability_stdev", "coverage_pct", "covered_cells", "acquisition_count_mean", "acquisition_count_median",
             "acquisition_count_min", "acquisition_count_max", "acquisition_count_stdev", "probability_ci95_low",
@@ -215,21 +218,38 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
     assert layer.attributeDisplayName(layer.fields().indexOf("probability_mean")) == "Cloud probability, area-weighted mean (%)"
 
     x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
-    model = processing.run("cloudprob:annualcloudprobability", {
-        "STAC_URL": sample_servers.stac.url, "COLLECTION": "sentinel-2-l2a", "AOI": f"{x0},{x1},{y0},{y1} [EPSG:27700]",
+    common = {
+        "STAC_URL": sample_servers.stac.url, "AOI": f"{x0},{x1},{y0},{y1} [EPSG:27700]",
         "START_DATE": "2024-01-01", "END_DATE": "2024-12-31", "ZONES": zones, "ZONE_ID_FIELD": "code",
-        "TARGET_CRS": "EPSG:27700", "RESOLUTION": 20, "zonal:SMALL_AREAS": str(tmp_path / "model.gpkg"),
-        "zonal:SMALL_AREAS_CSV": str(tmp_path / "model.csv"), "smoothing:ADJUSTED": str(tmp_path / "model_adj.tif"),
-        # processing.run does not fill in unnamed destinations (qgis_process does)
-        **{name: "TEMPORARY_OUTPUT" for name in ("frequency:PROBABILITY", "frequency:VALID", "frequency:CLOUDY",
-                                                 "smoothing:SMOOTHED")}})
+        "TARGET_CRS": "EPSG:27700", "RESOLUTION": 20}
+    # the reference chain by default (Collection 1, mean of 'cloud', the reference adjustment);
+    # the intermediate outputs need no name (temporary files)
+    model = processing.run("cloudprob:annualcloudprobability", {
+        **common, "zonal:SMALL_AREAS": str(tmp_path / "model.gpkg"), "zonal:SMALL_AREAS_CSV": str(tmp_path / "model.csv"),
+        "smoothing:ADJUSTED": str(tmp_path / "model_adj.tif")})
     assert model["zonal:SMALL_AREAS"] == str(tmp_path / "model.gpkg")
-    # the model adjusts on the smoothed valid count alone (no covariate rasters)
+    assert len((tmp_path / "model.csv").read_text().splitlines()) == 301
+    # … which is core's mean measure and reference adjustment of the same scenes
+    from conftest import served_scenes
+
+    from cloud_probability.core.frequency import cloud_frequency, grid_for_area
+    from cloud_probability.core.masks import PRESETS
+    from cloud_probability.core.smoothing import reference_adjustment
+
+    counts = {k: str(tmp_path / f"ref_{k}.tif") for k in ("probability", "valid", "cloudy")}
+    cloud_frequency(served_scenes(sample_servers), grid_for_area((x0, y0, x1, y1), "EPSG:27700", 20.0), PRESETS["scl"],
+                    counts, measure="mean_probability", cache_dir=tmp_path / "c")
+    reference_adjustment(counts["cloudy"], counts["valid"], str(tmp_path / "ref_lag.tif"), str(tmp_path / "ref_adj.tif"))
+    np.testing.assert_allclose(rasterio.open(tmp_path / "model_adj.tif").read(1),
+                               rasterio.open(tmp_path / "ref_adj.tif").read(1), atol=1e-4)
+    # the frequency chain, one parameter away: adjusts on the smoothed valid count alone
+    processing.run("cloudprob:annualcloudprobability", {
+        **common, "MEASURE": 0, "METHOD": 0, "zonal:SMALL_AREAS": str(tmp_path / "freq.gpkg"),
+        "smoothing:ADJUSTED": str(tmp_path / "freq_adj.tif")})
     smooth_probability(year_products["raw"].replace("probability", "cloudy"), year_products["valid"],
                        str(tmp_path / "s2.tif"), str(tmp_path / "a2.tif"))
-    np.testing.assert_allclose(rasterio.open(tmp_path / "model_adj.tif").read(1),
+    np.testing.assert_allclose(rasterio.open(tmp_path / "freq_adj.tif").read(1),
                                rasterio.open(tmp_path / "a2.tif").read(1), atol=1e-3)
-    assert len((tmp_path / "model.csv").read_text().splitlines()) == 301
 
 
 def test_point_and_line_zones_are_refused(tmp_path):
