@@ -4,7 +4,7 @@ from __future__ import annotations
 import traceback
 from pathlib import Path
 
-from qgis.core import Qgis, QgsMessageLog, QgsProcessingProvider
+from qgis.core import Qgis, QgsMessageLog, QgsProcessingAlgorithm, QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 ICON = Path(__file__).resolve().parent.parent / "icons" / "cloudprob.svg"
@@ -80,11 +80,35 @@ class CloudProbabilityProvider(QgsProcessingProvider):
 
     def _load_models(self) -> None:
         """The shipped graphical models (processing_provider/models/*.model3), as cloudprob:<name>."""
-        from qgis.core import QgsProcessingModelAlgorithm
-
         for path in sorted(MODELS.glob("*.model3")):
-            model = QgsProcessingModelAlgorithm()
-            if model.fromFile(str(path)):
+            model = ShippedModel(path)
+            if model.loaded:
                 self.addAlgorithm(model)
             else:
                 QgsMessageLog.logMessage(f"Could not read the model {path.name}", "Cloud probability", Qgis.Critical)
+
+
+
+class ShippedModel(QgsProcessingModelAlgorithm):
+    """A shipped .model3 that runs in the background with progress and Cancel.
+
+    QGIS 3.22 flags every model "no threading" (a TODO in QgsProcessingModelAlgorithm::flags),
+    so a year's run froze the QGIS window; our children are all thread-safe, so the model drops
+    the flag. It also shows a readable name instead of its id.
+    """
+
+    DISPLAY_NAMES = {"annualcloudprobability": "Annual cloud probability per small area (reference product)"}
+
+    def __init__(self, path):
+        super().__init__()
+        self._path = Path(path)
+        self.loaded = self.fromFile(str(self._path))
+
+    def flags(self):
+        return super().flags() & ~QgsProcessingAlgorithm.FlagNoThreading
+
+    def displayName(self):  # noqa: N802
+        return self.DISPLAY_NAMES.get(self.name(), super().displayName())
+
+    def createInstance(self):  # noqa: N802
+        return ShippedModel(self._path)

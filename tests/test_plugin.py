@@ -40,6 +40,14 @@ def test_class_factory_registers_and_unloads_the_provider(qgis_iface, qgis_proce
             "cloudprob:screenscenes", "cloudprob:searchscenes", "cloudprob:smoothprobability",
             "cloudprob:zonalstatistics"]
         assert not provider.icon().isNull()
+        from qgis.core import QgsProcessingAlgorithm
+
+        model = registry.algorithmById("cloudprob:annualcloudprobability")
+        assert model.displayName() == "Annual cloud probability per small area (reference product)"
+        # runs in the background like every other algorithm (QGIS 3.22 flags models "no threading")
+        for alg in provider.algorithms():
+            assert not alg.flags() & QgsProcessingAlgorithm.FlagNoThreading, alg.id()
+            assert not alg.create().flags() & QgsProcessingAlgorithm.FlagNoThreading, alg.id()
     finally:
         plugin.unload()
     assert registry.providerById("cloudprob") is None

@@ -252,6 +252,41 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
                                rasterio.open(tmp_path / "a2.tif").read(1), atol=1e-3)
 
 
+def test_the_model_runs_as_a_background_task(provider, sample_servers, sample_archive, tmp_path):
+    """What the toolbox does with an algorithm that allows threading: a QgsTask on a worker thread."""
+    import threading
+    import time
+
+    from qgis.core import (
+        QgsApplication, QgsProcessingAlgRunnerTask, QgsProcessingContext, QgsProcessingFeedback, QgsProject,
+    )
+
+    x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
+    alg = QgsApplication.processingRegistry().createAlgorithmById("cloudprob:annualcloudprobability")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = QgsProcessingFeedback()
+    params = {
+        "STAC_URL": sample_servers.stac.url, "AOI": f"{x0},{x1},{y0},{y1} [EPSG:27700]", "START_DATE": "2024-01-01",
+        "END_DATE": "2024-12-31", "ZONES": f"{sample_archive / 'zones' / 'small_areas.gpkg'}|layername=small_areas",
+        "ZONE_ID_FIELD": "code", "TARGET_CRS": "EPSG:27700", "RESOLUTION": 20,
+        "zonal:SMALL_AREAS": str(tmp_path / "bg.gpkg")}
+    task = QgsProcessingAlgRunnerTask(alg, params, context, feedback)
+    seen = {}
+    task.executed.connect(lambda ok, results: seen.update(ok=ok, results=results))
+    main = threading.get_ident()
+    threads = set()
+    feedback.progressChanged.connect(lambda _: threads.add(threading.get_ident()))
+    QgsApplication.taskManager().addTask(task)
+    deadline = time.monotonic() + 300
+    while "ok" not in seen and time.monotonic() < deadline:
+        QgsApplication.processEvents()
+        time.sleep(0.05)
+    assert seen.get("ok"), feedback.textLog()
+    assert (tmp_path / "bg.gpkg").exists()
+    assert threads and main not in threads  # the work ran off the main thread
+
+
 def test_point_and_line_zones_are_refused(tmp_path):
     import geopandas as gpd
     from shapely.geometry import LineString, Point
