@@ -112,3 +112,9 @@ class ShippedModel(QgsProcessingModelAlgorithm):
 
     def createInstance(self):  # noqa: N802
         return ShippedModel(self._path)
+
+    def canExecute(self):  # noqa: N802
+        """Says what is missing before any work starts (a model's own check looks at nothing)."""
+        from .dependencies import can_execute
+
+        return can_execute("pystac_client", "exactextract")
