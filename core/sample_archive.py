@@ -18,13 +18,21 @@ cloud-probability surface ``p`` defined in EPSG:27700 around Greenwich, so that:
 * cloud shadows (3) displaced from clouds, thin cirrus (10) at cloud edges, medium/high
   probability cloud (8/9), winter snow (11), water (6), urban (5), vegetation (4), a few dark
   (2), unclassified (7) and defective (1) pixels;
-* STAC items in the form of Earth Search v1 ``sentinel-2-l2a``, including one datatake split
-  into two partial products and one reprocessed duplicate (another baseline, same pixels).
+* a Sen2Cor-like cloud probability (``cloud`` asset, ``CLD_20m.tif``, 0–100 %) drawn from the
+  same fields: high and rising with the cloud's opacity under cloud, medium on the urban false
+  clouds, mostly 0 (sometimes a few percent) over clear ground, 0 where the SCL has no data.
+  Its expected value per observation is :func:`expected_cloud_value` of ``p`` (outside the
+  artefacts), the truth of the "mean cloud probability" measure;
+* STAC items in the form of Earth Search v1 Collection 1 (``sentinel-2-c1-l2a``: ids
+  ``S2B_T30UYC_20240106T110619_L2A``, ``proj:code``, assets ``scl`` and ``cloud``), including one
+  datatake split into two partial products and one reprocessed duplicate (another baseline,
+  same pixels).
 
 Outputs under the archive folder: ``items/collection.json``, ``items/items.json``, the COGs, ``zones/``
-(small-area polygons with LSOA-like codes), and ``truth/`` (probability raster in EPSG:27700,
-per-zone true probability, per-item class counts, the spec). Asset hrefs are relative to the
-archive folder; whoever serves it makes them absolute (``scripts/servers.py``).
+(small-area polygons with LSOA-like codes), and ``truth/`` (the probability raster and the
+expected mean cloud probability raster in EPSG:27700, per-zone truth of both measures, per-item
+class counts, the spec). Asset hrefs are relative to the archive folder; whoever serves it
+makes them absolute (``scripts/servers.py``).
 """
 from __future__ import annotations
 
@@ -48,9 +56,22 @@ SCL_WATER, SCL_UNCLASSIFIED, SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH, SCL_CIRRUS, SCL_S
 
 GREENWICH_27700 = (538_900.0, 177_600.0)  # 0° E, 51.48° N, on the British National Grid
 RES = 20.0  # metres, SCL resolution
-GENERATOR_VERSION = 2  # bump when the output changes for the same spec: cached archives are rebuilt
+GENERATOR_VERSION = 3  # bump when the output changes for the same spec: cached archives are rebuilt
 ZONE_EPSG = {30: 32630, 31: 32631}
 TILE_SQUARES = {30: ["YC", "YD", "XC", "XD"], 31: ["CT", "CU", "DT", "DU"]}
+COLLECTION = "sentinel-2-c1-l2a"  # Earth Search v1 Collection 1: the one with the ``cloud`` asset
+
+# The ``cloud`` asset (Sen2Cor's CLD, percent) of one observation:
+# * cloudy pixels (Φ(g) < q): round(CLOUD_LOW + CLOUD_SPAN · opacity); the opacity (q − z)/q of a
+#   cloudy pixel is uniform on (0, 1], so the mean is CLOUD_LOW + CLOUD_SPAN/2 = 65 %;
+# * urban false clouds (clear, classified SCL 8): uniform on the integers FALSE_CLOUD_RANGE (mean 50 %);
+# * other clear pixels: 0, except a share CLEAR_NOISE_RATE uniform on 1…CLEAR_NOISE_MAX (mean
+#   (1 + CLEAR_NOISE_MAX)/2 = 10 %), i.e. 2 % on average;
+# * 0 where the SCL is 0 (no data). Earth Search declares nodata 0 for it, but 0 % is a real value.
+BOA_OFFSET_DN = 1000  # added to L2A reflectance digital numbers from baseline 04.00 on
+CLOUD_LOW, CLOUD_SPAN = 30, 70
+FALSE_CLOUD_RANGE = (35, 65)
+CLEAR_NOISE_RATE, CLEAR_NOISE_MAX = 0.2, 19
 
 
 @dataclass(frozen=True)
@@ -169,6 +190,22 @@ def true_probability(x: np.ndarray, y: np.ndarray, aoi: tuple[float, float, floa
     return np.clip(p, 0.05, 0.95)
 
 
+def expected_cloud_value(p_fraction):
+    """Expected ``cloud`` value (percent) of one observation of a pixel of true probability ``p``.
+
+    Outside the artefacts (orbit-edge band, urban disc) a pixel is cloudy with probability
+    ``p``; a cloudy observation is worth 65 % on average and a clear one 2 %, so
+
+        E[cloud] = 100 · (0.65 · p + 0.02 · (1 − p))   percent,  p a fraction 0–1.
+
+    This is the truth of the "mean cloud probability" measure (``truth/mean_cloud_probability_27700.tif``).
+    """
+    p = np.asarray(p_fraction, dtype=np.float64)
+    cloudy_mean = (CLOUD_LOW + CLOUD_SPAN / 2) / 100.0  # 0.65
+    clear_mean = CLEAR_NOISE_RATE * (1 + CLEAR_NOISE_MAX) / 2 / 100.0  # 0.02
+    return 100.0 * (cloudy_mean * p + clear_mean * (1.0 - p))
+
+
 def _hash01(ix: np.ndarray, iy: np.ndarray, seed: int) -> np.ndarray:
     """Deterministic uniform [0, 1) per integer lattice node (splitmix64 of the node and seed)."""
     with np.errstate(over="ignore"):
@@ -203,11 +240,22 @@ class DatatakeFields:
         local = gaussian_filter(white, sigma, mode="wrap") * math.sqrt(4 * math.pi) * sigma
         common = rng.standard_normal()
         self.g = math.sqrt(1 - spec.day_weight) * local + math.sqrt(spec.day_weight) * common
-        snow_white = rng.standard_normal(layout.lattice_shape)
-        self.snow = gaussian_filter(snow_white, sigma * 2, mode="wrap") * math.sqrt(4 * math.pi) * sigma * 2
+        snow_white = rng.standard_normal(layout.lattice_shape)  # drawn on every day: keeps the stream
         winter = datatake.sensing.month in (12, 1, 2)
         self.snow_day = winter and rng.random() < 0.35
+        # the snow field is only used on snow days: filtered when first needed (it is the costliest)
+        self._snow_white = snow_white
+        self._snow: np.ndarray | None = None
         self.seed = spec.seed * 1_000_003 + datatake.index
+
+    @property
+    def snow(self) -> np.ndarray:
+        from scipy.ndimage import gaussian_filter
+
+        if self._snow is None:
+            sigma = 2 * self.layout.spec.cloud_corr_m / self.layout.spec.lattice_m
+            self._snow = gaussian_filter(self._snow_white, sigma, mode="wrap") * math.sqrt(4 * math.pi) * sigma
+        return self._snow
 
     def _lattice(self, field_: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         from scipy.ndimage import map_coordinates
@@ -220,6 +268,14 @@ class DatatakeFields:
 
     def classify(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """SCL classes (uint8) at EPSG:27700 positions; no-data (swath) is applied by the caller."""
+        return self.classify_with_cloud(x, y)[0]
+
+    def classify_with_cloud(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """SCL classes and the ``cloud`` probability (both uint8) at EPSG:27700 positions.
+
+        Pointwise: a position's values do not depend on the other positions asked for, so a
+        tile rendered whole and a few of its pixels rendered alone agree exactly.
+        """
         layout, spec = self.layout, self.layout.spec
         p = true_probability(x, y, layout.aoi)
         q = p + spec.edge_bias * edge_band(layout, self.datatake.orbit, x, y)
@@ -239,6 +295,7 @@ class DatatakeFields:
         ux, uy, ur = layout.urban
         urban = (x - ux) ** 2 + (y - uy) ** 2 < ur**2
         water = river_mask(layout, x, y)
+        false_cloud = urban & ~cloudy & (u1 < spec.urban_false_cloud)  # clear urban ground taken for cloud
 
         scl = np.full(x.shape, SCL_VEGETATION, dtype=np.uint8)
         # static land cover: 100 m parcels of bare soil among vegetation (as real SCLs have)
@@ -251,12 +308,18 @@ class DatatakeFields:
         if self.snow_day:
             scl[(self._lattice(self.snow, x, y) > 0.3) & ~water] = SCL_SNOW
         scl[shadow] = SCL_SHADOW
-        scl[urban & ~cloudy & (u1 < spec.urban_false_cloud)] = SCL_CLOUD_MEDIUM
+        scl[false_cloud] = SCL_CLOUD_MEDIUM
         scl[cloudy & (opacity < 0.2)] = SCL_CIRRUS
         scl[cloudy & (opacity >= 0.2) & (opacity < 0.55)] = SCL_CLOUD_MEDIUM
         scl[cloudy & (opacity >= 0.55)] = SCL_CLOUD_HIGH
         scl[u2 > 0.9997] = SCL_DEFECTIVE
-        return scl
+
+        u3 = _hash01(ix, iy, self.seed + 104_729)
+        cloud = np.where(u3 < CLEAR_NOISE_RATE, 1.0 + np.floor(u3 / CLEAR_NOISE_RATE * CLEAR_NOISE_MAX), 0.0)
+        lo, hi = FALSE_CLOUD_RANGE
+        cloud[false_cloud] = lo + np.floor(u3[false_cloud] * (hi - lo + 1))
+        cloud[cloudy] = np.round(CLOUD_LOW + CLOUD_SPAN * opacity[cloudy])
+        return scl, np.clip(cloud, 0, 100).astype(np.uint8)
 
 
 def river_mask(layout: Layout, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -368,20 +431,42 @@ def tile_positions_27700(tile: Tile, rows: slice, res: float = RES) -> tuple[np.
     The transform is exact on a 33-point lattice per side and bilinear between its nodes
     (errors of a few millimetres over a tile): far cheaper than projecting every pixel.
     """
+    n = int(round(tile.size_px * RES / res))
+    rr, cc = np.meshgrid(np.arange(rows.start, rows.stop), np.arange(n), indexing="ij")
+    return tile_pixel_positions_27700(tile, rr, cc, res)
+
+
+def tile_pixel_positions_27700(
+    tile: Tile, rows: np.ndarray, cols: np.ndarray, res: float = RES
+) -> tuple[np.ndarray, np.ndarray]:
+    """EPSG:27700 positions of the centres of the pixels (``rows``, ``cols``) of ``tile``.
+
+    Pointwise, with the same arithmetic as :func:`tile_positions_27700`, so a pixel gets the
+    same position whether its whole tile is rendered or only that pixel.
+    """
     from scipy.ndimage import map_coordinates
 
     n = int(round(tile.size_px * RES / res))
-    tr = _transformer(tile.epsg, 27700)
-    nodes = 33
-    t = np.linspace(0, n, nodes)
-    ex, ny = np.meshgrid(tile.x0 + t * res, tile.y0 - t * res)
-    bx, by = tr.transform(ex, ny)
-    r = np.arange(rows.start, rows.stop) + 0.5
-    c = np.arange(n) + 0.5
-    rr, cc = np.meshgrid(r * (nodes - 1) / n, c * (nodes - 1) / n, indexing="ij")
+    bx, by = _tile_nodes_27700(tile.epsg, tile.x0, tile.y0, n, res)
+    nodes = bx.shape[0]
+    rr = (np.asarray(rows) + 0.5) * (nodes - 1) / n
+    cc = (np.asarray(cols) + 0.5) * (nodes - 1) / n
     x = map_coordinates(bx, [rr.ravel(), cc.ravel()], order=1).reshape(rr.shape)
     y = map_coordinates(by, [rr.ravel(), cc.ravel()], order=1).reshape(rr.shape)
     return x, y
+
+
+@lru_cache(maxsize=256)
+def _tile_nodes_27700(epsg: int, x0: float, y0: float, n: int, res: float) -> tuple[np.ndarray, np.ndarray]:
+    """The exact EPSG:27700 positions of a 33 × 33 lattice over a tile (bilinear in between)."""
+    tr = _transformer(epsg, 27700)
+    nodes = 33
+    t = np.linspace(0, n, nodes)
+    ex, ny = np.meshgrid(x0 + t * res, y0 - t * res)
+    bx, by = tr.transform(ex, ny)
+    bx.flags.writeable = False
+    by.flags.writeable = False
+    return bx, by
 
 
 def _polygon_27700_to(geom, epsg: int):
@@ -435,14 +520,29 @@ class Product:
     generated: datetime | None = None
 
     @property
+    def datastrip_start(self) -> datetime:
+        """Sensing start of the product's datastrip (Collection 1 names items after it).
+
+        A split datatake's second datastrip starts later; a reprocessed product's datastrip was
+        cut anew and starts 2 s earlier, so its id differs from the original's as it must.
+        """
+        start = self.datatake.sensing
+        if self.part == "south":
+            return start + timedelta(seconds=23)
+        if self.generated is not None:
+            return start - timedelta(seconds=2)
+        return start
+
+    @property
     def item_id(self) -> str:
-        return f"{self.datatake.satellite}_{self.tile.code}_{self.datatake.sensing:%Y%m%d}_{self.sequence}_L2A"
+        """Earth Search Collection 1 form: ``S2B_T30UYC_20240106T110619_L2A``."""
+        return f"{self.datatake.satellite}_T{self.tile.code}_{self.datastrip_start:%Y%m%dT%H%M%S}_L2A"
 
     @property
     def folder(self) -> str:
         t = self.tile
         d = self.datatake.sensing
-        return f"sentinel-2-l2a/{t.zone}/U/{t.square}/{d.year}/{d.month}/{self.item_id}"
+        return f"{COLLECTION}/{t.zone}/U/{t.square}/{d.year}/{d.month}/{self.item_id}"
 
 
 def _split_y(tile: Tile) -> float:
@@ -450,14 +550,14 @@ def _split_y(tile: Tile) -> float:
     return tile.y0 - 0.55 * tile.size_px * RES
 
 
-def _part_mask(product: Product, rows: slice) -> np.ndarray | None:
+def _part_keep(product: Product, rows: np.ndarray) -> np.ndarray | None:
+    """Which of the tile rows ``rows`` (any shape) the product's datastrip covers; None: all."""
     if product.part == "all":
         return None
     tile = product.tile
-    ys = tile.y0 - (np.arange(rows.start, rows.stop) + 0.5) * RES
+    ys = tile.y0 - (np.asarray(rows) + 0.5) * RES
     north = ys >= _split_y(tile)
-    keep = north if product.part == "north" else ~north
-    return np.repeat(keep[:, None], tile.size_px, axis=1)
+    return north if product.part == "north" else ~north
 
 
 def _write_cog(path: Path, array: np.ndarray, tile: Tile, res: float, nodata: int | None, resampling: str, blocksize: int) -> None:
@@ -489,18 +589,39 @@ def _write_cog(path: Path, array: np.ndarray, tile: Tile, res: float, nodata: in
 
 def render_scl(layout: Layout, fields: DatatakeFields, product: Product, strip_rows: int = 1024) -> np.ndarray:
     """The SCL array (uint8, 20 m) of one product."""
+    return render_product(layout, fields, product, strip_rows)[0]
+
+
+def render_product(
+    layout: Layout, fields: DatatakeFields, product: Product, strip_rows: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """The SCL and ``cloud`` arrays (uint8, 20 m, the same grid) of one product."""
     tile = product.tile
-    out = np.empty((tile.size_px, tile.size_px), dtype=np.uint8)
+    scl = np.empty((tile.size_px, tile.size_px), dtype=np.uint8)
+    cloud = np.empty_like(scl)
     for r0 in range(0, tile.size_px, strip_rows):
-        rows = slice(r0, min(tile.size_px, r0 + strip_rows))
-        x, y = tile_positions_27700(tile, rows)
-        scl = fields.classify(x, y)
-        scl[~in_swath(layout, product.datatake.orbit, x, y)] = SCL_NODATA
-        part = _part_mask(product, rows)
-        if part is not None:
-            scl[~part] = SCL_NODATA
-        out[rows] = scl
-    return out
+        strip = np.arange(r0, min(tile.size_px, r0 + strip_rows))
+        rows, cols = np.meshgrid(strip, np.arange(tile.size_px), indexing="ij")
+        scl[strip], cloud[strip] = render_pixels(layout, fields, product, rows, cols)
+    return scl, cloud
+
+
+def render_pixels(
+    layout: Layout, fields: DatatakeFields, product: Product, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """SCL and ``cloud`` of the product's pixels (``rows``, ``cols``): what its COGs hold there.
+
+    Outside the swath or the product's datastrip the SCL is 0 (no data) and so is ``cloud``.
+    """
+    x, y = tile_pixel_positions_27700(product.tile, rows, cols)
+    scl, cloud = fields.classify_with_cloud(x, y)
+    nodata = ~in_swath(layout, product.datatake.orbit, x, y)
+    keep = _part_keep(product, rows)
+    if keep is not None:
+        nodata |= ~keep
+    scl[nodata] = SCL_NODATA
+    cloud[scl == SCL_NODATA] = 0
+    return scl, cloud
 
 
 _REFLECTANCE = {  # red, green, blue surface reflectance by SCL class
@@ -519,7 +640,12 @@ _REFLECTANCE = {  # red, green, blue surface reflectance by SCL class
 
 
 def render_truecolor(scl: np.ndarray, seed: int) -> np.ndarray:
-    """Red, green, blue (uint16, reflectance × 10000, BOA offset already applied) at 10 m."""
+    """Red, green, blue (uint16) at 10 m: reflectance × 10000 + 1000, as Collection 1 stores them.
+
+    Baselines 04.00 and later add a BOA offset of +1000 to the digital numbers; Collection 1
+    keeps it (its items declare ``raster:bands`` scale 0.0001 and offset −0.1, and have no
+    ``earthsearch:boa_offset_applied``). 0 stays no data.
+    """
     up = np.repeat(np.repeat(scl, 2, axis=0), 2, axis=1)
     rgb = np.zeros((3,) + up.shape, dtype=np.float32)
     for cls, refl in _REFLECTANCE.items():
@@ -528,7 +654,7 @@ def render_truecolor(scl: np.ndarray, seed: int) -> np.ndarray:
             rgb[b][m] = refl[b]
     rng = np.random.default_rng(seed)
     rgb *= 1 + 0.08 * rng.standard_normal(up.shape).astype(np.float32)
-    dn = np.clip(rgb * 10000, 1, 65535).astype(np.uint16)
+    dn = (np.clip(rgb * 10000, 1, 65535 - BOA_OFFSET_DN) + BOA_OFFSET_DN).astype(np.uint16)
     dn[:, up == SCL_NODATA] = 0
     return dn
 
@@ -575,6 +701,9 @@ def _densify(poly, step: float = 200.0):
 
 
 def _item(layout: Layout, product: Product, counts: dict[int, int], truecolor: bool) -> dict:
+    """The product's STAC item, in the form of Earth Search v1 ``sentinel-2-c1-l2a`` items."""
+    from shapely.geometry import shape
+
     d, tile = product.datatake, product.tile
     total = tile.size_px**2
     nodata = counts[SCL_NODATA]
@@ -592,35 +721,48 @@ def _item(layout: Layout, product: Product, counts: dict[int, int], truecolor: b
         f"{d.satellite}_MSIL2A_{d.sensing:%Y%m%dT%H%M%S}_N{baseline_digits}_R{d.orbit:03d}_T{tile.code}_"
         f"{generated:%Y%m%dT%H%M%S}.SAFE"
     )
-    datastrip_start = d.sensing if product.part != "south" else d.sensing + timedelta(seconds=23)
-    datastrip = f"{d.satellite}_OPER_MSI_L2A_DS_2APS_{generated:%Y%m%dT%H%M%S}_S{datastrip_start:%Y%m%dT%H%M%S}_N{product.baseline}"
+    centre = f"2{d.satellite[-1]}PS"  # processing centre as in real names: 2APS, 2BPS
+    stamp, baseline = f"{generated:%Y%m%dT%H%M%S}", f"N{product.baseline}"
+    datastrip = f"{d.satellite}_OPER_MSI_L2A_DS_{centre}_{stamp}_S{product.datastrip_start:%Y%m%dT%H%M%S}_{baseline}"
     scl_tr = tile.transform(RES)
+    cog = "image/tiff; application=geotiff; profile=cloud-optimized"
+    grid20 = {"proj:shape": [tile.size_px, tile.size_px],
+              "proj:transform": [scl_tr.a, scl_tr.b, scl_tr.c, scl_tr.d, scl_tr.e, scl_tr.f]}
     assets = {
         "scl": {
-            "href": f"{product.folder}/SCL.tif",
-            "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-            "title": "Scene classification map (SCL)",
-            "gsd": 20,
-            "proj:shape": [tile.size_px, tile.size_px],
-            "proj:transform": [scl_tr.a, scl_tr.b, scl_tr.c, scl_tr.d, scl_tr.e, scl_tr.f],
+            "href": f"{product.folder}/SCL.tif", "type": cog, "title": "Scene classification map (SCL)", "gsd": 20,
+            **grid20,
             "raster:bands": [{"nodata": 0, "data_type": "uint8", "spatial_resolution": 20}],
             "roles": ["data"],
-        }
+        },
+        # Sen2Cor's cloud probability (percent); Earth Search declares nodata 0 although 0 % is a value
+        "cloud": {
+            "href": f"{product.folder}/CLD_20m.tif", "type": cog, "title": "Cloud Probabilities", "gsd": 20,
+            **grid20,
+            "raster:bands": [{"nodata": 0, "data_type": "uint8", "spatial_resolution": 20}],
+            "roles": ["data", "cloud"],
+        },
     }
     if truecolor:
         tr10 = tile.transform(10.0)
-        for key, band, title in (("red", "B04", "Red (band 4) - 10m"), ("green", "B03", "Green (band 3) - 10m"), ("blue", "B02", "Blue (band 2) - 10m")):
+        for key, band, title, wavelength, fwhm in (("red", "B04", "Red - 10m", 0.665, 0.038),
+                                                  ("green", "B03", "Green - 10m", 0.56, 0.045),
+                                                  ("blue", "B02", "Blue - 10m", 0.49, 0.098)):
             assets[key] = {
                 "href": f"{product.folder}/{band}.tif",
-                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                "type": cog,
                 "title": title,
-                "eo:bands": [{"name": band, "common_name": key}],
+                "eo:bands": [{"name": band, "common_name": key, "center_wavelength": wavelength,
+                              "full_width_half_max": fwhm}],
                 "gsd": 10,
                 "proj:shape": [tile.size_px * 2, tile.size_px * 2],
                 "proj:transform": [tr10.a, tr10.b, tr10.c, tr10.d, tr10.e, tr10.f],
-                "raster:bands": [{"nodata": 0, "data_type": "uint16", "spatial_resolution": 10, "scale": 0.0001, "offset": 0}],
+                # Collection 1 keeps the +1000 BOA offset in the digital numbers and declares it here
+                "raster:bands": [{"nodata": 0, "data_type": "uint16", "spatial_resolution": 10, "scale": 0.0001,
+                                  "offset": -BOA_OFFSET_DN / 10000}],
                 "roles": ["data", "reflectance"],
             }
+    centroid = shape(geometry).centroid
     props = {
         "created": generated.isoformat().replace("+00:00", "Z"),
         "platform": "sentinel-2a" if d.satellite == "S2A" else "sentinel-2b",
@@ -628,12 +770,19 @@ def _item(layout: Layout, product: Product, counts: dict[int, int], truecolor: b
         "instruments": ["msi"],
         "eo:cloud_cover": pct(SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH, SCL_CIRRUS),
         "proj:epsg": tile.epsg,
+        "proj:code": f"EPSG:{tile.epsg}",  # projection extension v2's name; Earth Search's newer items carry it
+        "proj:centroid": {"lat": round(centroid.y, 5), "lon": round(centroid.x, 5)},
         "mgrs:utm_zone": tile.zone,
         "mgrs:latitude_band": "U",
         "mgrs:grid_square": tile.square,
         "grid:code": f"MGRS-{tile.code}",
+        # view:azimuth from the sub-satellite point: R094 passes west of the area, R137 east of it;
+        # the area lies near the edge of both swaths (large incidence)
+        "view:azimuth": 105.0 if d.orbit == 94 else 285.0,
+        "view:incidence_angle": 10.5 if d.orbit == 94 else 9.8,
         "view:sun_azimuth": 160.0 + (d.sensing.timetuple().tm_yday % 30),
         "view:sun_elevation": 15.0 + 47.0 * math.sin(math.pi * d.sensing.timetuple().tm_yday / 366),
+        "s2:tile_id": f"{d.satellite}_OPER_MSI_L2A_TL_{centre}_{stamp}_A{d.absolute_orbit:06d}_T{tile.code}_{baseline}",
         "s2:degraded_msi_data_percentage": 0,
         "s2:nodata_pixel_percentage": round(100.0 * nodata / total, 6),
         "s2:saturated_defective_pixel_percentage": pct(SCL_DEFECTIVE),
@@ -654,14 +803,14 @@ def _item(layout: Layout, product: Product, counts: dict[int, int], truecolor: b
         "s2:datatake_id": f"{d.datatake_id}_N{product.baseline}",
         "s2:datatake_type": "INS-NOBS",
         "s2:datastrip_id": datastrip,
-        "s2:granule_id": f"{d.satellite}_OPER_MSI_L2A_TL_2APS_{generated:%Y%m%dT%H%M%S}_A{d.absolute_orbit:06d}_T{tile.code}_N{product.baseline}",
         "s2:reflectance_conversion_factor": round(1 + 0.0334 * math.cos(2 * math.pi * (d.sensing.timetuple().tm_yday - 4) / 365.25), 9),
-        "s2:sequence": str(product.sequence),
-        "datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-        "earthsearch:s3_path": f"s3://sentinel-cogs/{product.folder}",
-        "earthsearch:payload_id": f"roda-sentinel2/workflow-sentinel2-to-stac/{hashlib.md5(product.item_id.encode()).hexdigest()}",
-        "earthsearch:boa_offset_applied": True,
-        "processing:software": {"sentinel2-to-stac": "0.1.1"},
+        "datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z",
+        "earthsearch:payload_id": (f"roda-{COLLECTION}/workflow-{COLLECTION}-to-stac/"
+                                   f"{hashlib.md5(product.item_id.encode()).hexdigest()}"),
+        "storage:platform": "AWS",
+        "storage:region": "us-west-2",
+        "storage:requester_pays": False,
+        "processing:software": {f"{COLLECTION}-to-stac": "v2024.02.01"},
         "updated": generated.isoformat().replace("+00:00", "Z"),
     }
     return {
@@ -669,10 +818,13 @@ def _item(layout: Layout, product: Product, counts: dict[int, int], truecolor: b
         "stac_version": "1.0.0",
         "stac_extensions": [
             "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
-            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/grid/v1.1.0/schema.json",
             "https://stac-extensions.github.io/mgrs/v1.0.0/schema.json",
-            "https://stac-extensions.github.io/grid/v1.0.0/schema.json",
+            "https://stac-extensions.github.io/processing/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
             "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/sentinel-2/v1.0.0/schema.json",
+            "https://stac-extensions.github.io/storage/v1.0.0/schema.json",
             "https://stac-extensions.github.io/view/v1.0.0/schema.json",
         ],
         "id": product.item_id,
@@ -681,7 +833,7 @@ def _item(layout: Layout, product: Product, counts: dict[int, int], truecolor: b
         "links": [],
         "assets": assets,
         "bbox": [round(v, 9) for v in bounds],
-        "collection": "sentinel-2-l2a",
+        "collection": COLLECTION,
     }
 
 
@@ -725,12 +877,14 @@ def _render_datatake(spec: SampleSpec, work: str, index: int, products: list[Pro
     out = []
     for product in products:
         product = Product(datatake, product.tile, product.sequence, product.baseline, product.part, product.generated)
-        scl = render_scl(layout, fields_, product)
+        scl, cloud = render_product(layout, fields_, product)
         counts = _class_counts(scl)
         if counts[SCL_NODATA] == scl.size:
             continue
         folder = Path(work) / product.folder
         _write_cog(folder / "SCL.tif", scl, product.tile, RES, 0, "NEAREST", spec.blocksize)
+        # GeoTIFF nodata 0 as Earth Search declares it, though 0 % is a value where the SCL has data
+        _write_cog(folder / "CLD_20m.tif", cloud, product.tile, RES, 0, "NEAREST", spec.blocksize)
         if truecolor:
             rgb = render_truecolor(scl, seed=spec.seed * 7 + index * 31 + product.sequence)
             for band, i in (("B04", 0), ("B03", 1), ("B02", 2)):
@@ -738,6 +892,8 @@ def _render_datatake(spec: SampleSpec, work: str, index: int, products: list[Pro
         truth = {
             "datatake": datatake.datatake_id, "tile": product.tile.code, "epsg": product.tile.epsg,
             "orbit": datatake.orbit, "part": product.part, "baseline": product.baseline, "class_counts": counts,
+            # Σ of the cloud asset (percent) over the pixels where the SCL has data, per SCL class
+            "cloud_sums": {i: int(v) for i, v in enumerate(np.bincount(scl.ravel(), cloud.ravel(), minlength=12))},
         }
         out.append((_item(layout, product, counts, truecolor), truth))
     return out
@@ -824,17 +980,32 @@ def _write_stac(work: Path, items: list[dict], layout: Layout) -> None:
     lons = [it["bbox"][0] for it in items] + [it["bbox"][2] for it in items]
     lats = [it["bbox"][1] for it in items] + [it["bbox"][3] for it in items]
     times = sorted(it["properties"]["datetime"] for it in items)
+    # the assets every item may carry, as Earth Search's collection lists them (without the grid)
+    item_assets = {}
+    for item in items:
+        for key, asset in item["assets"].items():
+            item_assets.setdefault(key, {k: v for k, v in asset.items()
+                                         if k not in ("href", "proj:shape", "proj:transform")})
     collection = {
         "type": "Collection",
+        "id": COLLECTION,
+        "title": "Sentinel-2 Collection 1 Level-2A (sample archive)",
+        "description": "Synthetic Sentinel-2 Collection 1 L2A scenes around Greenwich in the form of Earth Search v1 "
+                       "sentinel-2-c1-l2a items (SCL and Sen2Cor cloud probability).",
         "stac_version": "1.0.0",
-        "id": "sentinel-2-l2a",
-        "title": "Sentinel-2 Level 2A (sample archive)",
-        "description": "Synthetic Sentinel-2 L2A scenes around Greenwich in the form of Earth Search v1 items.",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/item-assets/v1.0.0/schema.json",
+            "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
+        ],
         "license": "proprietary",
         "extent": {
             "spatial": {"bbox": [[min(lons), min(lats), max(lons), max(lats)]]},
             "temporal": {"interval": [[times[0], times[-1]]]},
         },
+        "summaries": {"platform": ["sentinel-2a", "sentinel-2b"], "constellation": ["sentinel-2"],
+                      "instruments": ["msi"]},
+        "item_assets": dict(sorted(item_assets.items())),
         "links": [],
     }
     (work / "items" / "collection.json").write_text(json.dumps(collection, indent=1))
@@ -859,13 +1030,21 @@ def _write_truth(work: Path, layout: Layout, scene_truth: dict) -> None:
     cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
     x = transform.c + cols * RES
     y = transform.f - rows * RES
-    p = (100.0 * true_probability(x, y, layout.aoi)).astype(np.float32)
+    fraction = true_probability(x, y, layout.aoi)
+    p = (100.0 * fraction).astype(np.float32)
     with rasterio.open(
         truth / "probability_27700.tif", "w", driver="GTiff", width=width, height=height, count=1, dtype="float32",
         crs="EPSG:27700", transform=transform, compress="DEFLATE", tiled=True, nodata=-1,
     ) as dst:
         dst.write(p[None])
         dst.update_tags(units="percent", description="true per-pixel cloud probability")
+    with rasterio.open(
+        truth / "mean_cloud_probability_27700.tif", "w", driver="GTiff", width=width, height=height, count=1,
+        dtype="float32", crs="EPSG:27700", transform=transform, compress="DEFLATE", tiled=True, nodata=-1,
+    ) as dst:
+        dst.write(expected_cloud_value(fraction).astype(np.float32)[None])
+        dst.update_tags(units="percent", formula="100 * (0.65 * p + 0.02 * (1 - p))",
+                        description="expected cloud asset value of one observation (true mean cloud probability)")
     urban = np.zeros_like(p)
     ux, uy, ur = layout.urban
     urban[(x - ux) ** 2 + (y - uy) ** 2 < ur**2] = 1
@@ -919,21 +1098,23 @@ def _write_zones(work: Path, layout: Layout) -> None:
     transform = from_origin(xmin, ymax, step, step)
     ids = features.rasterize(((g, i + 1) for i, g in enumerate(gdf.geometry)), out_shape=(height, width), transform=transform, fill=0, dtype="int32")
     cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
-    p = 100.0 * true_probability(xmin + cols * step, ymax - rows * step, layout.aoi)
-    sums = np.bincount(ids.ravel(), weights=p.ravel(), minlength=len(cells) + 1)
+    fraction = true_probability(xmin + cols * step, ymax - rows * step, layout.aoi)
     counts = np.bincount(ids.ravel(), minlength=len(cells) + 1)
+    means = []
+    for value in (100.0 * fraction, expected_cloud_value(fraction)):
+        sums = np.bincount(ids.ravel(), weights=value.ravel(), minlength=len(cells) + 1)
+        means.append(np.where(counts > 0, sums / np.maximum(counts, 1), np.nan))
     with open(work / "truth" / "small_areas_truth.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["code", "true_cloud_prob_pct", "area_m2"])
+        w.writerow(["code", "true_cloud_prob_pct", "area_m2", "true_mean_cloud_prob_pct"])
         for i, (code, geom) in enumerate(zip(codes, gdf.geometry)):
-            mean = sums[i + 1] / counts[i + 1] if counts[i + 1] else float("nan")
-            w.writerow([code, f"{mean:.4f}", f"{geom.area:.1f}"])
+            w.writerow([code, f"{means[0][i + 1]:.4f}", f"{geom.area:.1f}", f"{means[1][i + 1]:.4f}"])
 
 
 def observation_counts(
     spec: SampleSpec, crs_epsg: int, transform, shape: tuple[int, int],
     cloud_classes: tuple[int, ...] = (SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH, SCL_CIRRUS),
-    invalid_classes: tuple[int, ...] = (SCL_NODATA, SCL_DEFECTIVE), datatakes: list[int] | None = None,
+    invalid_classes: tuple[int, ...] = (SCL_NODATA, SCL_DEFECTIVE), datatakes: Iterable[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The generator's own valid and cloudy counts on a grid, from its in-memory scenes.
 
@@ -942,9 +1123,51 @@ def observation_counts(
     newest processing baseline then item id, whose pixel there is valid; an acquisition counts
     once. ``datatakes`` restricts the count to those datatake indices.
     """
+    valid = np.zeros(shape, np.uint16)
+    cloudy = np.zeros(shape, np.uint16)
+    for _index, filled, scl, _cloud in _grid_observations(spec, crs_epsg, transform, shape, invalid_classes, datatakes):
+        valid += filled
+        cloudy += filled & np.isin(scl, cloud_classes)
+    return valid, cloudy
+
+
+def observation_sums(
+    spec: SampleSpec, crs_epsg: int, transform, shape: tuple[int, int],
+    nodata_classes: tuple[int, ...] = (SCL_NODATA,), datatakes: Iterable[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The generator's own "mean cloud probability" sums on a grid, from its in-memory scenes.
+
+    Returns ``valid`` (uint16, observations), ``cloud_sum`` (float64, Σ cloud/100) and
+    ``cloud_sq_sum`` (float64, Σ (cloud/100)²) per grid pixel, so the mean cloud probability
+    is 100 · cloud_sum / valid. Per acquisition (datatake), a grid pixel takes the product
+    pixel that contains its centre from the first product, in order of newest processing
+    baseline then item id, whose SCL there is not in ``nodata_classes``; the ``cloud`` value of
+    that same product pixel is the observation. Nothing is read from disk: any ``spec`` (for
+    instance ``SampleSpec.small(seed=7)``, an independent year) works without generating it.
+    """
+    valid = np.zeros(shape, np.uint16)
+    cloud_sum = np.zeros(shape, np.float64)
+    cloud_sq_sum = np.zeros(shape, np.float64)
+    for _index, filled, _scl, cloud in _grid_observations(spec, crs_epsg, transform, shape, nodata_classes, datatakes):
+        valid += filled
+        value = np.where(filled, cloud / 100.0, 0.0)
+        cloud_sum += value
+        cloud_sq_sum += value * value
+    return valid, cloud_sum, cloud_sq_sum
+
+
+def _grid_observations(spec: SampleSpec, crs_epsg: int, transform, shape: tuple[int, int],
+                       invalid_classes: Iterable[int], datatakes: Iterable[int] | None):
+    """Per datatake: (index, filled, SCL, cloud) on the grid, by the rule of :func:`observation_counts`.
+
+    Renders only the product pixels the grid's pixel centres fall in (pointwise, the values
+    the COGs hold there), each once.
+    """
     from pyproj import Transformer
 
     layout = make_layout(spec)
+    invalid = np.asarray(tuple(invalid_classes), dtype=np.uint8)
+    wanted = None if datatakes is None else set(datatakes)
     rows, cols = shape
     cc, rr = np.meshgrid(np.arange(cols) + 0.5, np.arange(rows) + 0.5)
     gx = transform.c + cc * transform.a + rr * transform.b
@@ -952,35 +1175,41 @@ def observation_counts(
     coords = {}
     for epsg in {t.epsg for t in layout.tiles}:
         coords[epsg] = Transformer.from_crs(crs_epsg, epsg, always_xy=True).transform(gx, gy)
-    valid = np.zeros(shape, np.uint16)
-    cloudy = np.zeros(shape, np.uint16)
+    # the tile pixel under each grid pixel centre, computed once per tile
+    under: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for tile in layout.tiles:
+        x, y = coords[tile.epsg]
+        col = np.floor((x - tile.x0) / RES).astype(np.int64)
+        row = np.floor((tile.y0 - y) / RES).astype(np.int64)
+        inside = (col >= 0) & (col < tile.size_px) & (row >= 0) & (row < tile.size_px)
+        under[(tile.epsg, tile.x0, tile.y0)] = (inside, row, col)
     by_datatake: dict[int, list[Product]] = {}
     for product in _products(layout):
         by_datatake.setdefault(product.datatake.index, []).append(product)
     for index, products in sorted(by_datatake.items()):
-        if datatakes is not None and index not in datatakes:
+        if wanted is not None and index not in wanted:
             continue
         fields_ = DatatakeFields(layout, layout.datatakes[index])
         products = sorted(products, key=lambda p: (-float(p.baseline), p.item_id))
-        value = np.zeros(shape, np.uint8)
+        scl = np.zeros(shape, np.uint8)
+        cloud = np.zeros(shape, np.uint8)
         filled = np.zeros(shape, bool)
         for product in products:
             tile = product.tile
-            x, y = coords[tile.epsg]
-            col = np.floor((x - tile.x0) / RES).astype(np.int64)
-            row = np.floor((tile.y0 - y) / RES).astype(np.int64)
-            inside = (col >= 0) & (col < tile.size_px) & (row >= 0) & (row < tile.size_px) & ~filled
-            if not inside.any():
+            inside, row, col = under[(tile.epsg, tile.x0, tile.y0)]
+            idx = np.flatnonzero(inside & ~filled)
+            if not idx.size:
                 continue
-            scl = render_scl(layout, fields_, product)
-            v = scl[row[inside], col[inside]]
-            ok = ~np.isin(v, invalid_classes)
-            idx = np.flatnonzero(inside)[ok]
-            value.flat[idx] = v[ok]
-            filled.flat[idx] = True
-        valid += filled
-        cloudy += filled & np.isin(value, cloud_classes)
-    return valid, cloudy
+            key = row.flat[idx] * tile.size_px + col.flat[idx]
+            pixels, back = np.unique(key, return_inverse=True)
+            s, c = render_pixels(layout, fields_, product, pixels // tile.size_px, pixels % tile.size_px)
+            s, c = s[back], c[back]
+            ok = ~np.isin(s, invalid)
+            take = idx[ok]
+            scl.flat[take] = s[ok]
+            cloud.flat[take] = c[ok]
+            filled.flat[take] = True
+        yield index, filled, scl, cloud
 
 
 def aoi_lonlat(archive: str | Path) -> tuple[float, float, float, float]:
