@@ -224,12 +224,35 @@ def _normal_cdf(g: np.ndarray) -> np.ndarray:
     return ndtr(g)
 
 
+def _gaussian_wrap(white: np.ndarray, sigma: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(white, sigma, mode="wrap")`` as one circular convolution by FFT.
+
+    The same separable kernel (scipy's, truncated at 4 σ and normalised); equal to the direct
+    filter to ~1e-15, and several times faster on the lattice (the costliest step of a datatake).
+    """
+    rows, cols = white.shape
+    spectrum = np.fft.rfft2(white)
+    spectrum *= _wrap_kernel_fft(rows, sigma, False)[:, None] * _wrap_kernel_fft(cols, sigma, True)[None, :]
+    return np.fft.irfft2(spectrum, s=white.shape)
+
+
+@lru_cache(maxsize=16)
+def _wrap_kernel_fft(n: int, sigma: float, half: bool) -> np.ndarray:
+    radius = int(4.0 * float(sigma) + 0.5)  # scipy.ndimage's truncate=4.0
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
+    phi /= phi.sum()
+    periodic = np.zeros(n)
+    np.add.at(periodic, x % n, phi)  # a kernel longer than the lattice wraps onto itself, as mode="wrap" does
+    spectrum = np.fft.rfft(periodic) if half else np.fft.fft(periodic)
+    spectrum.flags.writeable = False
+    return spectrum
+
+
 class DatatakeFields:
     """The fields of one datatake, evaluated at any EPSG:27700 position."""
 
     def __init__(self, layout: Layout, datatake: Datatake):
-        from scipy.ndimage import gaussian_filter
-
         spec = layout.spec
         self.layout = layout
         self.datatake = datatake
@@ -237,7 +260,7 @@ class DatatakeFields:
         sigma = spec.cloud_corr_m / spec.lattice_m
         white = rng.standard_normal(layout.lattice_shape)
         # 'wrap' keeps the field stationary, so its variance is exactly the theoretical one
-        local = gaussian_filter(white, sigma, mode="wrap") * math.sqrt(4 * math.pi) * sigma
+        local = _gaussian_wrap(white, sigma) * math.sqrt(4 * math.pi) * sigma
         common = rng.standard_normal()
         self.g = math.sqrt(1 - spec.day_weight) * local + math.sqrt(spec.day_weight) * common
         snow_white = rng.standard_normal(layout.lattice_shape)  # drawn on every day: keeps the stream
@@ -250,11 +273,9 @@ class DatatakeFields:
 
     @property
     def snow(self) -> np.ndarray:
-        from scipy.ndimage import gaussian_filter
-
         if self._snow is None:
             sigma = 2 * self.layout.spec.cloud_corr_m / self.layout.spec.lattice_m
-            self._snow = gaussian_filter(self._snow_white, sigma, mode="wrap") * math.sqrt(4 * math.pi) * sigma
+            self._snow = _gaussian_wrap(self._snow_white, sigma) * math.sqrt(4 * math.pi) * sigma
         return self._snow
 
     def _lattice(self, field_: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
