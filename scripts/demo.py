@@ -63,7 +63,7 @@ def main() -> int:
     with servers.SampleServers(archive, BUILD / "demo-servers") as running:
         print(f"STAC API {running.stac.url}   COGs {running.cogs.url}")
         report, elapsed = _run("cloudprob:searchscenes", [
-            f"STAC_URL={running.stac.url}", "COLLECTION=sentinel-2-l2a",
+            f"STAC_URL={running.stac.url}", "COLLECTION=sentinel-2-c1-l2a",
             f"AOI={xmin},{xmax},{ymin},{ymax} [EPSG:27700]",
             "START_DATE=2024-01-01", "END_DATE=2024-12-31", "MAX_SCENE_CLOUD=100", f"OUTPUT={scenes_path}",
         ])
@@ -90,7 +90,7 @@ def main() -> int:
             return 1
         zones = archive / "zones" / "small_areas.gpkg"
         model, model_s = _run("cloudprob:annualcloudprobability", [
-            f"STAC_URL={running.stac.url}", "COLLECTION=sentinel-2-l2a", f"AOI={xmin},{xmax},{ymin},{ymax} [EPSG:27700]",
+            f"STAC_URL={running.stac.url}", "COLLECTION=sentinel-2-c1-l2a", f"AOI={xmin},{xmax},{ymin},{ymax} [EPSG:27700]",
             "START_DATE=2024-01-01", "END_DATE=2024-12-31", f"ZONES={zones}|layername=small_areas", "ZONE_ID_FIELD=code",
             "TARGET_CRS=EPSG:27700", "RESOLUTION=20",
             f"frequency:PROBABILITY={OUT / 'probability.tif'}", f"frequency:VALID={OUT / 'valid.tif'}",

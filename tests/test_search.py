@@ -40,7 +40,7 @@ def _archive_items(archive) -> list[dict]:
 
 def _request(servers, archive, **kw) -> SearchRequest:
     base = dict(
-        url=servers.stac.url, collection="sentinel-2-l2a", bbox=aoi_lonlat(archive),
+        url=servers.stac.url, collection="sentinel-2-c1-l2a", bbox=aoi_lonlat(archive),
         start=date(2024, 1, 1), end=date(2024, 12, 31), page_size=50,
     )
     base.update(kw)
@@ -109,11 +109,11 @@ def test_clear_errors(sample_servers, sample_archive):
         search_scenes(_request(sample_servers, sample_archive, url=f"http://127.0.0.1:{free_port()}", retries=0))
     with pytest.raises(SearchError, match="not .*STAC API"):
         search_scenes(_request(sample_servers, sample_archive, url=f"{sample_servers.cogs.url}/archive.json"))
-    with pytest.raises(SearchError, match="no collection 'sentinel-2-l1c'.*sentinel-2-l2a"):
+    with pytest.raises(SearchError, match="no collection 'sentinel-2-l1c'.*sentinel-2-c1-l2a"):
         search_scenes(_request(sample_servers, sample_archive, collection="sentinel-2-l1c"))
     with pytest.raises(SearchError, match="before the start date"):
         search_scenes(_request(sample_servers, sample_archive, start=date(2024, 5, 1), end=date(2024, 4, 1)))
-    with pytest.raises(SearchError, match="No scenes of 'sentinel-2-l2a'"):
+    with pytest.raises(SearchError, match="No scenes of 'sentinel-2-c1-l2a'"):
         search_scenes(_request(sample_servers, sample_archive, start=date(2023, 1, 1), end=date(2023, 6, 30)))
 
 
