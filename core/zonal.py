@@ -83,6 +83,7 @@ def zonal_statistics(
     valid_path: str | None = None,
     progress: Progress | None = None,
     spread_path: str | None = None,
+    batch_size: int = 2000,
 ) -> ZonalResult:
     """Statistics of ``raster_path`` (band 1, percent; its no-data value is honoured) per zone.
 
@@ -113,6 +114,7 @@ def zonal_statistics(
         crs, transform = ds.crs, ds.transform
         geographic = ds.crs.is_geographic
         cell_area = abs(transform.a * transform.e)
+    zones = zones.reset_index(drop=True)  # rows by position from here on
     ids = zones[id_field].astype(str)
     geoms = zones.geometry
     kinds = {g.geom_type for g in geoms if g is not None and not g.is_empty}
@@ -130,43 +132,47 @@ def zonal_statistics(
         else:
             repaired.append(g)
     work = gpd.GeoDataFrame({"_zone": ids.values}, geometry=repaired, crs=zones.crs)
-    work = work[[g is not None and not g.is_empty for g in work.geometry]].to_crs(crs)
+    work = work[[g is not None and not g.is_empty for g in work.geometry]].to_crs(crs)  # index: the zones' rows
     check_cancel(progress)
     progress.set_progress(5.0)
-    result = pd.DataFrame({id_field: ids.values})
+    result = pd.DataFrame({id_field: ids.values}, index=zones.index)
     for column in COLUMNS + (VALID_COLUMNS if valid_path else []):
         result[column] = np.nan
     if len(work):
-        weight = "(coverage_weight=area_spherical_m2)" if geographic else ""
-        ops = [f"{s}{weight}" if s in ("mean", "median", "stdev") else s for s in PROBABILITY_STATS]
-        stats = exact_extract(raster_path, work, ops + ["count"], include_cols=["_zone"], output="pandas")
-        stats.columns = ["_zone"] + [f"probability_{s}" for s in PROBABILITY_STATS] + ["covered_cells"]
-        progress.set_progress(50.0)
         if geographic:
             areas = work.to_crs(work.estimate_utm_crs()).area.values
             full = areas / _mean_cell_area_m2(raster_path)
         else:
             full = work.area.values / cell_area
-        stats["coverage_pct"] = np.where(full > 0, 100.0 * stats["covered_cells"].values / full, np.nan)
-        if valid_path:
+        parts = []
+        batches = range(0, len(work), batch_size)
+        for n, start in enumerate(batches):
+            # a batch of areas at a time: exactextract reads each area's window, and the cells
+            # it hands back for the medians are those of one batch, never the raster's
             check_cancel(progress)
-            counts = exact_extract(valid_path, work, ops, include_cols=["_zone"], output="pandas")
-            for k, s in enumerate(PROBABILITY_STATS, start=1):
-                stats[f"acquisition_count_{s}"] = counts.iloc[:, k].values
-            progress.set_progress(75.0)
-            mean = stats["probability_mean"].values
-            if spread_path:
+            batch = work.iloc[start:start + batch_size]
+            part = _cell_statistics(raster_path, batch, "probability", geographic, transform)
+            part["covered_cells"] = part.pop("probability_count")
+            if valid_path:
                 check_cancel(progress)
-                spread = exact_extract(spread_path, work, [f"mean{weight}"], include_cols=["_zone"],
-                                       output="pandas").iloc[:, 1].values
-            else:
-                spread = np.sqrt(np.clip(mean, 0, 100) * (100.0 - np.clip(mean, 0, 100)))
-            low, high = mean_interval(mean, spread, stats["acquisition_count_mean"].values)
-            stats["probability_ci95_low"], stats["probability_ci95_high"] = low, high
-        progress.set_progress(90.0)
-        stats = stats.set_index("_zone")
+                counts = _cell_statistics(valid_path, batch, "acquisition_count", geographic, transform)
+                for s in PROBABILITY_STATS:
+                    part[f"acquisition_count_{s}"] = counts[f"acquisition_count_{s}"]
+                mean = part["probability_mean"]
+                if spread_path:
+                    weight = "(coverage_weight=area_spherical_m2)" if geographic else ""
+                    spread = exact_extract(spread_path, batch, [f"mean{weight}"], output="pandas").iloc[:, 0].values
+                else:
+                    spread = np.sqrt(np.clip(mean, 0, 100) * (100.0 - np.clip(mean, 0, 100)))
+                part["probability_ci95_low"], part["probability_ci95_high"] = mean_interval(
+                    mean, spread, part["acquisition_count_mean"])
+            parts.append(pd.DataFrame(part, index=batch.index))
+            progress.set_progress(5.0 + 85.0 * (n + 1) / len(batches))
+        stats = pd.concat(parts)
+        stats["coverage_pct"] = np.where(full > 0, 100.0 * stats["covered_cells"].values / full, np.nan)
         for column in [c for c in result.columns if c != id_field]:
-            result[column] = result[id_field].map(stats[column]) if column in stats else np.nan
+            if column in stats:  # by position: ids need not be unique
+                result.loc[stats.index, column] = stats[column].values
     # no cell with data: NULL, never 0
     no_cells = result["covered_cells"].isna() | (result["covered_cells"] <= 0)
     for column in [c for c in result.columns if c not in (id_field, "coverage_pct", "covered_cells")]:
@@ -176,6 +182,46 @@ def zonal_statistics(
     no_data = [i for i, flag in zip(result[id_field], no_cells) if flag and i not in empty]
     progress.set_progress(100.0)
     return ZonalResult(result, invalid=invalid, empty=empty, no_data=no_data)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The median of ``values`` weighted by ``weights``: the smallest value whose cumulative
+    weight reaches half the total, the mean of it and the next at an exact tie — numpy's
+    median when the weights are equal. (exactextract 0.3's own median merges equal values
+    and interpolates between distinct ones: [1, 1, 2] gives 1.5.)"""
+    ok = (weights > 0) & np.isfinite(values)
+    v, w = values[ok], weights[ok]
+    if not len(v):
+        return float("nan")
+    order = np.argsort(v, kind="stable")
+    v, cum = v[order], np.cumsum(w[order])
+    half = cum[-1] / 2.0
+    i = int(np.searchsorted(cum, half * (1 - 1e-12), side="left"))
+    if abs(cum[i] - half) <= 1e-9 * cum[-1] and i + 1 < len(v):
+        return float((v[i] + v[i + 1]) / 2.0)
+    return float(v[i])
+
+
+def _cell_statistics(path: str, zones, prefix: str, geographic: bool, transform) -> dict[str, np.ndarray]:
+    """``<prefix>_mean``, ``_median``, ``_min``, ``_max``, ``_stdev`` (coverage-weighted; on a
+    geographic grid by covered area) and ``_count`` (covered cells) of one raster per zone."""
+    from exactextract import exact_extract
+
+    weight = "(coverage_weight=area_spherical_m2)" if geographic else ""
+    ops = [f"mean{weight}", "min", "max", f"stdev{weight}", "count", "values", "coverage"]
+    ops += ["center_y"] if geographic else []
+    table = exact_extract(path, zones, ops, output="pandas")
+    medians = []
+    for k in range(len(table)):
+        values, coverage = np.asarray(table.iloc[k, 5], float), np.asarray(table.iloc[k, 6], float)
+        if geographic:  # a cell's share of the sphere: the sines of its edges' latitudes
+            half = abs(transform.e) / 2.0
+            lat = np.radians(np.asarray(table.iloc[k, 7], float))
+            coverage = coverage * (np.sin(lat + np.radians(half)) - np.sin(lat - np.radians(half)))
+        medians.append(weighted_median(values, coverage))
+    out = {f"{prefix}_{name}": table.iloc[:, k].to_numpy(float) for k, name in enumerate(["mean", "min", "max", "stdev", "count"])}
+    out[f"{prefix}_median"] = np.array(medians)
+    return out
 
 
 def _make_valid_polygon(geometry):
@@ -212,7 +258,7 @@ def write_outputs(result: ZonalResult, zones, id_field: str, gpkg_path: str | No
     statistic is kept as ``<name>_input``."""
     import geopandas as gpd
 
-    table = result.table.copy()
+    table = result.table.reset_index(drop=True)
     for column in table.columns:
         if column != id_field:
             table[column] = table[column].astype(float).round(6)

@@ -113,6 +113,17 @@ class ShippedModel(QgsProcessingModelAlgorithm):
     def createInstance(self):  # noqa: N802
         return ShippedModel(self._path)
 
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        # QGIS hands a model parameter left out of processing.run to the children as NULL, so
+        # a child would use its own default (the frequency chain) instead of the model's (the
+        # reference chain): fill in the model's defaults first
+        filled = dict(parameters)
+        for definition in self.parameterDefinitions():
+            if filled.get(definition.name()) is None and definition.defaultValue() is not None \
+                    and not definition.isDestination():
+                filled[definition.name()] = definition.defaultValue()
+        return super().processAlgorithm(filled, context, feedback)
+
     def canExecute(self):  # noqa: N802
         """Says what is missing before any work starts (a model's own check looks at nothing)."""
         from .dependencies import can_execute

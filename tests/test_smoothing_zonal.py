@@ -211,7 +211,7 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
             "probability_ci95_high"} <= set(names)
     assert layer.featureCount() == 300 and layer.crs().authid() == "EPSG:27700"
     rows = (tmp_path / "z.csv").read_text().splitlines()
-    assert rows[0].startswith("code,cloud_prob_mean") and len(rows) == 301
+    assert rows[0].startswith("code,name,probability_mean,probability_median") and len(rows) == 301
     details = context.layersToLoadOnCompletion()[results["OUTPUT"]]
     details.postProcessor().postProcessLayer(layer, context, feedback)
     assert layer.renderer().type() == "graduatedSymbol" and len(layer.renderer().ranges()) == 7
@@ -276,7 +276,10 @@ def test_the_model_runs_as_a_background_task(provider, sample_servers, sample_ar
     task.executed.connect(lambda ok, results: seen.update(ok=ok, results=results))
     main = threading.get_ident()
     threads = set()
-    feedback.progressChanged.connect(lambda _: threads.add(threading.get_ident()))
+    from qgis.PyQt.QtCore import Qt
+
+    # direct: the slot runs in the thread that reports progress (queued, it would run here)
+    feedback.progressChanged.connect(lambda _: threads.add(threading.get_ident()), Qt.ConnectionType.DirectConnection)
     QgsApplication.taskManager().addTask(task)
     deadline = time.monotonic() + 300
     while "ok" not in seen and time.monotonic() < deadline:
