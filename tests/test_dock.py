@@ -23,6 +23,7 @@ def dock(qgis_iface, provider, qtbot, sample_servers):
     qtbot.addWidget(widget)
     widget.catalogue.setCurrentIndex(2)  # custom STAC API
     widget.url.setText(sample_servers.stac.url)
+    widget.collection.setText("sentinel-2-c1-l2a")  # the sample archive's; a saved setting may say otherwise
     widget.start.setDate(QDate(2024, 1, 1))
     widget.end.setDate(QDate(2024, 12, 31))
     gx, gy = GREENWICH
