@@ -404,3 +404,20 @@ def test_zonal_reference_statistics_on_grid_aligned_boxes(smoothing_run, frequen
                     if not abs(float(row[field]) - value) <= 1e-2:
                         wrong.append((code, field, "vs transcription", float(row[field]), float(value)))
     assert not wrong, "\n".join(map(str, wrong))
+
+
+def test_nodata_classes_override_the_measures_rule(frequency_run, layers, truth):
+    """NODATA_CLASSES="0,1": the dates whose SCL says defective (1) on rows 50–52 are no
+    observation there either; every other pixel keeps its count."""
+    import processing
+
+    folder = frequency_run["folder"]
+    result = processing.run("cloudprob:cloudfrequency", {
+        "SCENES": str(folder / "scenes.gpkg"), "GRID_LIKE": frequency_run["OUTPUT_VALID"], "MEASURE": 1,
+        "NODATA_CLASSES": "0,1", "OUTPUT_PROBABILITY": str(folder / "p01.tif"),
+        "OUTPUT_VALID": str(folder / "v01.tif"), "OUTPUT_CLOUDY": str(folder / "c01.tif")})
+    valid, _ = _read(result["OUTPUT_VALID"])
+    observed = (layers["scl"] != 0) & (layers["scl"] != 1)
+    expected = observed.sum(axis=0)
+    assert (expected != truth["n"]).any()  # class 1 is there to be dropped
+    np.testing.assert_array_equal(valid.filled(0), expected)
