@@ -5,15 +5,25 @@ conformance class; whatever the server does, every returned item is checked agai
 client (collection, period, area, scene cloud cover), because real servers silently ignore
 filters they do not support — Earth Search pages that asked for ``eo:cloud_cover <= 40``
 still hold 99.996 % items.
+
+Every request goes through :func:`make_stac_io`'s object (pystac-client's ``StacApiIO`` on requests and
+urllib3, with its sending and reading bounded): one deadline for the whole request, Cancel
+honoured within a fraction of a second, responses of bounded size, ``Retry-After`` obeyed up to
+a cap, redirects kept on the API's own address.
 """
 from __future__ import annotations
 
 import json
+import re
+import socket
+import threading
+import time as clock
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterator
+from urllib.parse import urljoin, urlsplit
 
-from .progress import NullProgress, Progress, check_cancel
+from .progress import Cancelled, NullProgress, Progress, check_cancel
 from .stac import ItemError, Scene, normalise_item, parse_datetime
 
 EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
@@ -45,8 +55,11 @@ class SearchRequest:
     max_scene_cloud: float = 100.0
     max_items: int = 0
     page_size: int = 100
-    timeout: float = 30.0  # seconds per HTTP request
-    retries: int = 5  # on connection errors, 429 and 5xx, with exponential back-off
+    timeout: float = 60.0  # seconds for one HTTP request, all of it: connecting, waiting, every byte
+    retries: int = 5  # on 429, 5xx and connections dropped mid-answer, with exponential back-off
+    max_retry_wait: float = 60.0  # seconds: a longer Retry-After is cut to this (and said)
+    max_response_bytes: int = 64 * 1024 * 1024  # one page (an Earth Search page of 100 is ~2 MB)
+    max_total_bytes: int = 1024 * 1024 * 1024  # all pages of one search together
 
 
 @dataclass
@@ -62,8 +75,7 @@ class SearchResult:
 
 def validate(request: SearchRequest) -> None:
     """Raise :class:`SearchError` for a request that cannot make sense."""
-    if not request.url.strip():
-        raise SearchError("No STAC API URL given.")
+    check_url(request.url)
     if not request.collection.strip():
         raise SearchError("No collection given.")
     if request.end < request.start:
@@ -73,64 +85,567 @@ def validate(request: SearchRequest) -> None:
         raise SearchError(f"The area {request.bbox} is not a valid longitude/latitude box.")
     if west > east:
         raise SearchError("Areas crossing the antimeridian are not supported; split the area in two.")
+    if not (east > west and north > south):
+        raise SearchError(
+            f"The area {tuple(round(v, 6) for v in request.bbox)} has no extent (zero width or height): "
+            "give an area, not a point or a line."
+        )
     if not 0.0 <= request.max_scene_cloud <= 100.0:
         raise SearchError(f"The scene cloud limit must be between 0 and 100 %, not {request.max_scene_cloud}.")
     if request.max_items < 0:
         raise SearchError("The maximum number of scenes cannot be negative (0 means all).")
 
 
-def _stac_io(request: SearchRequest):
-    from pystac_client.stac_api_io import StacApiIO
-    from urllib3.util.retry import Retry
+_HOST_FIRST = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d+)?(/|$)")  # host[:port][/path], no scheme
 
-    retry = Retry(
-        total=request.retries,
-        backoff_factor=0.5,
-        status_forcelist=(429, 500, 502, 503, 504),
-        allowed_methods=None,  # item search is a POST; retrying it is safe (it only reads)
-        respect_retry_after_header=True,
-        raise_on_status=False,
+
+def check_url(url: str) -> None:
+    """Raise :class:`SearchError` unless ``url`` is an http(s) address with a host.
+
+    Without this, a URL typed without ``https://`` reaches pystac, which reads it as a local
+    file name and fails with ``[Errno 2] No such file or directory``.
+    """
+    text = (url or "").strip()
+    if not text:
+        raise SearchError("No STAC API URL given.")
+    parts = urlsplit(text)
+    if parts.scheme.lower() in ("http", "https") and parts.hostname:
+        return
+    example = f" (for example {EARTH_SEARCH_V1})"
+    if "://" not in text and _HOST_FIRST.match(text):
+        raise SearchError(
+            f"The STAC API URL '{text}' has no 'https://' at its start: write it as 'https://{text}'."
+        )
+    raise SearchError(
+        f"The STAC API URL '{text}' is not a web address: it must start with https:// or http://{example}."
     )
-    return StacApiIO(timeout=request.timeout, max_retries=retry)
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+def _host(url: str) -> str:
+    """``host`` or ``host:port`` of ``url``, as a user would recognise it."""
+    parts = urlsplit(url)
+    return parts.netloc.rsplit("@", 1)[-1] or url
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Attempt:
+    """One try of one request, run in a worker thread; the caller may abandon it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.abandoned = threading.Event()
+        self.sock: socket.socket | None = None
+        self.result: tuple | None = None  # (status, reason, headers, body, final url)
+        self.error: BaseException | None = None
+
+    def abort(self) -> None:
+        """Stop the worker now: shutting the socket down wakes a read blocked in the kernel."""
+        self.abandoned.set()
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+_current = threading.local()  # the _Attempt of the worker thread, for the connection to register its socket
+
+
+def _tracked_adapter():
+    """A requests ``HTTPAdapter`` whose connections tell the attempt running them their socket,
+    so that Cancel or the deadline can end a read blocked in the kernel (a server that accepts
+    and never answers, or sends a byte now and then) instead of abandoning a thread to it."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def register(conn) -> None:
+        attempt = getattr(_current, "attempt", None)
+        if attempt is not None:
+            attempt.sock = conn.sock
+            if attempt.abandoned.is_set():
+                attempt.abort()
+
+    class TrackedHTTPConnection(HTTPConnection):
+        def request(self, *args, **kwargs):
+            try:
+                return super().request(*args, **kwargs)
+            finally:
+                register(self)
+
+    class TrackedHTTPSConnection(HTTPSConnection):
+        def request(self, *args, **kwargs):
+            try:
+                return super().request(*args, **kwargs)
+            finally:
+                register(self)
+
+    class TrackedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = TrackedHTTPConnection
+
+    class TrackedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = TrackedHTTPSConnection
+
+    pools = {"http": TrackedHTTPPool, "https": TrackedHTTPSPool}
+
+    class TrackedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, *args, **kwargs):
+            manager = super().proxy_manager_for(*args, **kwargs)
+            manager.pool_classes_by_scheme = pools
+            return manager
+
+    return TrackedAdapter(max_retries=0)  # retries are ours: cancellable, Retry-After capped
+
+
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def make_stac_io(request: SearchRequest, progress: Progress | None = None):
+    """The pystac-client ``StacApiIO`` all requests of ``request`` go through, every one bounded
+    (see ``_BoundedStacIO`` in :func:`_bounded_io_class`)."""
+    return _bounded_io_class()(request, progress or NullProgress())
+
+
+_IO_CLASS: list = []
+
+
+def _bounded_io_class():
+    if _IO_CLASS:
+        return _IO_CLASS[0]
+    from pystac.link import Link
+    from pystac_client.stac_api_io import StacApiIO
+    from requests import Request
+
+    class _BoundedStacIO(StacApiIO):
+        """Requests with one deadline each (connect, wait and read together), Cancel polled every
+        0.1 s, bounded response sizes, our own cancellable retries with ``Retry-After`` capped,
+        redirects and links kept on the API's address.
+
+        pystac-client's ``Client.open`` resets a ``StacApiIO``'s ``timeout`` to None; nothing here
+        reads that attribute, the bounds come from the :class:`SearchRequest`.
+        """
+
+        def __init__(self, request: SearchRequest, progress: Progress):
+            super().__init__(max_retries=None)
+            adapter = _tracked_adapter()
+            self.session.mount("http://", adapter)
+            self.session.mount("https://", adapter)
+            self.session.max_redirects = 5
+            self.session.headers["User-Agent"] = "cloudprob (QGIS plugin Cloud Probability)"
+            self.search_request = request
+            self.progress = progress
+            self.api_url = request.url.strip()
+            self.origins = {_origin(self.api_url)}
+            self.bytes_received = 0
+            self.requests_made = 0
+
+        # -------------------------------------------------------------- addresses
+        def on_api(self, href: str) -> bool:
+            """Whether ``href`` is on the API's own address (its root's, after any redirect of
+            the root itself); http upgraded to https on the same host counts as the same."""
+            scheme, host, port = _origin(href)
+            for o_scheme, o_host, o_port in self.origins:
+                if host != o_host:
+                    continue
+                if (scheme, port) == (o_scheme, o_port):
+                    return True
+                if o_scheme == "http" and o_port == 80 and scheme == "https" and port == 443:
+                    return True
+            return False
+
+        def read_text(self, source, *args, **kwargs) -> str:
+            href = source.get_absolute_href() if isinstance(source, Link) else str(source)
+            if urlsplit(href or "").scheme.lower() not in ("http", "https"):
+                # a remote catalogue's links never make the plugin read a local file
+                raise SearchError(
+                    f"The STAC API at {_host(self.api_url)} linked to '{_short(href, 120)}', which is not "
+                    "an http(s) address; the plugin reads nothing else for a search."
+                )
+            return super().read_text(source, *args, **kwargs)
+
+        def read_json(self, source, *args, **kwargs) -> dict:
+            text = self.read_text(source, *args, **kwargs)
+            try:
+                return json.loads(text)
+            except ValueError:
+                href = source.get_absolute_href() if isinstance(source, Link) else str(source)
+                raise SearchError(
+                    f"The STAC API at {_host(self.api_url)} sent something that is not valid JSON for "
+                    f"{_short(href, 160)} (cut short, or not JSON at all). Try again later; if it persists, "
+                    "check the STAC API URL."
+                ) from None
+
+        # -------------------------------------------------------------- one request
+        def request(self, href: str, method: str | None = None, headers: dict | None = None,
+                    parameters: dict | None = None) -> str:
+            method = (method or "GET").upper()
+            if not self.on_api(href) and self.requests_made:
+                raise SearchError(
+                    f"The STAC API at {_host(self.api_url)} sent a link to another address ({_host(href)}); "
+                    "the plugin follows links only within the API's own address, so the search stopped "
+                    "and nothing was kept."
+                )
+            first = self.requests_made == 0
+            self.requests_made += 1
+
+            def refuse_off_api_redirect(response, *args, **kwargs):
+                # called for every response, redirects included, before requests follows one
+                if response.is_redirect:
+                    response.close()  # a redirect's body means nothing: not read (it could be endless)
+                    target = urljoin(response.url, response.headers.get("Location", ""))
+                    if not first and not self.on_api(target):
+                        raise SearchError(
+                            f"The STAC API at {_host(self.api_url)} redirected a request to another address "
+                            f"({_host(target)}); the plugin reads a search only from the API's own address, "
+                            "so it stopped and kept nothing."
+                        )
+                return response
+
+            hooks = {"response": [refuse_off_api_redirect]}
+            if method in ("POST", "PUT", "PATCH"):
+                req = Request(method=method, url=href, headers=headers, json=parameters, hooks=hooks)
+            else:
+                req = Request(method=method, url=href, headers=headers, params=dict(parameters or {}), hooks=hooks)
+            modified = self._req_modifier(req) if self._req_modifier else None
+            prepped = self.session.prepare_request(modified or req)
+            send_kwargs = self.session.merge_environment_settings(prepped.url, proxies={}, stream=None, verify=True, cert=None)
+            send_kwargs.pop("stream", None)  # always streamed, to bound and cancel the reading
+            limit = self.search_request.retries
+            failures = 0
+            while True:
+                check_cancel(self.progress)
+                try:
+                    status, reason, resp_headers, body, final_url = self._attempt(prepped, send_kwargs)
+                except _Dropped as exc:
+                    failures += 1
+                    if failures > limit:
+                        raise SearchError(
+                            f"The STAC API at {_host(href)} closed the connection before its answer was complete, "
+                            f"{failures} times in a row ({exc}). Try again later."
+                        ) from None
+                    self._wait(self._backoff(failures), f"the connection was closed mid-answer ({exc})", failures)
+                    continue
+                if first:
+                    self.origins.add(_origin(final_url))  # the root may redirect (http to https, a new host)
+                elif not self.on_api(final_url):
+                    raise SearchError(
+                        f"The STAC API at {_host(self.api_url)} redirected a request to another address "
+                        f"({_host(final_url)}); the plugin reads a search only from the API's own address."
+                    )
+                if status in _RETRY_STATUS and failures < limit:
+                    failures += 1
+                    wait = self._retry_after(resp_headers)
+                    if wait is None:
+                        wait = self._backoff(failures)
+                    self._wait(wait, f"it answered {status} {reason}", failures)
+                    continue
+                if not 200 <= status < 300:
+                    raise _http_error(href, method, status, reason, resp_headers, body, failures)
+                if _looks_like_html(resp_headers, body):
+                    raise SearchError(
+                        f"{_host(href)} is not a STAC API: it answered {_short(urlsplit(href).path or '/', 80)} with a "
+                        f"web page (HTML), not STAC JSON. Check the STAC API URL: it should be the API's root, "
+                        f"such as {EARTH_SEARCH_V1}."
+                    )
+                try:
+                    return body.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise SearchError(
+                        f"The STAC API at {_host(href)} sent an answer that is not UTF-8 text; it is not STAC JSON."
+                    ) from None
+
+        def _backoff(self, failures: int) -> float:
+            return min(0.5 * 2 ** (failures - 1), self.search_request.max_retry_wait)
+
+        def _retry_after(self, headers) -> float | None:
+            from urllib3.util.retry import Retry
+
+            value = headers.get("Retry-After")
+            if not value:
+                return None
+            try:
+                seconds = Retry().parse_retry_after(value)
+            except Exception:  # urllib3 raises InvalidHeader on nonsense: then back off as usual
+                return None
+            cap = self.search_request.max_retry_wait
+            if seconds > cap:
+                self.progress.warning(
+                    f"The STAC API asked to wait {seconds:g} s before trying again (Retry-After); "
+                    f"waiting {cap:g} s instead, the longest this plugin waits."
+                )
+                return cap
+            return seconds
+
+        def _wait(self, seconds: float, why: str, failures: int) -> None:
+            self.progress.info(
+                f"The STAC API did not answer usefully ({why}); trying again in {seconds:g} s "
+                f"(retry {failures} of {self.search_request.retries})."
+            )
+            end = clock.monotonic() + seconds
+            while True:
+                check_cancel(self.progress)
+                left = end - clock.monotonic()
+                if left <= 0:
+                    return
+                clock.sleep(min(0.1, left))
+
+        def _attempt(self, prepped, send_kwargs) -> tuple:
+            """Send ``prepped`` in a worker thread and wait for it, polling Cancel and the deadline."""
+            request = self.search_request
+            timeout = float(request.timeout)
+            deadline = clock.monotonic() + timeout
+            cap = request.max_response_bytes
+            attempt = _Attempt()
+            session = self.session
+
+            def work() -> None:
+                _current.attempt = attempt
+                response = None
+                try:
+                    response = session.send(prepped, stream=True, timeout=(min(10.0, timeout), timeout), **send_kwargs)
+                    declared = response.headers.get("Content-Length", "")
+                    if declared.strip().isdigit() and int(declared) > cap:
+                        raise _TooLarge(int(declared))
+                    chunks, size = [], 0
+                    for chunk in response.raw.stream(64 * 1024, decode_content=True):
+                        if attempt.abandoned.is_set():
+                            return
+                        size += len(chunk)
+                        if size > cap:
+                            raise _TooLarge(size)
+                        chunks.append(chunk)
+                    if declared.strip().isdigit() and response.raw.tell() < int(declared):
+                        # urllib3 1.26 does not enforce Content-Length: a cut answer would pass as whole
+                        raise _Dropped("IncompleteRead")
+                    attempt.result = (response.status_code, response.reason or "", response.headers, b"".join(chunks), response.url)
+                except BaseException as exc:  # handed to the waiting thread
+                    attempt.error = exc
+                finally:
+                    if response is not None:
+                        response.close()
+                    _current.attempt = None
+                    attempt.done.set()
+
+            worker = threading.Thread(target=work, name="cloudprob-stac-request", daemon=True)
+            worker.start()
+            while not attempt.done.wait(0.1):
+                if self.progress.is_canceled():
+                    attempt.abort()
+                    raise Cancelled("cancelled by the user")
+                if clock.monotonic() >= deadline:
+                    attempt.abort()
+                    raise SearchError(
+                        f"The STAC API at {_host(prepped.url)} did not answer within {timeout:g} s. "
+                        "The server may be overloaded or unreachable; try again later, and check the STAC API URL."
+                    )
+            if attempt.error is not None:
+                raise _transport_error(prepped.url, attempt.error, timeout, cap)
+            self.bytes_received += len(attempt.result[3])
+            if self.bytes_received > request.max_total_bytes:
+                raise SearchError(
+                    f"The STAC API at {_host(prepped.url)} has sent {self.bytes_received / 2**20:.0f} MiB for this search, "
+                    f"more than the {request.max_total_bytes / 2**20:.0f} MiB this plugin accepts for one search. "
+                    "Narrow the area or the period."
+                )
+            return attempt.result
+
+    _IO_CLASS.append(_BoundedStacIO)
+    return _BoundedStacIO
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.size = size
+
+
+class _Dropped(Exception):
+    """The server closed the connection before its answer was complete: worth a retry."""
+
+
+def _link_body(link: dict, parameters: dict | None) -> Any:
+    if str(link.get("method", "GET")).upper() != "POST":
+        return None
+    body = link.get("body") or {}
+    return {**(parameters or {}), **body} if link.get("merge") else body
+
+
+def _link_key(method: str, href: str, body: Any) -> tuple[str, str, str]:
+    return str(method).upper(), href, json.dumps(body, sort_keys=True, default=str)
+
+
+def _looks_like_html(headers, body: bytes) -> bool:
+    kind = (headers.get("Content-Type") or "").lower()
+    if "html" in kind:
+        return True
+    head = body[:512].lstrip().lower()
+    return head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body"))
+
+
+_STATUS_ADVICE = {
+    400: "it rejected the request",
+    401: "it needs you to sign in (the API may need a key or an account)",
+    403: "it refused access (the API may need a key, or block this network)",
+    404: "there is nothing at that address: check the STAC API URL (it should be the API's root)",
+    405: "it does not allow this kind of request there: check the STAC API URL",
+    429: "it is limiting the number of requests; try again later",
+}
+
+
+def _http_error(href: str, method: str, status: int, reason: str, headers, body: bytes, retried: int) -> SearchError:
+    """A sentence for an HTTP error status: host, status, what it means; never an HTML page."""
+    detail = ""
+    if not _looks_like_html(headers, body):
+        try:
+            data = json.loads(body[:65536].decode("utf-8", "replace"))
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            for key in ("description", "detail", "message", "error", "code"):
+                if isinstance(data.get(key), str) and data[key].strip():
+                    detail = f" The server said: {_short(data[key], 300)}"
+                    break
+    advice = _STATUS_ADVICE.get(status)
+    if advice is None:
+        advice = "the server is having trouble; try again later" if status >= 500 else "it rejected the request"
+    after = f" after {retried} retries" if retried else ""
+    path = _short(urlsplit(href).path or "/", 80)
+    return SearchError(
+        f"The STAC API at {_host(href)} answered {status} {reason}".rstrip()
+        + f" to {method} {path}{after}: {advice}.{detail}"
+    )
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything behind it: causes, contexts, and the exceptions requests and
+    urllib3 keep in ``args`` and ``reason`` (ConnectionError → MaxRetryError → NewConnectionError
+    → ConnectionRefusedError)."""
+    seen: list[BaseException] = []
+    stack: list = [exc]
+    while stack:
+        current = stack.pop()
+        if not isinstance(current, BaseException) or any(current is e for e in seen):
+            continue
+        seen.append(current)
+        stack.extend([current.__cause__, current.__context__, getattr(current, "reason", None), *current.args])
+    return seen
+
+
+def _transport_error(url: str, exc: BaseException, timeout: float, cap: int) -> BaseException:
+    """A sentence for what requests/urllib3 raise (host, what happened, what to check); a
+    connection dropped mid-answer becomes :class:`_Dropped` (retried)."""
+    import ssl
+
+    import requests
+
+    if isinstance(exc, (SearchError, Cancelled, _Dropped)):
+        return exc
+    host = _host(url)
+    if isinstance(exc, _TooLarge):
+        return SearchError(
+            f"The STAC API at {host} sent an answer of more than {cap / 2**20:.0f} MiB for one page "
+            f"({exc.size / 2**20:.0f} MiB or more); this plugin stops there. The server is misbehaving, "
+            "or the address is not a STAC API's."
+        )
+    chain = _causes(exc)
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text:
+        return SearchError(
+            f"Cannot reach the STAC API at {host}: the connection was refused (nothing answers at that address "
+            "and port). Check the STAC API URL, and that the server is running."
+        )
+    if any(isinstance(e, socket.gaierror) for e in chain) or any(
+        m in text for m in ("Name or service not known", "Failed to resolve", "nodename nor servname", "getaddrinfo failed")
+    ):
+        return SearchError(
+            f"Cannot reach the STAC API at {host}: no computer of that name could be found. Check the STAC API URL "
+            "for typos, and that this computer is online (or its proxy settings)."
+        )
+    if any(type(e).__name__ == "NewConnectionError" for e in chain):  # unreachable network, no route: not retried
+        why = next((e.strerror for e in chain if isinstance(e, OSError) and e.strerror), "no connection could be made")
+        return SearchError(
+            f"Cannot reach the STAC API at {host}: the connection could not be made ({why}). Check the STAC API URL, "
+            "and that this computer is online (or its proxy settings)."
+        )
+    if any(isinstance(e, requests.exceptions.SSLError) or isinstance(e, ssl.SSLError) for e in chain):
+        return SearchError(
+            f"Cannot reach the STAC API at {host}: the secure (https) connection failed, for example its certificate "
+            "is not trusted. Check the URL, this computer's clock, and whether your network needs its own "
+            "certificate (REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE)."
+        )
+    if any(isinstance(e, requests.exceptions.ConnectTimeout) for e in chain):
+        return SearchError(
+            f"Cannot reach the STAC API at {host}: it did not accept a connection within {min(10.0, timeout):g} s. "
+            "Check the STAC API URL, and whether a firewall or proxy stands in the way."
+        )
+    if any(isinstance(e, (requests.exceptions.ProxyError,)) for e in chain):
+        return SearchError(f"Cannot reach the STAC API at {host} through the proxy: {_short(str(exc), 200)}. Check the proxy settings.")
+    if any(isinstance(e, (requests.exceptions.Timeout, socket.timeout, TimeoutError)) for e in chain):
+        return SearchError(
+            f"The STAC API at {host} did not answer within {timeout:g} s. The server may be overloaded or "
+            "unreachable; try again later, and check the STAC API URL."
+        )
+    if any(isinstance(e, requests.exceptions.TooManyRedirects) for e in chain):
+        return SearchError(f"The STAC API at {host} redirected the request too many times; check the STAC API URL.")
+    if any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                          ConnectionResetError, ConnectionAbortedError, BrokenPipeError)) for e in chain) or any(
+        m in text for m in ("RemoteDisconnected", "IncompleteRead", "Connection aborted", "Connection broken")
+    ):
+        names = [type(e).__name__ for e in chain]
+        known = ("RemoteDisconnected", "IncompleteRead", "ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError")
+        return _Dropped(next((n for n in names if n in known), names[0]))
+    return SearchError(f"The request to the STAC API at {host} failed ({type(exc).__name__}: {_short(str(exc), 200)}).")
 
 
 def _explain(url: str, exc: BaseException) -> SearchError:
-    """Translate what requests/pystac raise into a sentence naming the problem.
-
-    pystac-client wraps transport errors in its own ``APIError``, so look through the chain
-    of causes and, as a last resort, at the text urllib3 leaves in the message.
-    """
-    import requests
-
+    """A sentence for what pystac/pystac-client raise once the HTTP exchange itself went well:
+    an answer that is JSON but not a STAC catalogue, or a STAC API error."""
+    if isinstance(exc, SearchError):
+        return exc
+    not_stac = ("STACTypeError", "ClientTypeError", "STACValidationError", "does not represent a STACObject")
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in chain:
         chain.append(current)
         current = current.__cause__ or current.__context__
-    text = str(exc)
-    if any(isinstance(e, requests.exceptions.Timeout) for e in chain) or "timed out" in text.lower():
-        return SearchError(f"The STAC API at {url} did not answer in time: {text}")
-    if any(isinstance(e, requests.exceptions.ConnectionError) for e in chain) or any(
-        marker in text for marker in ("NewConnectionError", "Connection refused", "Name or service not known")
-    ):
-        return SearchError(f"Cannot reach the STAC API at {url}: {text}")
-    not_stac = ("JSONDecodeError", "STACTypeError", "ClientTypeError", "does not represent a STACObject")
-    if any(isinstance(e, (json.JSONDecodeError, KeyError, TypeError)) for e in chain) or any(
+    if any(isinstance(e, (json.JSONDecodeError, KeyError, TypeError, AttributeError)) for e in chain) or any(
         marker in type(e).__name__ or marker in str(e) for e in chain for marker in not_stac
     ):
-        return SearchError(f"{url} does not answer as a STAC API (not STAC JSON: {text})")
-    return SearchError(f"The STAC API at {url} failed: {text}")
+        return SearchError(
+            f"{url} is not a STAC API: its answer is not a STAC catalogue. Check the STAC API URL: it should be "
+            f"the API's root, such as {EARTH_SEARCH_V1}."
+        )
+    return SearchError(f"The STAC API at {_host(url)} failed: {_short(str(exc), 300)}")
 
 
-def open_client(request: SearchRequest):
+def open_client(request: SearchRequest, progress: Progress | None = None):
     """Open the API and check it offers item search; raise :class:`SearchError` otherwise."""
     from pystac_client import Client
 
     try:
-        client = Client.open(request.url, stac_io=_stac_io(request))
-    except SearchError:
+        client = Client.open(request.url.strip(), stac_io=make_stac_io(request, progress))
+    except (SearchError, Cancelled):
         raise
-    except Exception as exc:  # requests, pystac and JSON errors all mean the same to the user
+    except Exception as exc:  # pystac and JSON errors all mean the same to the user
         raise _explain(request.url, exc) from exc
     conforms = client.to_dict().get("conformsTo") or []
     if not any("item-search" in c for c in conforms):
@@ -156,6 +671,8 @@ def check_collection(client: Any, request: SearchRequest) -> None:
     """Raise :class:`SearchError` naming the collections on offer if ours is not one of them."""
     try:
         ids = [c.id for c in client.get_collections()]
+    except (SearchError, Cancelled):
+        raise
     except Exception as exc:
         raise _explain(request.url, exc) from exc
     if ids and request.collection not in ids:
@@ -229,13 +746,14 @@ def _matched(page: dict) -> int | None:
 def search_scenes(request: SearchRequest, progress: Progress | None = None) -> SearchResult:
     """Search the API for Sentinel-2 scenes of ``request``; oldest first.
 
-    Progress advances as pages arrive; Cancel is honoured between pages (raises
-    :class:`~core.progress.Cancelled`). Raises :class:`SearchError` for an unreachable API,
-    something that is not a STAC API, an unknown collection, a bad request or an empty result.
+    Progress advances as pages arrive; Cancel is honoured within a fraction of a second, also
+    while a request is waiting (raises :class:`~core.progress.Cancelled`). Raises
+    :class:`SearchError` for an unreachable or silent API, something that is not a STAC API, an
+    unknown collection, a bad request or an empty result.
     """
     progress = progress or NullProgress()
     validate(request)
-    client = open_client(request)
+    client = open_client(request, progress)
     check_collection(client, request)
     check_cancel(progress)
 
@@ -252,6 +770,8 @@ def search_scenes(request: SearchRequest, progress: Progress | None = None) -> S
                 page = next(pages)
             except StopIteration:
                 break
+            except (SearchError, Cancelled):
+                raise
             except Exception as exc:
                 raise _explain(request.url, exc) from exc
             page_number += 1
