@@ -238,6 +238,94 @@ def datatake_probability_on_grid(
     return valid, percent
 
 
+FIXED_POINT = 10_000  # a probability in percent is summed as round(percent × 10⁴), an integer:
+# sums of integers do not depend on the order the acquisitions arrive in, so a run is the same
+# bit for bit whatever its threads or workers do (and exact for Earth Search's whole percents)
+
+
+@dataclass
+class TileJob:
+    """One output tile's work: the acquisitions (products meeting it) and how to count them."""
+
+    r0: int
+    c0: int
+    h: int
+    w: int
+    grid: Grid  # the tile's grid, halo included
+    chosen: list  # [(products of one acquisition, band)]
+    bands: int
+    halo: int
+    spec: MaskSpec
+    mean: bool
+    probability_asset: str = "cloud"
+    nodata_classes: tuple = MEAN_NODATA_CLASSES
+    concurrency: int = 4
+
+
+def compute_tile(job: TileJob, progress: Progress | None = None, report=None) -> dict:
+    """Count one tile: ``valid`` (uint16), ``cloudy`` (uint16 count, or for the mean the int64
+    sum of percent × :data:`FIXED_POINT`), ``squares`` (mean only, Σ of their squares),
+    ``pixel_obs`` and ``unreadable`` ({datatake id: message} of the acquisitions it could not
+    read, which it leaves out). ``report(k, n)`` is told after each acquisition.
+
+    A plain function of a picklable job: it runs here or as a task on a Dask worker.
+    """
+    progress = progress or NullProgress()
+    valid = np.zeros((job.bands, job.h, job.w), np.uint16)
+    cloudy = np.zeros((job.bands, job.h, job.w), np.int64 if job.mean else np.uint16)
+    squares = np.zeros((job.bands, job.h, job.w), np.int64) if job.mean else None
+    cloudy_lut = np.zeros(256, np.uint8)  # mask class -> counts as cloudy
+    cloudy_lut[CLOUD] = 1
+    if job.spec.count_shadows:
+        cloudy_lut[SHADOW] = 1
+    lookup = GridLookup(job.grid)
+    unreadable: dict[str, str] = {}
+
+    def observe(group: list[Scene]):
+        check_cancel(progress)
+        with gdal_http_env():
+            if job.mean:
+                return datatake_probability_on_grid(group, job.grid, lookup, job.probability_asset, job.nodata_classes)
+            return datatake_mask_on_grid(group, job.spec, job.grid, lookup)
+
+    halo = job.halo
+    with cf.ThreadPoolExecutor(max_workers=max(1, int(job.concurrency)), thread_name_prefix="cloudprob-freq") as pool:
+        futures = {pool.submit(observe, g): (g, b) for g, b in job.chosen}
+        try:
+            for k, future in enumerate(cf.as_completed(futures), start=1):
+                group, band = futures.pop(future)  # its arrays are released once added
+                try:
+                    observed = future.result()
+                except (ReadError, MaskError) as exc:
+                    unreadable.setdefault(group[0].datatake_id, f"{', '.join(s.item_id for s in group)}: {exc}")
+                    continue
+                finally:
+                    del future
+                if job.mean:
+                    ok, percent = observed
+                    units = np.rint(percent.astype(np.float64) * FIXED_POINT).astype(np.int64)
+                    units[~ok] = 0
+                    np.add(valid[band], ok, out=valid[band], casting="unsafe")
+                    cloudy[band] += units
+                    units *= units
+                    squares[band] += units
+                else:
+                    mask = observed[halo:-halo, halo:-halo] if halo else observed
+                    np.add(valid[band], mask != NODATA, out=valid[band], casting="unsafe")
+                    np.add(cloudy[band], np.take(cloudy_lut, mask), out=cloudy[band], casting="unsafe")
+                del observed
+                if report:
+                    report(k, len(job.chosen))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    arrays = dict(valid=valid, cloudy=cloudy, pixel_obs=np.int64(valid.sum(dtype=np.int64)), unreadable=unreadable)
+    if squares is not None:
+        arrays["squares"] = squares
+    return arrays
+
+
 def cloud_frequency(
     scenes: list[Scene],
     grid: Grid,
@@ -252,6 +340,7 @@ def cloud_frequency(
     probability_asset: str = "cloud",
     nodata_classes: tuple[int, ...] | None = None,
     fail_on_read_error: bool = False,
+    scheduler=None,
 ) -> FrequencyResult:
     """Count valid observations of ``scenes`` on ``grid`` with their cloudy share, and write the rasters.
 
@@ -271,6 +360,10 @@ def cloud_frequency(
     and listed in ``<probability>.unreadable.csv``; ``fail_on_read_error`` stops the run instead.
     Tiles are cached under a name made of what they read: a re-run resumes every tile whose
     scenes did not change.
+
+    ``scheduler`` (a Dask scheduler address or ``distributed.Client``) runs the tiles as tasks
+    on its workers, each reading with ``concurrency`` threads; the outputs are bit for bit those
+    of the run in this process.
 
     Memory is about ``concurrency`` × 60 MB plus 350 MB per ``tile_px`` = 2048 tile, whatever
     the number of scenes or the size of the grid. Decoding is CPU work: on a local or nearby
@@ -325,10 +418,6 @@ def cloud_frequency(
     resumed = 0
     pixel_obs = 0
     network_bytes_reset()
-    cloudy_lut = np.zeros(256, np.uint8)  # mask class -> counts as cloudy
-    cloudy_lut[CLOUD] = 1
-    if spec.count_shadows:
-        cloudy_lut[SHADOW] = 1
 
     def tile_groups(tile_grid: Grid):
         area = _footprint(tile_grid)
@@ -341,55 +430,7 @@ def cloud_frequency(
                 chosen.append((touching, band))
         return chosen
 
-    def observe_tile(tile_grid: Grid, lookup: GridLookup, group: list[Scene]):
-        check_cancel(progress)
-        with gdal_http_env():
-            if mean:
-                return datatake_probability_on_grid(group, tile_grid, lookup, probability_asset, nodata_classes)
-            return datatake_mask_on_grid(group, spec, tile_grid, lookup)
-
     unreadable: dict[str, str] = {}  # datatake id -> what failed
-
-    def compute_tile(tile_grid: Grid, chosen, h: int, w: int) -> dict:
-        valid = np.zeros((len(periods), h, w), np.uint16)
-        cloudy = np.zeros((len(periods), h, w), np.float64 if mean else np.uint16)
-        squares = np.zeros((len(periods), h, w), np.float64) if mean else None
-        lookup = GridLookup(tile_grid)
-        futures = {pool.submit(observe_tile, tile_grid, lookup, g): (g, b) for g, b in chosen}
-        total = max(1, len(futures))
-        for k, future in enumerate(cf.as_completed(futures), start=1):
-            group, band = futures.pop(future)  # its arrays are released once added
-            try:
-                observed = future.result()
-            except (ReadError, MaskError) as exc:
-                message = f"{', '.join(s.item_id for s in group)}: {exc}"
-                if fail_on_read_error:
-                    raise FrequencyError(
-                        f"An acquisition could not be read (finished tiles are kept; a re-run resumes): {message}"
-                    ) from exc
-                if group[0].datatake_id not in unreadable:
-                    progress.warning(f"Acquisition {group[0].datatake_id} left out (unreadable): {message}")
-                unreadable.setdefault(group[0].datatake_id, message)
-                continue
-            finally:
-                del future
-            if mean:
-                ok, percent = observed
-                fraction = np.where(ok, percent.astype(np.float64) / 100.0, 0.0)
-                np.add(valid[band], ok, out=valid[band], casting="unsafe")
-                cloudy[band] += fraction
-                fraction *= fraction
-                squares[band] += fraction
-            else:
-                mask = observed[halo:-halo, halo:-halo] if halo else observed
-                np.add(valid[band], mask != NODATA, out=valid[band], casting="unsafe")
-                np.add(cloudy[band], np.take(cloudy_lut, mask), out=cloudy[band], casting="unsafe")
-            del observed
-            progress.set_progress(min(95.0, 95.0 * (done_tiles + k / total) / len(tiles)))
-        arrays = dict(valid=valid, cloudy=cloudy, pixel_obs=np.int64(valid.sum(dtype=np.int64)))
-        if squares is not None:
-            arrays["squares"] = squares
-        return arrays
 
     def cached(path: Path) -> int | None:
         """The pixel-observations of a finished tile, or None (a damaged one is removed)."""
@@ -404,9 +445,19 @@ def cloud_frequency(
             path.unlink(missing_ok=True)
             return None
 
-    pool = cf.ThreadPoolExecutor(max_workers=max(1, int(concurrency)), thread_name_prefix="cloudprob-freq")
+    from .executor import LocalExecutor, executor_for
+
+    executor = executor_for(scheduler)
     tile_paths: dict[tuple[int, int], Path] = {}
     done_tiles = 0
+
+    def run_tile(job: TileJob, local_progress):
+        """In this process: Cancel and progress reach inside the tile."""
+        def report(k, n):
+            progress.set_progress(min(95.0, 95.0 * (done_tiles + k / max(1, n)) / len(tiles)))
+
+        return compute_tile(job, local_progress, report)
+
     try:
         # An acquisition found unreadable in one tile is left out of every tile: the tiles that
         # already counted it are named differently without it, so the next pass recomputes
@@ -415,6 +466,7 @@ def cloud_frequency(
         while True:
             known = len(unreadable)
             pixel_obs = done_tiles = 0
+            jobs = []
             for r0, c0, h, w in tiles:
                 check_cancel(progress)
                 tile_grid = _sub_grid(grid, r0, c0, h, w, halo)
@@ -422,28 +474,45 @@ def cloud_frequency(
                 path = cache / f"tile_{r0}_{c0}_{_tile_key(chosen)}.npz"
                 obs = cached(path)
                 if obs is None:
-                    arrays = compute_tile(tile_grid, chosen, h, w)
-                    chosen = [(g, b) for g, b in chosen if g[0].datatake_id not in unreadable]
-                    path = cache / f"tile_{r0}_{c0}_{_tile_key(chosen)}.npz"
-                    # a name of this run's own, then renamed: runs of the same inputs never collide
-                    tmp = path.with_name(f"{path.stem}.part-{os.getpid()}-{threading.get_ident()}.npz")
-                    np.savez_compressed(tmp, **arrays)
-                    os.replace(tmp, path)
-                    obs = int(arrays["pixel_obs"])
-                    del arrays
-                elif first_pass:
+                    jobs.append(TileJob(r0, c0, h, w, tile_grid, chosen, len(periods), halo, spec, mean,
+                                        probability_asset, tuple(nodata_classes or ()), concurrency))
+                    continue
+                if first_pass:
                     resumed += 1  # finished by an earlier run
                 tile_paths[(r0, c0)] = path
                 pixel_obs += obs
                 done_tiles += 1
                 progress.set_progress(95.0 * done_tiles / len(tiles))
+            work = run_tile if isinstance(executor, LocalExecutor) else compute_tile
+            for index, arrays in executor.map(work, jobs, progress, ordered=False):
+                job = jobs[index]
+                failed = arrays.pop("unreadable")
+                if failed and fail_on_read_error:
+                    first = next(iter(failed.values()))
+                    raise FrequencyError(
+                        f"An acquisition could not be read (finished tiles are kept; a re-run resumes): {first}")
+                for datatake, message in failed.items():
+                    if datatake not in unreadable:
+                        progress.warning(f"Acquisition {datatake} left out (unreadable): {message}")
+                    unreadable.setdefault(datatake, message)
+                # named by what it holds: a datatake another tile found unreadable meanwhile is
+                # still in it, so the next pass recomputes it without
+                chosen = [(g, b) for g, b in job.chosen if g[0].datatake_id not in failed]
+                path = cache / f"tile_{job.r0}_{job.c0}_{_tile_key(chosen)}.npz"
+                # a name of this run's own, then renamed: runs of the same inputs never collide
+                tmp = path.with_name(f"{path.stem}.part-{os.getpid()}-{threading.get_ident()}.npz")
+                np.savez_compressed(tmp, **arrays)
+                os.replace(tmp, path)
+                tile_paths[(job.r0, job.c0)] = path
+                pixel_obs += int(arrays["pixel_obs"])
+                del arrays
+                done_tiles += 1
+                progress.set_progress(95.0 * done_tiles / len(tiles))
             first_pass = False
             if len(unreadable) == known:
                 break
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    finally:
+        executor.close()
     if len(unreadable) == len(groups):
         raise FrequencyError("No acquisition could be read: " + "; ".join(list(unreadable.values())[:3]))
 
@@ -543,6 +612,9 @@ def _write_outputs(grid: Grid, tiles, tile_paths: dict, periods, outputs: dict[s
                 with np.load(tile_paths[(r0, c0)]) as done:
                     valid, cloudy = done["valid"], done["cloudy"]
                     squares = done["squares"] if "squares" in done else None
+                if mean:  # fixed point (percent × 10⁴) to fractions: Σ p/100 and Σ (p/100)²
+                    cloudy = cloudy / (FIXED_POINT * 100.0)
+                    squares = squares / (FIXED_POINT * 100.0) ** 2
                 window = Window(c0, r0, w, h)
                 ds["valid"].write(valid, window=window)
                 ds["cloudy"].write(cloudy.astype(np.float32) if mean else cloudy, window=window)

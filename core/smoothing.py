@@ -97,12 +97,15 @@ def smooth_probability(
     strip_rows: int | None = None,
     progress: Progress | None = None,
     memory_mb: float = 400.0,
+    scheduler=None,
 ) -> Regression | None:
     """Smooth the counts of cloudprob:cloudfrequency and, with ``adjust``, remove the part of
     the smoothed probability explained by the covariates. Writes GeoTIFFs (float32 percent,
     no data −9999) and, for the adjustment, a JSON file beside ``out_adjusted``.
 
-    Covariates must be on the counts' grid (same size, transform and CRS).
+    Covariates must be on the counts' grid (same size, transform and CRS). ``scheduler`` runs
+    the strips as Dask tasks (reading the rasters by path); the sums are added in strip order,
+    so the outputs are the same bit for bit.
     """
     import rasterio
     from rasterio.windows import Window
@@ -126,6 +129,7 @@ def smooth_probability(
     reach = kernel_reach(size, shape)
     # strips of the full width sized by the memory budget (about 10 float64 arrays of a strip)
     strip_rows = max(strip_rows, 4 * reach) if strip_rows else _strip_rows_for(width, reach, memory_mb)
+    strips = list(_strips(height, strip_rows, reach))
     names = ["smoothed_valid_obs"] + [os.path.splitext(os.path.basename(p))[0] for p in covariates]
     k = len(names)
     xtx = np.zeros((k + 1, k + 1))
@@ -135,55 +139,89 @@ def smooth_probability(
     tmp_smoothed = f"{out_smoothed}.part-{os.getpid()}.tif"
     tmp_kv = f"{out_smoothed}.kv-{os.getpid()}.tif"
     written: list[str] = [tmp_smoothed, tmp_kv]
+    from .executor import executor_for
+
+    executor = executor_for(scheduler)
     try:
-        kv_profile = dict(profile)
-        with rasterio.open(cloudy_path) as dc, rasterio.open(valid_path) as dv, \
-                rasterio.open(tmp_smoothed, "w", **profile) as out, rasterio.open(tmp_kv, "w", **kv_profile) as outkv:
-            strips = list(range(0, height, strip_rows))
-            for n, r0 in enumerate(strips):
-                check_cancel(progress)
-                r1 = min(height, r0 + strip_rows)
-                h0, h1 = max(0, r0 - reach), min(height, r1 + reach)
-                window = Window(0, h0, width, h1 - h0)
-                # pad with zeros beyond the raster's top and bottom edges: no data, not mirrored
-                cloudy = dc.read(1, window=window).astype(np.float64)
-                valid = dv.read(1, window=window).astype(np.float64)
-                smoothed, kv = smooth_arrays(cloudy, valid, size, shape)
-                core = slice(r0 - h0, r0 - h0 + (r1 - r0))
-                s, kvc = smoothed[core], kv[core]
-                out.write(np.where(np.isnan(s), NODATA, s).astype(np.float32)[None], window=Window(0, r0, width, r1 - r0))
-                outkv.write(kvc.astype(np.float32)[None], window=Window(0, r0, width, r1 - r0))
-                if adjust:
-                    x = [kvc]
-                    for path in covariates:
-                        with rasterio.open(path) as cov:
-                            x.append(cov.read(1, window=Window(0, r0, width, r1 - r0)).astype(np.float64))
-                    ok = ~np.isnan(s)
-                    for a in x:
-                        ok &= np.isfinite(a)
-                    design = np.column_stack([np.ones(int(ok.sum()))] + [a[ok] for a in x])
-                    y = s[ok]
-                    xtx += design.T @ design
-                    xty += design.T @ y
-                    yty += float(y @ y)
-                    total += int(ok.sum())
+        jobs = [(str(cloudy_path), str(valid_path), covariates, size, shape, width, bounds, adjust) for bounds in strips]
+        with rasterio.open(tmp_smoothed, "w", **profile) as out, rasterio.open(tmp_kv, "w", **profile) as outkv:
+            for n, part in executor.map(_counts_strip, jobs, progress):
+                r0, r1 = strips[n][:2]
+                out.write(part["smoothed"][None], window=Window(0, r0, width, r1 - r0))
+                outkv.write(part["kv"][None], window=Window(0, r0, width, r1 - r0))
+                if adjust:  # added in strip order, wherever the strip ran
+                    xtx += part["xtx"]
+                    xty += part["xty"]
+                    yty += part["yty"]
+                    total += part["total"]
                 progress.set_progress((50.0 if adjust else 95.0) * (n + 1) / len(strips))
         result = None
         if adjust and out_adjusted:
             result = _adjust(tmp_smoothed, tmp_kv, covariates, names, xtx, xty, yty, total, out_adjusted, profile,
-                             strip_rows, progress)
+                             strips, executor, progress)
         os.replace(tmp_smoothed, out_smoothed)
         written.remove(tmp_smoothed)
         progress.set_progress(100.0)
         return result
     finally:
+        executor.close()
         for path in written:
             if os.path.exists(path):
                 os.remove(path)
 
 
-def _adjust(smoothed_path, kv_path, covariates, names, xtx, xty, yty, total, out_adjusted, profile, strip_rows,
-            progress) -> Regression:
+def _counts_strip(job, progress=None) -> dict:
+    """Pass 1 of a strip: smoothed (float32, no data −9999), K∗valid, and the fit's sums."""
+    import rasterio
+    from rasterio.windows import Window
+
+    cloudy_path, valid_path, covariates, size, shape, width, (r0, r1, h0, h1), adjust = job
+    window = Window(0, h0, width, h1 - h0)
+    with rasterio.open(cloudy_path) as dc, rasterio.open(valid_path) as dv:
+        # beyond the raster's top and bottom edges is zero (no data), not mirrored
+        cloudy = dc.read(1, window=window).astype(np.float64)
+        valid = dv.read(1, window=window).astype(np.float64)
+    smoothed, kv = smooth_arrays(cloudy, valid, size, shape)
+    core = slice(r0 - h0, r0 - h0 + (r1 - r0))
+    s, kvc = smoothed[core], kv[core]
+    out = dict(smoothed=np.where(np.isnan(s), NODATA, s).astype(np.float32), kv=kvc.astype(np.float32))
+    if adjust:
+        x = [kvc]
+        for path in covariates:
+            with rasterio.open(path) as cov:
+                x.append(cov.read(1, window=Window(0, r0, width, r1 - r0)).astype(np.float64))
+        ok = ~np.isnan(s)
+        for a in x:
+            ok &= np.isfinite(a)
+        design = np.column_stack([np.ones(int(ok.sum()))] + [a[ok] for a in x])
+        y = s[ok]
+        out.update(xtx=design.T @ design, xty=design.T @ y, yty=float(y @ y), total=int(ok.sum()))
+    return out
+
+
+def _counts_adjusted(job, progress=None):
+    """Pass 2 of a strip: the smoothed probability less the covariates' explained part."""
+    import rasterio
+    from rasterio.windows import Window
+
+    smoothed_path, kv_path, covariates, width, (r0, r1), beta, means = job
+    window = Window(0, r0, width, r1 - r0)
+    with rasterio.open(smoothed_path) as ds, rasterio.open(kv_path) as dkv:
+        s = ds.read(1, window=window).astype(np.float64)
+        x = [dkv.read(1, window=window).astype(np.float64)]
+    for path in covariates:
+        with rasterio.open(path) as cov:
+            x.append(cov.read(1, window=window).astype(np.float64))
+    explained = sum(b * (a - m) for b, a, m in zip(beta[1:], x, means))
+    adjusted = np.clip(s - explained, 0.0, 100.0)
+    nodata = s == NODATA
+    for a in x:
+        nodata |= ~np.isfinite(a)
+    return np.where(nodata, NODATA, adjusted).astype(np.float32), float(adjusted[~nodata].sum())
+
+
+def _adjust(smoothed_path, kv_path, covariates, names, xtx, xty, yty, total, out_adjusted, profile, strips,
+            executor, progress) -> Regression:
     import rasterio
     from rasterio.windows import Window
 
@@ -196,27 +234,15 @@ def _adjust(smoothed_path, kv_path, covariates, names, xtx, xty, yty, total, out
     ss_res = yty - 2 * beta @ xty + beta @ xtx @ beta
     r2 = float(1 - ss_res / ss_tot) if ss_tot > 0 else 0.0
     tmp = f"{out_adjusted}.part-{os.getpid()}.tif"
-    height, width = profile["height"], profile["width"]
+    width = profile["width"]
     total_after = 0.0
+    jobs = [(smoothed_path, kv_path, covariates, width, bounds[:2], beta, means) for bounds in strips]
     try:
-        with rasterio.open(smoothed_path) as ds, rasterio.open(kv_path) as dkv, rasterio.open(tmp, "w", **profile) as out:
-            strips = list(range(0, height, strip_rows))
-            for n, r0 in enumerate(strips):
-                check_cancel(progress)
-                r1 = min(height, r0 + strip_rows)
-                window = Window(0, r0, width, r1 - r0)
-                s = ds.read(1, window=window).astype(np.float64)
-                x = [dkv.read(1, window=window).astype(np.float64)]
-                for path in covariates:
-                    with rasterio.open(path) as cov:
-                        x.append(cov.read(1, window=window).astype(np.float64))
-                explained = sum(b * (a - m) for b, a, m in zip(beta[1:], x, means))
-                adjusted = np.clip(s - explained, 0.0, 100.0)
-                nodata = s == NODATA
-                for a in x:
-                    nodata |= ~np.isfinite(a)
-                total_after += float(adjusted[~nodata].sum())
-                out.write(np.where(nodata, NODATA, adjusted).astype(np.float32)[None], window=window)
+        with rasterio.open(tmp, "w", **profile) as out:
+            for n, (adjusted, part) in executor.map(_counts_adjusted, jobs, progress):
+                r0, r1 = strips[n][:2]
+                total_after += part
+                out.write(adjusted[None], window=Window(0, r0, width, r1 - r0))
                 progress.set_progress(50.0 + 45.0 * (n + 1) / len(strips))
         os.replace(tmp, out_adjusted)
     finally:
@@ -332,33 +358,98 @@ class _Histogram:
         return float(self.edges[i]), float(self.edges[i + 1]), before, int(self.counts[i])
 
 
-def _exact_order_statistic(values_in, rank: int, hist: _Histogram, collect_limit: int = 4_000_000, check=None) -> float:
-    """The ``rank``-th smallest (0-based) of the values ``values_in()`` yields (one pass per
-    call), starting from ``hist`` over those values, whose [lo, hi) must hold the rank: bins
-    narrowed pass by pass until the one holding the rank is small enough to sort."""
+def _exact_order_statistic(rank: int, hist: _Histogram, histogram_of, collect, collect_limit: int = 4_000_000) -> float:
+    """The ``rank``-th smallest (0-based) of a set of values spread over strips, starting from
+    ``hist`` over them, whose [lo, hi) must hold the rank: bins narrowed pass by pass
+    (``histogram_of(lo, hi, bins)`` → a :class:`_Histogram` of every strip) until the one holding
+    the rank is small enough to sort (``collect(lo, hi)`` → values below lo, and the distinct
+    values in [lo, hi) with their counts)."""
     while True:
         lo, hi, _, inside = hist.locate(rank)
         if not lo < hi:  # bins finer than the floats there: the interval holds only a few values
             lo, hi = hist.lo, hist.hi
         elif inside > collect_limit and np.nextafter(lo, np.inf) < hi:
-            hist = _Histogram(lo, hi, hist.bins)
-            for v in values_in():
-                if check:
-                    check()
-                hist.add(v)
+            hist = histogram_of(lo, hi, hist.bins)
             continue
-        # the distinct values of the interval with their counts (many pixels may share one value)
-        below, uniques, counts = 0, [], []
-        for v in values_in():
-            if check:
-                check()
-            below += int(np.count_nonzero(v < lo))
-            u, c = np.unique(v[(v >= lo) & (v < hi)], return_counts=True)
-            uniques.append(u)
-            counts.append(c)
-        u, inverse = np.unique(np.concatenate(uniques), return_inverse=True)
-        c = np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64)).astype(np.int64)
+        below, u, c = collect(lo, hi)
         return float(u[int(np.searchsorted(np.cumsum(c), rank - below, side="right"))])
+
+
+@dataclass(frozen=True)
+class _Strip:
+    """Rows [r0, r1) of the counts, read with their halo [h0, h1)."""
+
+    cloudy_path: str
+    valid_path: str
+    size: int
+    width: int
+    r0: int
+    r1: int
+    h0: int
+    h1: int
+
+    def deviation(self):
+        """(p, lag, d) of the strip's own rows (:func:`neighbourhood_deviation`)."""
+        import rasterio
+        from rasterio.windows import Window
+
+        window = Window(0, self.h0, self.width, self.h1 - self.h0)
+        with rasterio.open(self.cloudy_path) as dc, rasterio.open(self.valid_path) as dv:
+            p, lag, d = neighbourhood_deviation(dc.read(1, window=window), dv.read(1, window=window), self.size)
+        core = slice(self.r0 - self.h0, self.r1 - self.h0)
+        return p[core], lag[core], d[core]
+
+
+FIRST_BINS = (-100.0, 1000.0, 1 << 16)  # d ≥ −100 (p ≥ 0, lag > 0); bins of 0.017 points to 1000 %
+
+
+def _strip_sums(job, progress=None) -> dict:
+    """Pass 1 of a strip: its lag (float32), the sums of the fit, and d's first histogram."""
+    strip, threshold = job
+    p, lag, d = strip.deviation()
+    has_p = ~np.isnan(p)
+    out = dict(lag=np.where(np.isnan(lag), NODATA, lag).astype(np.float32), p_sum=float(p[has_p].sum()),
+               p_count=int(has_p.sum()), n_fit=0, n_in=0, p=0.0, pp=0.0, p_in=0.0, d_out=0.0, dd_out=0.0,
+               pd_out=0.0, d_max=-np.inf)
+    hist = _Histogram(*FIRST_BINS)
+    ok = ~np.isnan(d)  # d defined implies p defined
+    if ok.any():
+        pv, dv = p[ok], d[ok]
+        inside = np.abs(dv) <= threshold
+        do, po = dv[~inside], pv[~inside]
+        out.update(n_fit=int(ok.sum()), n_in=int(inside.sum()), p=float(pv.sum()), pp=float(pv @ pv),
+                   p_in=float(pv[inside].sum()), d_out=float(do.sum()), dd_out=float(do @ do), pd_out=float(po @ do),
+                   d_max=float(dv.max()))
+        hist.add(dv)
+    out["hist"], out["below"] = hist.counts, hist.below
+    return out
+
+
+def _strip_histogram(job, progress=None):
+    """(values below lo, counts in bins of [lo, hi)) of a strip's d."""
+    strip, lo, hi, bins = job
+    d = strip.deviation()[2]
+    hist = _Histogram(lo, hi, bins)
+    hist.add(d[~np.isnan(d)])
+    return hist.below, hist.counts
+
+
+def _strip_collect(job, progress=None):
+    """(values below lo, distinct values of [lo, hi), their counts) of a strip's d."""
+    strip, lo, hi = job
+    d = strip.deviation()[2]
+    d = d[~np.isnan(d)]
+    u, c = np.unique(d[(d >= lo) & (d < hi)], return_counts=True)
+    return int(np.count_nonzero(d < lo)), u, c
+
+
+def _strip_adjusted(job, progress=None):
+    """Pass 3 of a strip: adjusted = p − b·(d' − m) (float32, no data −9999) and its sum."""
+    strip, b, m, threshold = job
+    p, _, d = strip.deviation()
+    shift = np.where(np.abs(d) > threshold, b * (d - m), 0.0)  # NaN d compares False: unchanged
+    adjusted = p - shift
+    return np.where(np.isnan(adjusted), NODATA, adjusted).astype(np.float32), float(np.nansum(adjusted))
 
 
 def reference_adjustment(
@@ -370,6 +461,7 @@ def reference_adjustment(
     threshold_pct: float = 5.0,
     memory_mb: float = 400.0,
     progress: Progress | None = None,
+    scheduler=None,
 ) -> ReferenceAdjustment:
     """The reference product's adjustment of the counts of cloudprob:cloudfrequency.
 
@@ -384,15 +476,18 @@ def reference_adjustment(
 
     Writes ``out_smoothed`` = lag and ``out_adjusted`` (float32 percent, no data −9999) and a
     JSON report beside the adjusted raster (``.regression.json``). Worked in strips of the
-    full width sized by ``memory_mb``: three passes over the counts (lag and the sums of the
-    fit; the exact median; the adjusted raster), nothing the size of the raster in memory.
-    The OLS sums need no second pass: over the pixels within the threshold d' is the constant
-    m, so Σd', Σd'², Σp·d' follow from the sums over the others and the counts.
+    full width sized by ``memory_mb``: a pass for lag and the sums of the fit, usually one for
+    the exact median (a fine histogram from the first pass, then the middle bin's values), one
+    for the adjusted raster; nothing the size of the raster in memory. The OLS needs no pass of
+    its own: over the pixels within the threshold d' is the constant m, so Σd', Σd'², Σp·d'
+    follow from the sums over the others and the counts. ``scheduler`` runs the strips as Dask
+    tasks (they read the counts by path: a file system the workers share); the partial sums are
+    added in strip order either way, so the outputs are bit for bit the same.
     """
-    import math
-
     import rasterio
     from rasterio.windows import Window
+
+    from .executor import executor_for
 
     progress = progress or NullProgress()
     if size < 3 or size % 2 == 0:
@@ -409,74 +504,61 @@ def reference_adjustment(
         height, width = dc.height, dc.width
     reach = size // 2
     rows = _strip_rows_for(width, reach, memory_mb)
-    strips = list(_strips(height, rows, reach))
-    steps = 3 * len(strips)
-    done = [0]
+    strips = [_Strip(str(cloudy_path), str(valid_path), size, width, *bounds) for bounds in _strips(height, rows, reach)]
+    executor = executor_for(scheduler)
+    steps = [0, 3 * len(strips)]
 
-    def windows():
-        """(r0, r1, p, lag, d) per strip, the halo cut off; one pass over the counts."""
-        with rasterio.open(cloudy_path) as dc, rasterio.open(valid_path) as dv:
-            for r0, r1, h0, h1 in strips:
-                check_cancel(progress)
-                window = Window(0, h0, width, h1 - h0)
-                p, lag, d = neighbourhood_deviation(dc.read(1, window=window), dv.read(1, window=window), size)
-                core = slice(r0 - h0, r1 - h0)
-                yield r0, r1, p[core], lag[core], d[core]
-                done[0] += 1
-                progress.set_progress(min(99.0, 100.0 * done[0] / steps))
+    def each(fn, jobs):
+        for _, result in executor.map(fn, jobs, progress):
+            steps[0] += 1
+            progress.set_progress(min(99.0, 100.0 * steps[0] / steps[1]))
+            yield result
 
-    # pass 1: lag written; count, range and the sums of the fit
-    n_fit = n_in = 0
-    s = dict(p=0.0, pp=0.0, p_in=0.0, d_out=0.0, dd_out=0.0, pd_out=0.0)
-    # d ≥ −100 (p ≥ 0, lag > 0); bins of 0.0017 points up to 1000 %, the rare larger ones beyond
-    first = _Histogram(-100.0, 1000.0, 1 << 19)
-    d_max = -math.inf
-    p_sum = 0.0
-    p_count = 0
     tmp_smoothed = f"{out_smoothed}.part-{os.getpid()}.tif"
     written = [tmp_smoothed]
     try:
+        # pass 1: lag written; the sums of the fit and d's first histogram, added in strip order
+        keys = ("p_sum", "p_count", "n_fit", "n_in", "p", "pp", "p_in", "d_out", "dd_out", "pd_out")
+        s = dict.fromkeys(keys, 0)
+        first = _Histogram(*FIRST_BINS)
+        d_max = -np.inf
         with rasterio.open(tmp_smoothed, "w", **profile) as out:
-            for r0, r1, p, lag, d in windows():
-                out.write(np.where(np.isnan(lag), NODATA, lag).astype(np.float32)[None], window=Window(0, r0, width, r1 - r0))
-                has_p = ~np.isnan(p)
-                p_sum += float(p[has_p].sum())
-                p_count += int(has_p.sum())
-                ok = ~np.isnan(d)  # d defined implies p defined
-                if not ok.any():
-                    continue
-                pv, dv_ = p[ok], d[ok]
-                inside = np.abs(dv_) <= threshold_pct
-                outside = ~inside
-                n_fit += int(ok.sum())
-                n_in += int(inside.sum())
-                s["p"] += float(pv.sum())
-                s["pp"] += float(pv @ pv)
-                s["p_in"] += float(pv[inside].sum())
-                do, po = dv_[outside], pv[outside]
-                s["d_out"] += float(do.sum())
-                s["dd_out"] += float(do @ do)
-                s["pd_out"] += float(po @ do)
-                first.add(dv_)
-                d_max = max(d_max, float(dv_.max()))
+            for strip, part in zip(strips, each(_strip_sums, [(strip, threshold_pct) for strip in strips])):
+                out.write(part["lag"][None], window=Window(0, strip.r0, width, strip.r1 - strip.r0))
+                for k in keys:
+                    s[k] += part[k]
+                first.counts += part["hist"]
+                first.below += part["below"]
+                d_max = max(d_max, part["d_max"])
+        n_fit, n_in = s["n_fit"], s["n_in"]
         if n_fit < 3:
             raise ValueError("Too few pixels with a neighbourhood to fit the adjustment (the counts have no data?).")
 
-        # pass 2: the exact median of d (usually one pass: a fine histogram, then the middle bin sorted)
-        def defined_d():
-            for _, _, _, _, d in windows():
-                yield d[~np.isnan(d)]
+        # pass 2: the exact median of d
+        def histogram_of(lo, hi, bins):
+            hist = _Histogram(lo, hi, bins)
+            for _, (below, counts) in executor.map(_strip_histogram, [(st, lo, hi, bins) for st in strips], progress):
+                hist.below += below
+                hist.counts += counts
+            return hist
 
-        ranks = sorted({(n_fit - 1) // 2, n_fit // 2})
+        def collect(lo, hi):
+            below, uniques, counts = 0, [], []
+            for _, (b, u, c) in executor.map(_strip_collect, [(st, lo, hi) for st in strips], progress):
+                below += b
+                uniques.append(u)
+                counts.append(c)
+            u, inverse = np.unique(np.concatenate(uniques), return_inverse=True)
+            return below, u, np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64)).astype(np.int64)
+
         middle = []
-        for r in ranks:
+        for rank in sorted({(n_fit - 1) // 2, n_fit // 2}):
             hist = first
-            if r >= first.below + int(first.counts.sum()):  # the middle lies beyond 1000 %
-                hist = _Histogram(1000.0, float(np.nextafter(d_max, np.inf)), 1 << 16)
-                for v in defined_d():
-                    hist.add(v)
-            middle.append(_exact_order_statistic(defined_d, r, hist, check=lambda: check_cancel(progress)))
+            if rank >= first.below + int(first.counts.sum()):  # the middle lies beyond 1000 %
+                hist = histogram_of(FIRST_BINS[1], float(np.nextafter(d_max, np.inf)), FIRST_BINS[2])
+            middle.append(_exact_order_statistic(rank, hist, histogram_of, collect))
         m = float(sum(middle) / len(middle))
+        steps[0] = 2 * len(strips)
 
         # the fit, from pass 1's sums: over the pixels within the threshold d' = m
         sum_d = s["d_out"] + m * n_in
@@ -500,18 +582,15 @@ def reference_adjustment(
             tmp_adjusted = f"{out_adjusted}.part-{os.getpid()}.tif"
             written.append(tmp_adjusted)
             with rasterio.open(tmp_adjusted, "w", **profile) as out:
-                for r0, r1, p, lag, d in windows():
-                    shift = np.where(np.abs(d) > threshold_pct, b * (d - m), 0.0)  # NaN d: compares False
-                    adjusted = p - shift
-                    after_sum += float(np.nansum(adjusted))
-                    out.write(np.where(np.isnan(adjusted), NODATA, adjusted).astype(np.float32)[None],
-                              window=Window(0, r0, width, r1 - r0))
-        else:
-            done[0] += len(strips)
+                jobs = [(strip, b, m, threshold_pct) for strip in strips]
+                for strip, (adjusted, total) in zip(strips, each(_strip_adjusted, jobs)):
+                    after_sum += total
+                    out.write(adjusted[None], window=Window(0, strip.r0, width, strip.r1 - strip.r0))
+        p_count = s["p_count"]
         result = ReferenceAdjustment(
             intercept=a, slope=b, median_deviation_pct=m, r2=r2, pixels=int(n_fit), shifted=int(shifted),
             threshold_pct=float(threshold_pct), kernel_size=int(size),
-            mean_before=p_sum / p_count if p_count else float("nan"),
+            mean_before=s["p_sum"] / p_count if p_count else float("nan"),
             mean_after=(after_sum / p_count if (p_count and out_adjusted) else float("nan")),
         )
         os.replace(tmp_smoothed, out_smoothed)
@@ -526,6 +605,7 @@ def reference_adjustment(
         progress.set_progress(100.0)
         return result
     finally:
+        executor.close()
         for path in written:
             if os.path.exists(path):
                 os.remove(path)

@@ -84,6 +84,7 @@ def zonal_statistics(
     progress: Progress | None = None,
     spread_path: str | None = None,
     batch_size: int = 2000,
+    scheduler=None,
 ) -> ZonalResult:
     """Statistics of ``raster_path`` (band 1, percent; its no-data value is honoured) per zone.
 
@@ -94,11 +95,13 @@ def zonal_statistics(
     ``valid_path`` (the acquisition count on the same grid): ``acquisition_count_mean`` …
     ``_stdev`` and a 95 % interval of the mean (:func:`mean_interval`), its spread from
     ``spread_path`` (cloudprob:cloudfrequency's spread raster) when given.
+
+    Areas are worked in batches of ``batch_size``; ``scheduler`` runs the batches as Dask tasks
+    (they read the rasters by path) with the same table as a result.
     """
     import geopandas as gpd
     import pandas as pd
     import rasterio
-    from exactextract import exact_extract
 
     progress = progress or NullProgress()
     if id_field not in zones.columns:
@@ -144,30 +147,21 @@ def zonal_statistics(
             full = areas / _mean_cell_area_m2(raster_path)
         else:
             full = work.area.values / cell_area
+        from .executor import executor_for
+
+        # batches of areas: exactextract reads each area's window, and the cells it hands back
+        # for the medians are those of one batch, never the raster's; on a Dask cluster each
+        # batch is a task, and the parts are put together in the same order
+        jobs = [(raster_path, valid_path, spread_path, work.iloc[start:start + batch_size], geographic, transform)
+                for start in range(0, len(work), batch_size)]
         parts = []
-        batches = range(0, len(work), batch_size)
-        for n, start in enumerate(batches):
-            # a batch of areas at a time: exactextract reads each area's window, and the cells
-            # it hands back for the medians are those of one batch, never the raster's
-            check_cancel(progress)
-            batch = work.iloc[start:start + batch_size]
-            part = _cell_statistics(raster_path, batch, "probability", geographic, transform)
-            part["covered_cells"] = part.pop("probability_count")
-            if valid_path:
-                check_cancel(progress)
-                counts = _cell_statistics(valid_path, batch, "acquisition_count", geographic, transform)
-                for s in PROBABILITY_STATS:
-                    part[f"acquisition_count_{s}"] = counts[f"acquisition_count_{s}"]
-                mean = part["probability_mean"]
-                if spread_path:
-                    weight = "(coverage_weight=area_spherical_m2)" if geographic else ""
-                    spread = exact_extract(spread_path, batch, [f"mean{weight}"], output="pandas").iloc[:, 0].values
-                else:
-                    spread = np.sqrt(np.clip(mean, 0, 100) * (100.0 - np.clip(mean, 0, 100)))
-                part["probability_ci95_low"], part["probability_ci95_high"] = mean_interval(
-                    mean, spread, part["acquisition_count_mean"])
-            parts.append(pd.DataFrame(part, index=batch.index))
-            progress.set_progress(5.0 + 85.0 * (n + 1) / len(batches))
+        executor = executor_for(scheduler)
+        try:
+            for n, part in executor.map(_zonal_batch, jobs, progress):
+                parts.append(part)
+                progress.set_progress(5.0 + 85.0 * (n + 1) / len(jobs))
+        finally:
+            executor.close()
         stats = pd.concat(parts)
         stats["coverage_pct"] = np.where(full > 0, 100.0 * stats["covered_cells"].values / full, np.nan)
         for column in [c for c in result.columns if c != id_field]:
@@ -182,6 +176,29 @@ def zonal_statistics(
     no_data = [i for i, flag in zip(result[id_field], no_cells) if flag and i not in empty]
     progress.set_progress(100.0)
     return ZonalResult(result, invalid=invalid, empty=empty, no_data=no_data)
+
+
+def _zonal_batch(job, progress=None):
+    """The statistics of one batch of areas (a DataFrame on the batch's index)."""
+    import pandas as pd
+    from exactextract import exact_extract
+
+    raster_path, valid_path, spread_path, batch, geographic, transform = job
+    part = _cell_statistics(raster_path, batch, "probability", geographic, transform)
+    part["covered_cells"] = part.pop("probability_count")
+    if valid_path:
+        counts = _cell_statistics(valid_path, batch, "acquisition_count", geographic, transform)
+        for s in PROBABILITY_STATS:
+            part[f"acquisition_count_{s}"] = counts[f"acquisition_count_{s}"]
+        mean = part["probability_mean"]
+        if spread_path:
+            weight = "(coverage_weight=area_spherical_m2)" if geographic else ""
+            spread = exact_extract(spread_path, batch, [f"mean{weight}"], output="pandas").iloc[:, 0].values
+        else:
+            spread = np.sqrt(np.clip(mean, 0, 100) * (100.0 - np.clip(mean, 0, 100)))
+        part["probability_ci95_low"], part["probability_ci95_high"] = mean_interval(
+            mean, spread, part["acquisition_count_mean"])
+    return pd.DataFrame(part, index=batch.index)
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
