@@ -10,7 +10,7 @@ APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-scipy 
                 python3-matplotlib python3-venv python3-pip nginx-light xvfb openssl
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all deps system test demo bench zip clean screenshot
+.PHONY: all deps system test demo bench bench-national zip clean screenshot
 
 all: test
 
@@ -32,6 +32,11 @@ demo: deps
 
 bench: deps
 	$(PY) benchmarks/run.py
+
+# A synthetic UK-like year through the reference chain: FRACTION=1/16 (or 1/4, 1) for one share of the
+# extent; without it 1/16, 1/4 and 1 in turn (the whole extent takes over an hour on 2 cores).
+bench-national: deps
+	$(PY) benchmarks/bench_national.py $(if $(FRACTION),--fraction $(FRACTION))
 
 zip:
 	scripts/make_zip.sh

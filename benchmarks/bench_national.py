@@ -1,0 +1,411 @@
+"""`make bench-national`: the reference chain over a synthetic UK-like year, through ``core``.
+
+The year (benchmarks/national_archive.py): 76 MGRS-like 5490² tiles in UTM 29/30/31 over a
+crude UK land mask (sea = SCL no data), two satellites on seven overlapping relative orbits,
+~13,700 Collection-1 items (``scl`` + ``cloud``), ~47,000 Voronoi small areas. Its COGs are
+served by nginx on 127.0.0.1 with Range support (scripts/servers.py CogServer), so every read
+goes over HTTP as against Earth Search.
+
+The chain is the shipped model's (cloudprob:annualcloudprobability), called through core as a
+cluster node would: ``cloud_frequency`` (mean of ``cloud`` over SCL-valid observations, with
+the probability, valid, cloudy and stdev rasters; 2048-px tiles; 4 acquisitions in flight, the
+Processing default) → ``reference_adjustment`` (21×21, 5 %) → ``zonal_statistics`` (adjusted
+probability, counts and spread, in process). Each stage runs in its own child process, so its
+peak RSS (VmHWM) and CPU time are its own; bytes are core's count (``network_bytes``) and
+nginx's access log (requests). ``--fraction`` (1/16, 1/4, 1; 1/64 and 1/256 for development)
+takes a sub-extent of that share of the area, centred on the extent's centre, with the items,
+grid and zones clipped to it. Without ``--fraction``: 1/16, 1/4 and 1 in turn.
+
+Figures are printed and merged into bench_out/bench_national.json (one entry per fraction).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BUILD, OUT, ensure_plugin_importable, table  # noqa: E402
+from peak_memory import peak_rss_mb  # noqa: E402
+
+NATIONAL = BUILD / "national"
+LINK_BYTES_PER_S = 100e6 / 8  # 100 Mbit/s = 12.5 MB/s
+CONCURRENCY = 4  # cloudprob:cloudfrequency's default (about 2 × CPU cores)
+TILE_PX = 2048
+STAGES = ("frequency", "adjustment", "zonal")
+# the reference pipeline (the product's published run)
+REFERENCE = {"cpus": 72, "memory_gb": 400, "limit_h": 12.5, "tile_km": 20, "tile_scenes": 713, "tile_minutes": 29}
+GOALS = {"peak_rss_mb": 4096, "compute_min": 60, "projected_100mbit_h": 2}
+
+
+# ------------------------------------------------------------------------------------------
+# the child side: one stage, its own process
+
+
+class _LogProgress:
+    """Progress to stderr every 60 s: percent, elapsed, resident memory now and at peak."""
+
+    def __init__(self, stage: str):
+        self.stage, self.t0, self.last = stage, time.monotonic(), 0.0
+
+    def set_progress(self, percent: float) -> None:
+        now = time.monotonic()
+        if now - self.last >= 60:
+            self.last = now
+            print(f"    [{self.stage}] {percent:5.1f} % after {now - self.t0:6.0f} s, RSS {_rss_mb():.0f} MB "
+                  f"(peak {peak_rss_mb():.0f} MB)", file=sys.stderr, flush=True)
+
+    def is_canceled(self) -> bool:
+        return False
+
+    def info(self, message: str) -> None:
+        print(f"    [{self.stage}] {message}", file=sys.stderr, flush=True)
+
+    warning = info
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def child(stage: str, config_path: str) -> None:
+    ensure_plugin_importable()
+    cfg = json.loads(Path(config_path).read_text())
+    out = Path(cfg["out"])
+    paths = {k: str(out / f"{k}.tif") for k in ("probability", "valid", "cloudy", "stdev", "smoothed", "adjusted")}
+    progress = _LogProgress(stage)
+    result: dict = {}
+    if stage == "frequency":
+        from cloud_probability.core.frequency import cloud_frequency, grid_for_area
+        from cloud_probability.core.masks import PRESETS
+        from cloud_probability.core.stac import normalise_item
+
+        t0, c0 = time.monotonic(), _cpu_s()
+        with open(cfg["items"]) as fh:  # one item per line, as a layer's features are read
+            scenes = [normalise_item(json.loads(line)) for line in fh]
+        result["load_seconds"] = time.monotonic() - t0
+        result["load_cpu_seconds"] = _cpu_s() - c0
+        result["rss_after_load_mb"] = _rss_mb()
+        grid = grid_for_area(tuple(cfg["extent"]), "EPSG:27700", 20.0)
+        t0, c0 = time.monotonic(), _cpu_s()
+        r = cloud_frequency(
+            scenes, grid, PRESETS["scl"],
+            {k: paths[k] for k in ("probability", "valid", "cloudy", "stdev")},
+            measure="mean_probability", probability_asset="cloud", tile_px=cfg["tile_px"],
+            concurrency=cfg["concurrency"], cache_dir=cfg["cache"], progress=progress,
+        )
+        result.update(seconds=time.monotonic() - t0, cpu_seconds=_cpu_s() - c0, bytes=r.bytes_fetched,
+                      pixel_observations=r.pixel_observations, acquisitions=r.acquisitions, scenes=r.scenes,
+                      tiles=r.tiles, unreadable=len(r.unreadable), grid_shape=list(grid.shape), stats=r.stats)
+    elif stage == "adjustment":
+        from cloud_probability.core.reading import network_bytes, network_bytes_reset
+        from cloud_probability.core.smoothing import reference_adjustment
+
+        network_bytes_reset()
+        t0, c0 = time.monotonic(), _cpu_s()
+        r = reference_adjustment(paths["cloudy"], paths["valid"], paths["smoothed"], paths["adjusted"], size=21,
+                                 threshold_pct=5.0, progress=progress)
+        result.update(seconds=time.monotonic() - t0, cpu_seconds=_cpu_s() - c0, bytes=network_bytes(),
+                      fit={k: getattr(r, k) for k in ("intercept", "slope", "median_deviation_pct", "r2", "pixels",
+                                                      "shifted", "mean_before", "mean_after")})
+    elif stage == "zonal":
+        import geopandas as gpd
+
+        from cloud_probability.core.reading import network_bytes, network_bytes_reset
+        from cloud_probability.core.zonal import zonal_statistics
+
+        network_bytes_reset()
+        t0, c0 = time.monotonic(), _cpu_s()
+        zones = gpd.read_file(cfg["zones"], layer="zones")
+        result["read_zones_seconds"] = time.monotonic() - t0
+        r = zonal_statistics(paths["adjusted"], zones, "code", valid_path=paths["valid"], progress=progress,
+                             spread_path=paths["stdev"])
+        result.update(seconds=time.monotonic() - t0, cpu_seconds=_cpu_s() - c0, bytes=network_bytes())
+        r.table.to_csv(out / "zonal.csv", index=False)
+        t = r.table
+        result.update(zones=int(len(t)), zones_with_data=int(t["probability_mean"].notna().sum()),
+                      mean_of_area_means=float(t["probability_mean"].mean()), invalid=len(r.invalid),
+                      no_data=len(r.no_data))
+    else:
+        raise SystemExit(f"unknown stage {stage}")
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["process_cpu_seconds"] = _cpu_s()
+    print(json.dumps(result, default=str), flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# the parent side
+
+
+class AccessLog:
+    """Requests and body bytes in nginx's access log, read incrementally."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+        self.requests = self.headers = self.bytes = 0
+
+    def update(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        for line in data[:end].splitlines():
+            self.requests += 1
+            parts = line.split(b'" ')
+            if len(parts) >= 2:
+                fields = parts[1].split()
+                if len(fields) >= 2 and fields[1].isdigit():
+                    self.bytes += int(fields[1])
+            if b'"bytes=0-' in line:
+                self.headers += 1  # a file's first bytes: its header (IFDs, tile index)
+
+
+def _nginx_cpu_s(master_pid: int) -> float:
+    """CPU seconds of nginx's master and workers (the server's side of loopback)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields[1] is the parent's pid; utime and stime are fields 14 and 15 of stat
+        if int(entry.name) == master_pid or int(fields[1]) == master_pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _parse_fraction(text: str) -> float:
+    return float(Fraction(text))
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:,.0f} s" if s >= 100 else f"{s:.1f} s"
+
+
+def _fmt_mb(b: float) -> str:
+    return f"{b / 1e9:,.2f} GB" if b >= 1e9 else f"{b / 1e6:,.1f} MB"
+
+
+def run_fraction(fraction: float, concurrency: int, keep: bool) -> dict:
+    ensure_plugin_importable()
+    import national_archive as na
+    import servers
+
+    label = na.fraction_label(fraction)
+    print(f"== fraction {label}", flush=True)
+    t0 = time.monotonic()
+    meta = na.prepare(fraction, NATIONAL, workers=2)
+    prepare_s = time.monotonic() - t0
+    run = NATIONAL / f"run-{label.replace('/', '-')}"
+    if run.exists():
+        shutil.rmtree(run)
+    out = run / "out"
+    out.mkdir(parents=True)
+    cache = run / "cache"
+    results: dict = {}
+    with servers.CogServer(meta["root"], workdir=run / "nginx") as cogs:
+        items = run / "items.ndjson"
+        base = cogs.url
+        with open(meta["items_path"]) as src, open(items, "w") as dst:
+            for line in src:
+                item = json.loads(line)
+                for key in ("scl", "cloud"):
+                    item["assets"][key]["href"] = f"{base}/{item['assets'][key]['href']}"
+                dst.write(json.dumps(item, separators=(",", ":")) + "\n")
+        config = run / "config.json"
+        config.write_text(json.dumps({
+            "items": str(items), "extent": meta["extent_27700"], "out": str(out), "cache": str(cache),
+            "zones": meta["zones_path"], "concurrency": concurrency, "tile_px": TILE_PX,
+        }))
+        log = AccessLog(cogs.access_log)
+        for stage in STAGES:
+            log.update()
+            before = (log.requests, log.headers, log.bytes)
+            server_cpu0 = _nginx_cpu_s(cogs.proc.pid)
+            children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            print(f"  {stage} …", flush=True)
+            load0 = os.getloadavg()[0]
+            s0 = time.monotonic()
+            done = subprocess.run([sys.executable, __file__, "--child", stage, str(config)], stdout=subprocess.PIPE,
+                                  text=True)
+            wall = time.monotonic() - s0
+            if done.returncode:
+                raise RuntimeError(f"stage {stage} failed (exit {done.returncode}); see the log above")
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            log.update()
+            r["process_wall_seconds"] = wall
+            r["load_average_1min"] = [load0, os.getloadavg()[0]]  # the machine is shared: others' work shows here
+            r["process_cpu_seconds_parent_view"] = (children1.ru_utime + children1.ru_stime) - (
+                children0.ru_utime + children0.ru_stime)
+            r["requests"] = log.requests - before[0]
+            r["header_requests"] = log.headers - before[1]
+            r["nginx_bytes"] = log.bytes - before[2]
+            r["server_cpu_seconds"] = _nginx_cpu_s(cogs.proc.pid) - server_cpu0
+            results[stage] = r
+            print(f"    {_fmt_s(r['seconds'])}, CPU {_fmt_s(r['cpu_seconds'])}, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"{_fmt_mb(r['bytes'])} fetched, {r['requests']:,} requests", flush=True)
+    obs = results["frequency"]["pixel_observations"]
+    grid_px = meta["grid_shape"][0] * meta["grid_shape"][1]
+    for stage, r in results.items():
+        r["transfer_100mbit_seconds"] = r["bytes"] / LINK_BYTES_PER_S
+        r["projected_100mbit_seconds"] = max(r["seconds"], r["transfer_100mbit_seconds"])
+        r["mpx_obs_per_s"] = obs / 1e6 / r["seconds"]
+        r["mpx_per_s"] = grid_px / 1e6 / r["seconds"]
+    entry = {"fraction": fraction, "label": label, "selection": meta, "prepare_seconds": prepare_s,
+             "concurrency": concurrency, "tile_px": TILE_PX, "stages": results}
+    entry["total"] = {
+        "seconds": sum(r["seconds"] for r in results.values()),
+        "process_wall_seconds": sum(r["process_wall_seconds"] for r in results.values()),
+        "cpu_seconds": sum(r["cpu_seconds"] for r in results.values()),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results.values()),
+        "bytes": sum(r["bytes"] for r in results.values()),
+        "requests": sum(r["requests"] for r in results.values()),
+        "projected_100mbit_seconds": sum(r["projected_100mbit_seconds"] for r in results.values()),
+        "pixel_observations": obs,
+    }
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    print_fraction(entry)
+    return entry
+
+
+def print_fraction(e: dict) -> None:
+    m = e["selection"]
+    rows_px, cols_px = m["grid_shape"]
+    x0, y0, x1, y1 = m["extent_27700"]
+    f = e["stages"]["frequency"]
+    land_pct = 100.0 * m["land_pixels"] / (rows_px * cols_px)
+    print(f"\nNational benchmark, fraction {e['label']}: {(x1 - x0) / 1000:,.0f} × {(y1 - y0) / 1000:,.0f} km "
+          f"({cols_px:,} × {rows_px:,} px at 20 m, EPSG:27700, {land_pct:.0f} % land), {m['items']:,} items of "
+          f"{m['datatakes']} datatakes over {len(m['tiles'])} MGRS tiles (UTM "
+          f"{'/'.join(sorted({t[:2] for t in m['tiles']}))}), {m['zones']:,} zones; "
+          f"{f['pixel_observations'] / 1e9:,.2f} G pixel-observations ({f['pixel_observations'] / max(1, m['land_pixels']):.0f} "
+          f"per land pixel); loopback nginx, {e['concurrency']} acquisitions in flight, {e['tile_px']}-px tiles, 2 cores")
+    rows = []
+    for stage, r in list(e["stages"].items()) + [("total", None)]:
+        if r is None:
+            t = e["total"]
+            rows.append(["total", _fmt_s(t["seconds"]), _fmt_s(t["cpu_seconds"]), f"{t['peak_rss_mb']:,.0f} MB",
+                         _fmt_mb(t["bytes"]), f"{t['requests']:,}", f"{t['pixel_observations'] / 1e6 / t['seconds']:,.1f}",
+                         "", _fmt_s(t["projected_100mbit_seconds"])])
+            continue
+        rows.append([stage, _fmt_s(r["seconds"]), _fmt_s(r["cpu_seconds"]), f"{r['peak_rss_mb']:,.0f} MB",
+                     _fmt_mb(r["bytes"]), f"{r['requests']:,}", f"{r['mpx_obs_per_s']:,.1f}", f"{r['mpx_per_s']:,.1f}",
+                     _fmt_s(r["projected_100mbit_seconds"])])
+    print(table(["stage", "wall", "CPU", "peak RSS", "fetched", "requests", "M px-obs/s", "M px/s",
+                 "at 100 Mbit/s"], rows))
+    print(f"  frequency: items parsed and normalised in {f['load_seconds']:.1f} s (RSS then {f['rss_after_load_mb']:,.0f} MB); "
+          f"{f['acquisitions']} acquisitions, {f['tiles']} tiles, {f['unreadable']} unreadable; "
+          f"{f['header_requests']:,} header requests; nginx used {f['server_cpu_seconds']:,.0f} s CPU beside it; "
+          f"nginx sent {_fmt_mb(f['nginx_bytes'])}; CPU/wall {f['cpu_seconds'] / f['seconds']:.2f} of 2 cores; "
+          f"1-min load average {f['load_average_1min'][0]:.1f} before, {f['load_average_1min'][1]:.1f} after")
+    fit = e["stages"]["adjustment"]["fit"]
+    z = e["stages"]["zonal"]
+    print(f"  adjustment: slope {fit['slope']:.4f}, median deviation {fit['median_deviation_pct']:.3f} %, "
+          f"R² {fit['r2']:.3f}, {fit['shifted']:,} of {fit['pixels']:,} pixels shifted, mean "
+          f"{fit['mean_before']:.2f} → {fit['mean_after']:.2f} %")
+    print(f"  zonal: {z['zones_with_data']:,} of {z['zones']:,} zones with data, mean of area means "
+          f"{z['mean_of_area_means']:.2f} %")
+    t = e["total"]
+    transfer = sum(r["transfer_100mbit_seconds"] for r in e["stages"].values())
+    print(f"  at 100 Mbit/s: {_fmt_mb(t['bytes'])} take {_fmt_s(transfer)} on the link; overlapped with compute "
+          f"(max per stage) {_fmt_s(t['projected_100mbit_seconds'])} = {t['projected_100mbit_seconds'] / 3600:.2f} h")
+    ref = REFERENCE
+    ref_obs = (ref["tile_km"] * 50) ** 2 * ref["tile_scenes"]  # 1,000 × 1,000 px × 713 scenes, an upper bound
+    ref_s = ref["tile_minutes"] * 60
+    ours_cpu_per_mobs = t["cpu_seconds"] / (t["pixel_observations"] / 1e6)
+    ours_tile_s = t["seconds"] / (m["land_pixels"] / 1e6)
+    print(f"  reference pipeline: SLURM job of {ref['cpus']} CPUs, {ref['memory_gb']} GB, {ref['limit_h']} h limit; one "
+          f"{ref['tile_km']} km tile-year ({ref['tile_scenes']} scenes) in {ref['tile_minutes']} min uncached: at most "
+          f"{ref_obs / 1e6 / ref_s:.2f} M px-obs/s per task, at least {ref_s / (ref_obs / 1e6):.2f} task-s per M px-obs. "
+          f"Ours: {t['pixel_observations'] / 1e6 / t['seconds']:.1f} M px-obs/s on 2 cores, {ours_cpu_per_mobs:.3f} CPU-s "
+          f"per M px-obs; a 20 km tile-year of land every {ours_tile_s:.1f} s")
+
+
+def print_growth(data: dict) -> None:
+    entries = sorted(data["fractions"].values(), key=lambda e: e["fraction"])
+    if len(entries) < 2:
+        return
+    print("\nGrowth across fractions (each against the smallest):")
+    first = entries[0]
+    rows = []
+    for e in entries:
+        t = e["total"]
+        r = lambda k: t[k] / first["total"][k] if first["total"][k] else float("nan")  # noqa: E731
+        rows.append([e["label"], f"{e['selection']['items']:,}", f"{t['pixel_observations'] / 1e9:.2f} G",
+                     _fmt_s(e["stages"]["frequency"]["seconds"]), _fmt_s(e["stages"]["adjustment"]["seconds"]),
+                     _fmt_s(e["stages"]["zonal"]["seconds"]), _fmt_s(t["seconds"]), f"{r('pixel_observations'):.1f}×",
+                     f"{r('seconds'):.1f}×", f"{t['pixel_observations'] / 1e6 / t['seconds']:.1f}",
+                     f"{t['peak_rss_mb']:,.0f} MB", _fmt_mb(t["bytes"]), _fmt_s(t["projected_100mbit_seconds"])])
+    print(table(["fraction", "items", "px-obs", "frequency", "adjustment", "zonal", "total", "px-obs ×", "time ×",
+                 "M px-obs/s", "peak RSS", "fetched", "at 100 Mbit/s"], rows))
+    top = entries[-1]
+    if top["fraction"] < 1:
+        import national_archive as na
+
+        full = na.describe()
+        k_area = 1 / top["fraction"]
+        k_items = full["items"] / top["selection"]["items"]
+        t = top["total"]
+        print(f"  projected to the whole extent from {top['label']} (×{k_area:.0f} by area, ×{k_items:.1f} by items): "
+              f"compute {t['seconds'] * k_items / 60:,.0f}–{t['seconds'] * k_area / 60:,.0f} min, at 100 Mbit/s "
+              f"{t['projected_100mbit_seconds'] * k_items / 3600:.2f}–{t['projected_100mbit_seconds'] * k_area / 3600:.2f} h")
+    final = entries[-1]["total"]
+    print(f"  goals at {entries[-1]['label']}: peak RSS {final['peak_rss_mb']:,.0f} MB ≤ 4,096: "
+          f"{'yes' if final['peak_rss_mb'] <= GOALS['peak_rss_mb'] else 'NO'}; compute {final['seconds'] / 60:.1f} min ≤ 60: "
+          f"{'yes' if final['seconds'] <= 3600 else 'NO'}; at 100 Mbit/s {final['projected_100mbit_seconds'] / 3600:.2f} h ≤ 2: "
+          f"{'yes' if final['projected_100mbit_seconds'] <= 7200 else 'NO'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fraction", action="append", type=str,
+                        help="share of the extent's area: 1/16, 1/4, 1 (1/64, 1/256 for development); repeatable")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--keep", action="store_true", help="keep the output rasters under .build/national/run-*/out")
+    parser.add_argument("--child", nargs=2, metavar=("STAGE", "CONFIG"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return 0
+    fractions = [_parse_fraction(f) for f in (args.fraction or ["1/16", "1/4", "1"])]
+    OUT.mkdir(exist_ok=True)
+    path = OUT / "bench_national.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.setdefault("fractions", {})
+    data["reference"] = REFERENCE
+    data["goals"] = GOALS
+    for fraction in fractions:
+        entry = run_fraction(fraction, args.concurrency, args.keep)
+        data["fractions"][entry["label"]] = entry
+        path.write_text(json.dumps(data, indent=1, default=str))
+    print_growth(data)
+    print(f"\n(figures in {path})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
