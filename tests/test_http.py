@@ -1,4 +1,4 @@
-"""core.http, the bare HTTP/1.1 client of the COG reader, against real servers on loopback:
+"""core.http, the COG reader's requests through urllib3, against real servers on loopback:
 nginx for ranged reads under threads, and Python's http.server made to answer the ways real
 servers and CDNs do (chunked, close-delimited, redirects, 503 with Retry-After, closing a
 kept-alive connection, TLS, a forward proxy named by the environment, and a tunnelling one for
@@ -54,7 +54,7 @@ def test_ranges_from_nginx_under_threads_on_kept_alive_connections(blob_on_nginx
     assert blob_on_nginx.requests() - before == len(spans)  # no retries, no extra requests
 
     def kept() -> set[int]:
-        return {id(conn) for conns in client._idle.values() for conn in conns}
+        return _kept(client)
 
     after_threads = kept()
     assert len(after_threads) <= 16  # never more connections than threads
@@ -63,6 +63,18 @@ def test_ranges_from_nginx_under_threads_on_kept_alive_connections(blob_on_nginx
     assert kept() == after_threads
     client.close()
     assert kept() == set()
+
+
+def _kept(client) -> set[int]:
+    """The connections a client keeps open for reuse (urllib3's pools)."""
+    conns = set()
+    for manager, _ in client._managers.values():
+        for key in list(manager.pools.keys()):
+            pool = manager.pools.get(key)
+            for conn in list(pool.pool.queue) if pool is not None and pool.pool is not None else []:
+                if conn is not None and conn.sock is not None:
+                    conns.add(id(conn))
+    return conns
 
 
 class _Counting(http.server.BaseHTTPRequestHandler):
