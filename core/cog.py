@@ -27,6 +27,10 @@ import numpy as np
 
 HEADER_BYTES = 16384  # what GDAL fetches first too; a COG's IFDs and tile indices fit in it
 MERGE_GAP = 1024  # tiles closer than this are one range (GDAL's COG puts 8 bytes between tiles)
+# Hard limits: what a server or a file claims never decides what is allocated.
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # IFDs and tile indices (~1 M tiles); beyond, GDAL reads the file
+MAX_TILE_BYTES = 16 * 1024 * 1024  # one decoded tile (Sentinel-2: 0.25–2 MiB); beyond, unreadable
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # one answer: a range of tiles, or a whole file from a server ignoring Range
 # GDAL settings that mean a request needs more than a plain GET: such files go to GDAL.
 _GDAL_HTTP_AUTH_OPTIONS = (
     "GDAL_HTTP_HEADERS", "GDAL_HTTP_HEADER_FILE", "GDAL_HTTP_USERPWD", "GDAL_HTTP_AUTH", "GDAL_HTTP_COOKIE",
@@ -39,13 +43,21 @@ class Unsupported(Exception):
     """The file's layout is not one this reader handles; read it with GDAL."""
 
 
+class Unreadable(Exception):
+    """The file cannot be read right, by this reader or any other: a malformed header, a
+    corrupt tile, an answer that is not what was asked for, or beyond the hard limits. The
+    message names the URL and what is wrong; the product is unreadable (GDAL is not asked)."""
+
+
 class HttpError(Exception):
     """A request failed (after retries); the message names the URL and the cause. ``status``
-    is the HTTP status, or None when no response came (connection, TLS, timeout)."""
+    is the HTTP status, or None when no response came; ``kind`` is then core.http's
+    (``connection``, ``certificate``, ``deadline``, ``refused``…)."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, kind: str | None = None):
         super().__init__(message)
         self.status = status
+        self.kind = kind
 
 
 def enabled_for(href: str) -> bool:
@@ -81,26 +93,65 @@ def _fetchers() -> cf.ThreadPoolExecutor:
         return _FETCHERS
 
 
-def get_range(url: str, start: int, end: int) -> tuple[bytes, bool]:
+def get_range(url: str, start: int, end: int, places=None) -> tuple[bytes, bool]:
     """Bytes ``start`` … ``end - 1`` of ``url``; ``(body, whole)`` where ``whole`` says the server
-    ignored the range and sent the whole file. Raises :class:`HttpError`."""
+    ignored the range and sent the whole file (at most :data:`MAX_RESPONSE_BYTES`). Raises
+    :class:`HttpError`, or :class:`Unreadable` for an answer that is not the bytes asked for."""
+    body, whole, _ = _get_range(url, start, end, places)
+    return body, whole
+
+
+def _get_range(url: str, start: int, end: int, places=None) -> tuple[bytes, bool, str]:
+    """:func:`get_range`, and the URL that answered (after redirects)."""
     global _BYTES
     from . import http
 
+    def limit(status: int, headers: dict) -> int:
+        if status == 206:  # exactly the bytes asked for, or up to the end of a shorter file
+            first, last, _ = _content_range(url, headers.get("content-range", ""), start, end)
+            return last - first + 1
+        if status == 200:
+            return MAX_RESPONSE_BYTES  # the server ignores Range: the whole file, if not too large
+        return 0
+
     try:
-        response = http.get(url, {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"})
+        response = http.get(url, {"Range": f"bytes={start}-{end - 1}"}, limit=limit,
+                            places=places if places is not None else http.ANYWHERE)
     except http.TransportError as exc:
-        raise HttpError(str(exc)) from exc
+        if exc.kind in ("too-large", "malformed"):
+            raise Unreadable(str(exc)) from exc
+        raise HttpError(str(exc), None, exc.kind) from exc
     body = response.body
     with _COUNT_LOCK:
         _BYTES += len(body)
     if response.status == 206:
-        return body, False
+        first, last, _ = _content_range(url, response.headers.get("content-range", ""), start, end)
+        if len(body) != last - first + 1:
+            raise Unreadable(f"{url}: {len(body)} bytes for the range {first}-{last} the server announced")
+        return body, False, response.url
     if response.status == 200:
-        return body, True
+        return body, True, response.url
     if response.status == 416:  # the file ends before ``start``
-        return b"", False
+        return b"", False, response.url
     raise HttpError(f"{url}: HTTP {response.status} {response.reason}".rstrip(), response.status)
+
+
+def _content_range(url: str, value: str, start: int, end: int) -> tuple[int, int, int | None]:
+    """(first, last, size) of a 206 answer's ``Content-Range``, which must be the range asked
+    for (``start`` … ``end - 1``), or its part before the end of the file."""
+    import re
+
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value or "")
+    if not match:
+        raise Unreadable(f"{url}: a partial answer without a valid Content-Range ({value[:60]!r}) "
+                         f"for the bytes {start}-{end - 1}")
+    first, last = int(match.group(1)), int(match.group(2))
+    size = None if match.group(3) == "*" else int(match.group(3))
+    whole_ask = last == end - 1 or (size is not None and last == size - 1 and last < end - 1)
+    if first != start or last < first or not whole_ask or (size is not None and last >= size):
+        raise Unreadable(f"{url}: the server sent the bytes {first}-{last}"
+                         f"{'' if size is None else f' of {size}'} for a request of {start}-{end - 1}")
+    return first, last, size
 
 
 def bytes_fetched() -> int:
@@ -130,20 +181,25 @@ DEFLATE = (8, 32946)
 
 
 class _Header:
-    """The start of the file, extended on demand (a header larger than the first fetch)."""
+    """The start of the file, extended on demand (a header larger than the first fetch), never
+    beyond :data:`MAX_HEADER_BYTES`."""
 
-    def __init__(self, url: str):
-        self.url = url
-        self.data, self.whole = get_range(url, 0, HEADER_BYTES)
+    def __init__(self, url: str, places=None):
+        self.url, self.places = url, places
+        self.data, self.whole, self.final_url = _get_range(url, 0, HEADER_BYTES, places)
 
     def bytes(self, offset: int, size: int) -> bytes:
         end = offset + size
         if end > len(self.data) and not self.whole:
-            more, whole = get_range(self.url, len(self.data), max(end, 2 * len(self.data)))
+            if end > MAX_HEADER_BYTES:
+                raise Unsupported(f"{self.url}: a TIFF header past {MAX_HEADER_BYTES // 2**20} MiB (GDAL reads it)")
+            more, whole = get_range(self.url, len(self.data), min(MAX_HEADER_BYTES, max(end, 2 * len(self.data))),
+                                    self.places)
             self.data = more if whole else self.data + more
             self.whole = whole or len(more) == 0
         if end > len(self.data):
-            raise Unsupported(f"{self.url}: truncated TIFF header")
+            raise Unreadable(f"{self.url}: the file ends at byte {len(self.data):,}, inside its TIFF header "
+                             f"(which goes on to byte {end:,})")
         return self.data[offset:end]
 
 
@@ -189,6 +245,8 @@ class CogFile:
     predictor: int
     levels: list[Level] = field(repr=False)
     whole: bytes | None = field(default=None, repr=False)  # when the server sent the whole file
+    places: object = field(default=None, repr=False)  # core.http.Places the tiles may be read from
+    final_url: str = ""  # where the header came from, after redirects (what GDAL is given)
 
     @property
     def width(self) -> int:
@@ -222,46 +280,71 @@ class CogFile:
         return data != np.array(self.nodata).astype(data.dtype)
 
     def read(self, row0: int, row1: int, col0: int, col1: int, level: int = 0) -> np.ndarray:
-        """Rows ``row0:row1`` and columns ``col0:col1`` of ``level`` (native byte order)."""
+        """Rows ``row0:row1`` and columns ``col0:col1`` of ``level`` (native byte order).
+        Raises :class:`HttpError`, or :class:`Unreadable` for a tile that does not decode to
+        exactly a tile (DEFLATE's checksum is checked: a flipped bit is an error, never pixels)."""
+        from . import http
+
         lv = self.levels[level]
         if not (0 <= row0 < row1 <= lv.height and 0 <= col0 < col1 <= lv.width):
             raise ValueError(f"window {row0}:{row1}, {col0}:{col1} outside {lv.height}×{lv.width}")
         out = np.empty((row1 - row0, col1 - col0), self.dtype.newbyteorder("="))
         tiles_across = -(-lv.width // lv.tile_w)
-        offsets, counts = lv.offsets, lv.counts
+        try:
+            offsets, counts = lv.offsets, lv.counts
+        except (ValueError, TypeError, struct.error) as exc:
+            raise Unreadable(f"{self.url}: unreadable tile index ({exc})") from exc
+        tile_bytes = lv.tile_w * lv.tile_h * self.dtype.itemsize
+        most = tile_bytes + tile_bytes // 100 + 1024 if self.compression in DEFLATE else tile_bytes
         wanted = []
         for tr in range(row0 // lv.tile_h, (row1 - 1) // lv.tile_h + 1):
             for tc in range(col0 // lv.tile_w, (col1 - 1) // lv.tile_w + 1):
                 wanted.append((tr, tc, tr * tiles_across + tc))
-        present = [(tr, tc, int(offsets[i]), int(counts[i])) for tr, tc, i in wanted if counts[i] > 0]
+        present = []
         for tr, tc, i in wanted:
-            if counts[i] == 0:  # a sparse tile: no data (or zeros), as GDAL reads it
+            offset, count = int(offsets[i]), int(counts[i])
+            if count == 0:  # a sparse tile: no data (or zeros), as GDAL reads it
                 self._place(out, np.full((lv.tile_h, lv.tile_w), self._fill(), out.dtype), tr, tc, lv, row0, col0)
+            elif count < 0 or offset < 0 or count > most:
+                raise Unreadable(f"{self.url}: tile {tr},{tc} is said to take {count:,} bytes at {offset:,} "
+                                 f"(a tile is {tile_bytes:,} bytes decoded)")
+            else:
+                present.append((tr, tc, offset, count))
         ranges = _merge(sorted(present, key=lambda t: t[2]))
+        owner = http.current_owner()
 
         def fetch(group):
-            start, end = group[0][2], group[-1][2] + group[-1][3]
-            if self.whole is not None:
-                body = self.whole[start:end]
-            else:
-                body, whole = get_range(self.url, start, end)
-                if whole:
-                    body = body[start:end]
-            if len(body) < end - start:
-                raise HttpError(f"{self.url}: short read ({len(body)} of {end - start} bytes at {start})")
-            for tr, tc, offset, count in group:
-                rows = min(lv.tile_h, row0 + out.shape[0] - tr * lv.tile_h)  # the tile's rows above the window's end
-                tile = self._decode(body[offset - start:offset - start + count], lv, rows)
-                self._place(out, tile, tr, tc, lv, row0, col0)
+            with http.owned_by(owner):  # Cancel reaches the range threads too
+                start, end = group[0][2], group[-1][2] + group[-1][3]
+                if self.whole is not None:
+                    body = self.whole[start:end]
+                else:
+                    body, whole = get_range(self.url, start, end, self.places)
+                    if whole:
+                        body = body[start:end]
+                if len(body) < end - start:
+                    raise Unreadable(f"{self.url}: the file ends before its tiles do ({len(body):,} of "
+                                     f"{end - start:,} bytes at {start:,})")
+                for tr, tc, offset, count in group:
+                    rows = min(lv.tile_h, row0 + out.shape[0] - tr * lv.tile_h)  # the tile's rows above the window's end
+                    tile = self._decode(body[offset - start:offset - start + count], lv, rows)
+                    self._place(out, tile, tr, tc, lv, row0, col0)
 
         # the first range in this thread, the others at the same time in the range pool
         futures = [_fetchers().submit(fetch, g) for g in ranges[1:]]
+        errors = []
         try:
             if ranges:
                 fetch(ranges[0])
-        finally:
-            for future in futures:
+        except BaseException as exc:  # the others are waited for (nothing left running), then this is raised
+            errors.append(exc)
+        for future in futures:
+            try:
                 future.result()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
         return out
 
     def _fill(self):
@@ -270,13 +353,13 @@ class CogFile:
         return self.nodata
 
     def _decode(self, raw: bytes, lv: Level, rows: int) -> np.ndarray:
-        """The first ``rows`` rows of a tile (rows are stored in order: zlib stops there;
-        libdeflate inflates whole tiles, several times faster still)."""
-        n = lv.tile_w * rows
+        """The first ``rows`` rows of a tile, after inflating all of it (the checksum is at the end)."""
+        size = lv.tile_w * lv.tile_h * self.dtype.itemsize
         if self.compression in DEFLATE:
-            raw = inflate(raw, lv.tile_w * lv.tile_h * self.dtype.itemsize, n * self.dtype.itemsize, self.url)
-        if len(raw) < n * self.dtype.itemsize:
-            raise HttpError(f"{self.url}: tile of {len(raw)} bytes, expected {n * self.dtype.itemsize}")
+            raw = inflate(raw, size, self.url)
+        elif len(raw) != size:
+            raise Unreadable(f"{self.url}: an uncompressed tile of {len(raw):,} bytes, expected {size:,}")
+        n = lv.tile_w * rows
         tile = np.frombuffer(raw, self.dtype, count=n).reshape(rows, lv.tile_w)
         tile = tile.astype(self.dtype.newbyteorder("="), copy=False)
         if self.predictor == 2:
@@ -310,8 +393,8 @@ class _Libdeflate:
         self._lib, self._ctypes = lib, ctypes
         self._local = threading.local()  # a decompressor is not shared between threads
 
-    def inflate(self, raw: bytes, size: int) -> np.ndarray | None:
-        """The inflated bytes (at most ``size``, as uint8), or None when libdeflate refuses the stream."""
+    def inflate(self, raw: bytes, size: int) -> tuple[np.ndarray, int]:
+        """(the inflated bytes, at most ``size``, as uint8; libdeflate's status, 0 for success)."""
         d = getattr(self._local, "d", None)
         if d is None:
             d = self._local.d = _Decompressor(self._lib)
@@ -319,7 +402,7 @@ class _Libdeflate:
         got = self._ctypes.c_size_t(0)
         status = self._lib.libdeflate_zlib_decompress(d.ptr, raw, len(raw), out.ctypes.data, size,
                                                       self._ctypes.byref(got))
-        return out[:got.value] if status == 0 else None
+        return out[:got.value], status
 
 
 class _Decompressor:
@@ -356,25 +439,41 @@ def _find_libdeflate() -> _Libdeflate | None:
 _LIBDEFLATE = _find_libdeflate()
 
 
-def inflate(raw: bytes, size: int, wanted: int, url: str = ""):
-    """A zlib stream inflated (a bytes-like object): all of it (at most ``size`` bytes) with
-    libdeflate, or its first ``wanted`` bytes with zlib. Raises :class:`HttpError` for a corrupt
-    stream."""
+_LIBDEFLATE_STATUS = {1: "bad data", 2: "short output", 3: "more data than a tile"}
+
+
+def inflate(raw: bytes, size: int, url: str = ""):
+    """A zlib stream inflated to exactly ``size`` bytes (a bytes-like object), its Adler-32
+    checksum verified: libdeflate when the system has it, else zlib. Raises
+    :class:`Unreadable` for a corrupt stream, a wrong checksum, or an output of any other
+    size (a tile is always whole)."""
     if _LIBDEFLATE is not None:
-        out = _LIBDEFLATE.inflate(raw, size)
-        if out is not None:
-            return out
-        # libdeflate refuses what zlib may still read (e.g. more output than a tile): let zlib say
-    try:
-        return zlib.decompressobj().decompress(raw, wanted)
-    except zlib.error as exc:
-        raise HttpError(f"{url}: corrupt DEFLATE tile ({exc})") from exc
+        out, status = _LIBDEFLATE.inflate(raw, size)
+        if status != 0:
+            raise Unreadable(f"{url}: corrupt DEFLATE tile ({_LIBDEFLATE_STATUS.get(status, status)})")
+    else:
+        d = zlib.decompressobj()
+        try:
+            out = d.decompress(raw, size)
+            beyond = d.decompress(d.unconsumed_tail, 1) if d.unconsumed_tail or not d.eof else b""
+        except zlib.error as exc:
+            raise Unreadable(f"{url}: corrupt DEFLATE tile ({exc})") from exc
+        if beyond:
+            raise Unreadable(f"{url}: corrupt DEFLATE tile (more data than a tile)")
+        if not d.eof:
+            raise Unreadable(f"{url}: corrupt DEFLATE tile (the stream ends before its checksum)")
+    if len(out) != size:
+        raise Unreadable(f"{url}: corrupt DEFLATE tile ({len(out):,} bytes, a tile is {size:,})")
+    return out
 
 
 def _merge(tiles: list[tuple[int, int, int, int]]) -> list[list[tuple[int, int, int, int]]]:
+    """Tiles (sorted by offset) in groups read as one range: neighbours, up to
+    :data:`MAX_RESPONSE_BYTES` per range."""
     groups: list[list] = []
     for t in tiles:
-        if groups and t[2] - (groups[-1][-1][2] + groups[-1][-1][3]) <= MERGE_GAP:
+        if (groups and t[2] - (groups[-1][-1][2] + groups[-1][-1][3]) <= MERGE_GAP
+                and t[2] + t[3] - groups[-1][0][2] <= MAX_RESPONSE_BYTES):
             groups[-1].append(t)
         else:
             groups.append([t])
@@ -386,29 +485,32 @@ _HEADERS: OrderedDict = OrderedDict()
 _HEADERS_LOCK = threading.Lock()
 
 
-def open_cog(url: str) -> CogFile:
+def open_cog(url: str, places=None) -> CogFile:
     """The header of the COG at ``url``: fetched and parsed once, then kept for the process
     (as GDAL keeps what /vsicurl/ fetched) until :func:`clear_cache`, so screening the same
     scenes again (another area, other thresholds) costs one round trip per product, not two.
+    ``places`` (core.http.Places): where its requests may go.
 
-    Raises :class:`HttpError` when it cannot be fetched and :class:`Unsupported` when it is not
-    a layout this reader handles (the caller then uses GDAL; that answer is kept too).
+    Raises :class:`HttpError` when it cannot be fetched, :class:`Unreadable` when it is
+    malformed or beyond the limits, and :class:`Unsupported` when it is not a layout this
+    reader handles (the caller then uses GDAL; that answer is kept too).
     """
+    key = (url, places)
     with _HEADERS_LOCK:
-        hit = _HEADERS.get(url)
+        hit = _HEADERS.get(key)
         if hit is not None:
-            _HEADERS.move_to_end(url)
+            _HEADERS.move_to_end(key)
     if isinstance(hit, Unsupported):
         raise hit
     if hit is not None:
         return hit
     try:
-        parsed = _parse(url)
+        parsed = _parse(url, places)
     except Unsupported as exc:
-        _remember(url, exc)
+        _remember(key, exc)
         raise
     if parsed.whole is None:  # not a whole file sent by a server that ignores Range
-        _remember(url, parsed)
+        _remember(key, parsed)
     return parsed
 
 
@@ -425,8 +527,25 @@ def clear_cache() -> None:
         _HEADERS.clear()
 
 
-def _parse(url: str) -> CogFile:
-    head = _Header(url)
+def _parse(url: str, places=None) -> CogFile:
+    head = _Header(url, places)
+    try:
+        return _parse_header(url, head, places)
+    except (Unsupported, Unreadable, HttpError):
+        raise
+    except Exception as exc:  # whatever a malformed header trips on: this file, named
+        raise Unreadable(f"{url}: a malformed TIFF header ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _parse_header(url: str, head: _Header, places) -> CogFile:
+    try:
+        return _parse_tags(url, head, places)
+    except Unsupported as exc:
+        exc.final_url = head.final_url  # GDAL is given the address our checked redirects led to
+        raise
+
+
+def _parse_tags(url: str, head: _Header, places) -> CogFile:
     order = head.bytes(0, 2)
     if order not in (b"II", b"MM"):
         raise Unsupported(f"{url}: not a TIFF file")
@@ -452,7 +571,7 @@ def _parse(url: str) -> CogFile:
     dtype, compression, predictor = _pixel_format(url, first, e)
     crs, transform = _georeferencing(url, first)
     nodata = _nodata(first)
-    levels = [_level(url, head, e, base, first, transform, None)]
+    levels = [_level(url, head, e, base, first, transform, None, dtype)]
     for tags in ifds[1:]:
         values = _entry_values(head, e, tags, _LEVEL_TAGS)
         kind = values.get(NEW_SUBFILE_TYPE, [0])[0]
@@ -462,9 +581,10 @@ def _parse(url: str) -> CogFile:
             continue  # another page, not an overview: not ours to read
         if _pixel_format(url, values, e) != (dtype, compression, predictor):
             raise Unsupported(f"{url}: overviews stored differently from the image")
-        levels.append(_level(url, head, e, tags, values, transform, levels[0]))
+        levels.append(_level(url, head, e, tags, values, transform, levels[0], dtype))
     levels.sort(key=lambda lv: -lv.width)
-    return CogFile(url, crs, dtype, nodata, compression, predictor, levels, head.data if head.whole else None)
+    return CogFile(url, crs, dtype, nodata, compression, predictor, levels, head.data if head.whole else None,
+                   places, head.final_url)
 
 
 def _prefetch_arrays(head: _Header, e: str, ifds: list[dict]) -> None:
@@ -542,11 +662,22 @@ def _pixel_format(url: str, v: dict, e: str):
     return np.dtype(f"{e}{kind}{bits // 8}"), compression, predictor
 
 
-def _level(url, head, e, tags, values, base_transform, full: Level | None) -> Level:
+_TAG_NAMES = {WIDTH: "ImageWidth", HEIGHT: "ImageLength", TILE_W: "TileWidth", TILE_H: "TileLength"}
+
+
+def _level(url, head, e, tags, values, base_transform, full: Level | None, dtype: np.dtype) -> Level:
     from rasterio.transform import Affine
 
+    for tag, name in _TAG_NAMES.items():
+        if len(values.get(tag) or ()) < 1:
+            raise Unreadable(f"{url}: an image without a {name} tag")
     width, height = int(values[WIDTH][0]), int(values[HEIGHT][0])
     tile_w, tile_h = int(values[TILE_W][0]), int(values[TILE_H][0])
+    if min(width, height, tile_w, tile_h) <= 0:
+        raise Unreadable(f"{url}: an image of {width}×{height} pixels in tiles of {tile_w}×{tile_h}")
+    if tile_w * tile_h * dtype.itemsize > MAX_TILE_BYTES:
+        raise Unreadable(f"{url}: tiles of {tile_w}×{tile_h} pixels ({tile_w * tile_h * dtype.itemsize / 2**20:,.0f} MiB "
+                         f"each), more than the {MAX_TILE_BYTES // 2**20} MiB per tile this plugin decodes")
     if TILE_OFFSETS not in tags or TILE_COUNTS not in tags:
         raise Unsupported(f"{url}: no tile index")
     n = -(-width // tile_w) * -(-height // tile_h)
@@ -570,6 +701,8 @@ def _georeferencing(url: str, v: dict):
     keys = v.get(GEOKEYS)
     if keys is None or len(keys) < 4:
         raise Unsupported(f"{url}: no GeoTIFF keys")
+    if len(keys) < 4 + 4 * int(keys[3]):
+        raise Unreadable(f"{url}: its GeoKeyDirectory declares {int(keys[3])} keys but holds {(len(keys) - 4) // 4}")
     geokeys = {}
     for i in range(int(keys[3])):
         key, location, count, value = (int(x) for x in keys[4 + 4 * i:8 + 4 * i])
@@ -589,6 +722,8 @@ def _georeferencing(url: str, v: dict):
         transform = Affine(sx, 0.0, x - i * sx, 0.0, -sy, y + j * sy)
     else:
         raise Unsupported(f"{url}: no geotransform")
+    if not all(np.isfinite(tuple(transform)[:6])) or transform.a * transform.e - transform.b * transform.d == 0:
+        raise Unreadable(f"{url}: a degenerate geotransform {tuple(transform)[:6]}")
     return f"EPSG:{code}", transform
 
 

@@ -5,6 +5,11 @@ window costs a few hundred kilobytes instead of the whole file. :func:`open_sour
 HTTP(S) COGs with :mod:`core.cog` (two round trips) and everything else with GDAL
 (``/vsicurl/``, told not to list directories, to merge neighbouring ranges and to cache what it
 fetched); with ``overviews`` a coarser grid reads the COG's overviews.
+
+Assets are read only from the catalogue's own kind of place (:func:`check_href`): a scene's
+hrefs, taken with :func:`asset_href`, remember the catalogue its item came from, and every
+read checks them against it. Whatever a file or a server does wrong ends as a
+:class:`ReadError` naming the file: that product is unreadable, the others are unaffected.
 """
 from __future__ import annotations
 
@@ -18,24 +23,216 @@ from typing import Iterator
 
 import numpy as np
 
-# GDAL settings for reading COGs over HTTP: what rio-tiler/TiTiler and the GDAL docs use.
+# GDAL settings for reading COGs over HTTP, as GDAL's documentation advises for cloud-optimised
+# GeoTIFFs (benchmarks/bench_reader.py measured the variants). The HEAD request stays: with
+# CPL_VSIL_CURL_USE_HEAD=NO, GDAL 3.6 opens with a GET without Range and the server starts
+# sending the whole file (135 MB instead of 6.7 MB in that benchmark).
 GDAL_HTTP_OPTIONS: dict = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing per file
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.jp2",
+    "GDAL_INGESTED_BYTES_AT_OPEN": "16384",  # the header and tile index in the first GET
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",  # one request for neighbouring blocks
     "GDAL_HTTP_MULTIPLEX": "YES",
-    "GDAL_HTTP_MULTIRANGE": "SINGLE_GET",  # the blocks of a window in one request
+    "GDAL_HTTP_VERSION": "2TLS",  # HTTP/2 over TLS where libcurl has it (Debian's has)
+    "GDAL_HTTP_MULTIRANGE": "YES",  # a window's ranges at once (streams of one HTTP/2 connection): 1.63 s vs SINGLE_GET's 2.00 s
     "CPL_VSIL_CURL_CACHE_SIZE": str(64 * 1024 * 1024),
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "0.5",
-    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
+    # GDAL_HTTP_TIMEOUT (curl's whole-transfer timeout) follows core.http's deadline: gdal_http_env
     "CPL_VSIL_NETWORK_STATS_ENABLED": "YES",
     "GDAL_CACHEMAX": 256 * 1024 * 1024,  # bytes of decoded blocks; GDAL's default (5 % of RAM) is 1.2 GB here
 }
 
+LOCAL_ASSETS_ENV = "CLOUDPROB_ALLOW_LOCAL_ASSETS"
+
 
 class ReadError(Exception):
     """A raster (window) could not be read; the message names the file and the cause."""
+
+
+class RefusedAsset(ReadError):
+    """An href the scene's catalogue may not point to (see :func:`check_href`)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where assets may be read from
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Where a scene's item came from: ``url`` of the STAC API or catalogue, or None for items
+    made on this machine (a script, a file). Decides which hrefs may be read (:func:`check_href`)."""
+
+    url: str | None
+
+    @property
+    def kind(self) -> str:
+        """``local`` (no URL, or a file), ``loopback``, ``private`` or ``public``, by its address."""
+        if not self.url or not self.url.lower().startswith(("http://", "https://")):
+            return "local"
+        return _host_kind(_hostname(self.url))
+
+    def describe(self) -> str:
+        return "a catalogue on this computer" if self.url is None else f"the catalogue at {self.url}"
+
+
+LOCAL = Catalogue(None)
+
+
+class Href(str):
+    """An asset href that remembers the :class:`Catalogue` it came from (see :func:`asset_href`);
+    every read function checks it against it."""
+
+    catalogue: Catalogue
+
+    def __new__(cls, value: str, catalogue: Catalogue):
+        self = super().__new__(cls, value)
+        self.catalogue = catalogue
+        return self
+
+
+def catalogue_of(scene) -> Catalogue:
+    """The catalogue a :class:`~core.stac.Scene` came from: its ``catalogue`` (the API the search
+    asked, when the scene carries it), else its item's ``root``/``self``/``parent``/
+    ``collection`` links (a STAC API gives every item these; any web address among them makes
+    it that catalogue's item), else :data:`LOCAL` (an item made on this machine)."""
+    url = getattr(scene, "catalogue", None)
+    if url:
+        return Catalogue(str(url))
+    links = (getattr(scene, "item", None) or {}).get("links") or []
+    for rel in ("root", "self", "parent", "collection"):
+        for link in links:
+            if isinstance(link, dict) and link.get("rel") == rel and isinstance(link.get("href"), str):
+                href = link["href"].strip()
+                if "://" in href and not href.lower().startswith("file:"):
+                    return Catalogue(href)
+    return LOCAL
+
+
+def asset_href(scene, name: str) -> Href | None:
+    """``scene.asset_href(name)``, remembering the scene's catalogue: the read functions of this
+    module then refuse what that catalogue may not point to, with a :class:`RefusedAsset`."""
+    href = scene.asset_href(name)
+    return None if href is None else Href(href, catalogue_of(scene))
+
+
+def local_assets_allowed() -> bool:
+    """Whether the user allows any catalogue to point to this computer's files and networks
+    (``CLOUDPROB_ALLOW_LOCAL_ASSETS=YES``)."""
+    import os
+
+    return os.environ.get(LOCAL_ASSETS_ENV, "").strip().upper() in ("YES", "TRUE", "ON", "1")
+
+
+_REMOTE_SCHEMES = {"http", "https", "s3", "gs", "az"}
+
+
+def check_href(href: str, catalogue: Catalogue | None = None) -> tuple[str, object]:
+    """``(href, places)`` if ``catalogue`` may point to ``href``; ``places`` (core.http.Places)
+    are where its requests may go. Raises :class:`RefusedAsset` naming the href, what it is and
+    the catalogue; nothing is opened or requested before.
+
+    The rule: assets are read from the catalogue's own kind of place. A catalogue on this
+    computer (no web address) may point anywhere. A web catalogue's items may point to
+    ``http(s)://``, ``s3://``, ``gs://`` and ``az://`` (through GDAL), never to link-local
+    or cloud metadata addresses; to this machine (loopback) only when the catalogue is itself
+    on it, to private networks only when it is itself on one or on this machine; to local
+    files never. ``CLOUDPROB_ALLOW_LOCAL_ASSETS=YES`` lifts the local-file, loopback and
+    private-network rules (never the link-local and metadata one). ``catalogue`` None: the
+    href's own (an :class:`Href`) or :data:`LOCAL`.
+    """
+    from . import http
+
+    catalogue = catalogue or getattr(href, "catalogue", None) or LOCAL
+    text = str(href).strip()
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    kind = catalogue.kind
+    allowed = local_assets_allowed()
+    if kind == "local":
+        places = http.ANYWHERE
+    else:
+        source = catalogue.describe()
+        places = http.Places(loopback=allowed or kind == "loopback", private=allowed or kind in ("loopback", "private"),
+                             source=source)
+    if scheme in ("http", "https"):
+        host = _hostname(text)
+        if not host:
+            raise RefusedAsset(f"{text}: refused: no host name")
+        try:
+            literal = str(ipaddress_of(host))
+        except ValueError:
+            literal = None
+        if literal is not None:  # an address written out: refused before any connection
+            reason = places.refusal(host, literal)
+            if reason:
+                raise RefusedAsset(f"{text}: refused: {reason}" + _allow_hint(reason))
+        elif host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+            reason = places.refusal(host, "127.0.0.1")
+            if reason:
+                raise RefusedAsset(f"{text}: refused: {reason}" + _allow_hint(reason))
+        return text, places
+    if kind == "local" or (allowed and scheme in ("", "file")):
+        return text, places
+    if scheme in _REMOTE_SCHEMES:
+        return text, places
+    if scheme in ("", "file"):
+        raise RefusedAsset(
+            f"{text}: refused: a file on this computer, which {catalogue.describe()} may not point to "
+            f"(set {LOCAL_ASSETS_ENV}=YES to allow it)")
+    raise RefusedAsset(f"{text}: refused: a {scheme}:// address, which {catalogue.describe()} may not point to "
+                       "(http, https, s3, gs and az only)")
+
+
+def _allow_hint(reason: str) -> str:
+    if "never read" in reason:
+        return ""
+    return f" (set {LOCAL_ASSETS_ENV}=YES to allow it)"
+
+
+def ipaddress_of(host: str):
+    import ipaddress
+
+    return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+
+
+def _hostname(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+
+
+_HOST_KINDS: dict[str, str] = {}
+
+
+def _host_kind(host: str) -> str:
+    """``loopback``, ``private`` or ``public``: a catalogue host's addresses (resolved once)."""
+    from . import http
+
+    hit = _HOST_KINDS.get(host)
+    if hit is not None:
+        return hit
+    import socket
+
+    kinds = set()
+    try:
+        kinds.add(http.address_kind(str(ipaddress_of(host))))
+    except ValueError:
+        if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+            kinds.add("loopback")
+        else:
+            try:
+                kinds = {http.address_kind(i[4][0]) for i in socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)}
+            except (OSError, UnicodeError):
+                kinds = {"public"}
+    # the least trusted of its addresses decides
+    kind = "public" if kinds - {"loopback", "private"} else "private" if "private" in kinds else "loopback"
+    if len(_HOST_KINDS) > 256:
+        _HOST_KINDS.clear()
+    _HOST_KINDS[host] = kind
+    return kind
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -54,11 +251,14 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 
 
 def vsi_path(href: str) -> str:
-    """GDAL path for an asset href (http(s) → /vsicurl/, s3:// → /vsis3/, local paths as they are)."""
+    """GDAL path for an asset href (http(s) → /vsicurl/, s3:// → /vsis3/, gs:// → /vsigs/,
+    az:// → /vsiaz/, local paths as they are)."""
+    href = str(href)
     if href.startswith(("http://", "https://")):
         return "/vsicurl/" + href
-    if href.startswith("s3://"):
-        return "/vsis3/" + href[5:]
+    for scheme, prefix in (("s3://", "/vsis3/"), ("gs://", "/vsigs/"), ("az://", "/vsiaz/")):
+        if href.startswith(scheme):
+            return prefix + href[len(scheme):]
     if href.startswith("file://"):
         return href[7:]
     return href
@@ -69,7 +269,9 @@ def gdal_http_env(**extra: str) -> Iterator[None]:
     """rasterio.Env with the HTTP read settings (thread-local in GDAL: enter it in each worker)."""
     import rasterio
 
-    with rasterio.Env(**{**GDAL_HTTP_OPTIONS, **extra}):
+    from . import http
+
+    with rasterio.Env(**{**GDAL_HTTP_OPTIONS, "GDAL_HTTP_TIMEOUT": str(int(math.ceil(http.timeout_s()))), **extra}):
         yield
 
 
@@ -466,8 +668,10 @@ def read_on_grid(href: str, grid: Grid, band: int = 1, resampling: str = "neares
     if resampling != "nearest":
         import rasterio
 
+        target, places = check_href(href)
+        _check_gdal_host(target, places)
         try:
-            with gdal_http_env(), rasterio.open(vsi_path(href)) as ds:
+            with gdal_http_env(), rasterio.open(vsi_path(target)) as ds:
                 return _warp_on_grid(ds, grid, band, resampling)
         except _read_errors() as exc:
             raise ReadError(f"{href}: {exc}") from exc
@@ -506,45 +710,77 @@ def open_source(href: str, band: int = 1, resolution: float | None = None) -> It
     """One band of a raster for window reads, at its full resolution or (``resolution`` given)
     at the coarsest overview whose pixels are not larger than ``resolution``.
 
-    Plain HTTP(S) COGs of a layout :mod:`core.cog` handles are read by it (two round trips,
-    keep-alive connections); everything else, and whatever it declines, by GDAL. Errors of
-    either, raised while opening or reading, become :class:`ReadError` naming ``href``.
+    ``href`` is first checked against the catalogue it came from (:func:`check_href`; an
+    :class:`Href` from :func:`asset_href` carries it). Plain HTTP(S) COGs of a layout
+    :mod:`core.cog` handles are read by it (two round trips, keep-alive connections, every
+    connection and redirect checked); layouts it does not handle, and hosts whose TLS
+    certificate it could not verify, by GDAL. Errors of either, raised while opening or
+    reading, become :class:`ReadError` naming ``href``; a malformed or corrupt file is one,
+    never handed on to GDAL. Cancel (core.http.owned_by) raises
+    :class:`~core.progress.Cancelled`.
     """
     from . import cog
 
+    target, places = check_href(href)
     source: _Source | None = None
-    if band == 1 and cog.enabled_for(href) and _host(href) not in _GDAL_HOSTS:
+    gdal_target = target
+    if band == 1 and cog.enabled_for(target) and _host(target) not in _GDAL_HOSTS:
         try:
-            native = cog.open_cog(href)
+            native = cog.open_cog(target, places)
         except cog.HttpError as exc:
-            if exc.status is not None:
-                raise ReadError(explain(href, str(exc))) from exc
-            # no response at all (TLS certificates, a proxy only curl knows, …): GDAL may do
-            # better, and is asked for this host from now on
-            _GDAL_HOSTS.add(_host(href))
+            if exc.kind != "certificate":
+                raise _read_error(href, exc) from exc
+            # curl may trust what Python's TLS does not (another certificate store): GDAL reads
+            # this host from now on. Nothing else sends a host to GDAL: one bad file never does.
+            _GDAL_HOSTS.add(_host(target))
             native = None
-        except cog.Unsupported:
+        except cog.Unreadable as exc:
+            raise ReadError(explain(href, str(exc))) from exc
+        except cog.Unsupported as exc:
             native = None
+            gdal_target = getattr(exc, "final_url", None) or target  # where our checked redirects led
         if native is not None:
             source = _NativeSource(native, native.level_for(resolution))
     if source is not None:
         try:
             yield source
-        except cog.HttpError as exc:
-            raise ReadError(explain(href, str(exc))) from exc
+        except (cog.HttpError, cog.Unreadable) as exc:
+            raise _read_error(href, exc) from exc
         return
     import rasterio
 
+    _check_gdal_host(gdal_target, places)
     try:
-        with gdal_http_env(), rasterio.open(vsi_path(href)) as ds:
+        with gdal_http_env(), rasterio.open(vsi_path(gdal_target)) as ds:
             level = _gdal_overview_level(ds, band, resolution)
             if level is None:
                 yield _GdalSource(ds, band)
             else:
-                with rasterio.open(vsi_path(href), OVERVIEW_LEVEL=level) as ov:
+                with rasterio.open(vsi_path(gdal_target), OVERVIEW_LEVEL=level) as ov:
                     yield _GdalSource(ov, band)
     except _read_errors() as exc:
         raise ReadError(explain(href, f"{href}: {exc}")) from exc
+
+
+def _read_error(href: str, exc: BaseException) -> ReadError:
+    kind = getattr(exc, "kind", None)
+    cls = RefusedAsset if kind == "refused" else ReadError
+    return cls(explain(href, str(exc)))
+
+
+def _check_gdal_host(target: str, places) -> None:
+    """GDAL makes its own connections (and follows redirects unchecked): refuse an http(s)
+    host whose addresses the catalogue may not point to before GDAL is given it."""
+    from . import http
+
+    if str(target).startswith(("http://", "https://")) and places is not http.ANYWHERE:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(str(target))
+        try:
+            places.check_host(parts.hostname or "", parts.port)
+        except http.TransportError as exc:
+            raise RefusedAsset(f"{target}: {exc}") from exc
 
 
 # Azure Blob Storage answers an unsigned request for a private blob with 403 or 409.
@@ -568,7 +804,7 @@ def explain(href: str, message: str) -> str:
     return message
 
 
-_GDAL_HOSTS: set[str] = set()  # hosts the native reader could not reach
+_GDAL_HOSTS: set[str] = set()  # hosts whose TLS certificate the native reader could not verify
 
 
 def _host(href: str) -> str:
@@ -614,7 +850,15 @@ class _NativeSource(_Source):
         self.dtype = native.dtype.newbyteorder("=")
 
     def read(self, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
-        return self.native.read(row0, row1, col0, col1, self.level)
+        from . import cog
+        from .progress import Cancelled
+
+        try:
+            return self.native.read(row0, row1, col0, col1, self.level)
+        except (cog.HttpError, cog.Unreadable, Cancelled):
+            raise
+        except Exception as exc:  # whatever else this file trips on: this file, named, not the run
+            raise cog.Unreadable(f"{self.native.url}: {exc.__class__.__name__}: {exc}") from exc
 
     def valid(self, data: np.ndarray, box) -> np.ndarray:
         return self.native.valid(data)

@@ -14,7 +14,7 @@ import numpy as np
 from .masks import NODATA, Fractions, MaskError, MaskSpec, dilate_clouds, fractions, mask_from_score, scl_lookup_table
 from .progress import Cancelled, NullProgress, Progress
 from .reading import (
-    Grid, GridLookup, ReadError, area_in_crs, area_mask, lookup_for, network_bytes,
+    Grid, GridLookup, ReadError, area_in_crs, area_mask, asset_href, lookup_for, network_bytes,
     classes_on_grid, grid_around, network_bytes_reset, read_on_grid, window_grid,
 )
 from .stac import Scene
@@ -80,7 +80,7 @@ def scene_mask_on_grid(scene: Scene, spec: MaskSpec, grid: Grid, lookup: GridLoo
     ``overviews`` a grid coarser than the raster reads its COG overviews (fewer bytes)."""
     if spec.source in ("scl", "score"):
         key = (spec.asset or "scl") if spec.source == "scl" else spec.asset
-        href = scene.asset_href(key)
+        href = asset_href(scene, key)  # checked against the scene's catalogue when read
         if not href:
             what = "SCL" if spec.source == "scl" else "score raster"
             raise MaskError(f"Scene {scene.item_id} has no '{key}' asset ({what}).")
@@ -108,10 +108,19 @@ def datatake_mask_on_grid(
     With an ``executor`` the products are read concurrently (each read is a few HTTP round
     trips); otherwise one after another, stopping once the grid is covered.
     """
+    from . import http
+
     lookup = lookup or lookup_for(grid)
     if executor is not None and len(products) > 1:
-        # the others in the pool, the first in this thread (a hand-off costs as much as a read)
-        futures = [executor.submit(scene_mask_on_grid, s, spec, grid, lookup, overviews) for s in products[1:]]
+        # the others in the pool, the first in this thread (a hand-off costs as much as a read);
+        # their requests belong to this thread's owner, so Cancel stops them too
+        owner = http.current_owner()
+
+        def read(scene):
+            with http.owned_by(owner):
+                return scene_mask_on_grid(scene, spec, grid, lookup, overviews)
+
+        futures = [executor.submit(read, s) for s in products[1:]]
         try:
             first = scene_mask_on_grid(products[0], spec, grid, lookup, overviews)
         finally:
@@ -167,7 +176,7 @@ def _first_grid(scene: Scene, spec: MaskSpec, area, area_epsg: int, resolution: 
     """The grid of the first product: its own pixels (or overview-sized pixels) around the
     area, from its header alone (its data is read once, onto this grid)."""
     key = {"scl": spec.asset or "scl", "score": spec.asset}.get(spec.source, "red")
-    href = scene.asset_href(key) or scene.asset_href("red") or scene.asset_href("B04")
+    href = asset_href(scene, key) or asset_href(scene, "red") or asset_href(scene, "B04")
     if not href:
         raise MaskError(f"Scene {scene.item_id} has no '{key}' asset.")
     grid = _grid_from_metadata(scene, key, area, area_epsg, resolution, halo_m)
@@ -256,27 +265,40 @@ def screen_scenes(
     readers = cf.ThreadPoolExecutor(max_workers=width, thread_name_prefix="cloudprob-read")
     pool = cf.ThreadPoolExecutor(max_workers=width, thread_name_prefix="cloudprob-screen")
 
+    from . import http
+
     def work(group: list[Scene], touching: list[Scene]) -> Observation:
         if progress.is_canceled():
             raise Cancelled("cancelled by the user")
-        return observe(group, spec, area, area_epsg, resolution, executor=readers, members=touching)
+        with http.owned_by(progress):  # Cancel stops this acquisition's requests in flight
+            return observe(group, spec, area, area_epsg, resolution, executor=readers, members=touching)
 
+    futures: list[cf.Future] = []
     try:
         # which footprints touch the area, here: shapely sets GEOS up anew in each thread it runs in
         area_lonlat = area_in_crs(area, area_epsg, 4326)
         members = [[s for s in g if _touches(s, area_lonlat)] for g in groups]
         futures = [pool.submit(work, g, m) for g, m in zip(groups, members)]
-        for n, future in enumerate(cf.as_completed(futures), start=1):
+        waiting = set(futures)
+        n = 0
+        while waiting:
+            # Cancel is looked at every tenth of a second, not only when a read ends
+            done, waiting = cf.wait(waiting, timeout=0.1, return_when=cf.FIRST_COMPLETED)
             if progress.is_canceled():
                 raise Cancelled("cancelled by the user")
-            obs = future.result()
-            if obs.error:
-                progress.warning(f"Could not read {', '.join(s.item_id for s in obs.scenes)}: {obs.error}")
-            observations.append(obs)
-            progress.set_progress(100.0 * n / len(groups))
+            for future in done:
+                n += 1
+                obs = future.result()
+                if obs.error:
+                    progress.warning(f"Could not read {', '.join(s.item_id for s in obs.scenes)}: {obs.error}")
+                observations.append(obs)
+                progress.set_progress(100.0 * n / len(groups))
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        readers.shutdown(wait=True, cancel_futures=True)
+        # the native reader's requests stop at once (they belong to ``progress``); a read GDAL is
+        # doing cannot be interrupted and ends by its own deadline, in the background
+        pool.shutdown(wait=False, cancel_futures=True)
+        readers.shutdown(wait=False, cancel_futures=True)
+        cf.wait(futures, timeout=1.0)
         raise
     pool.shutdown(wait=True)
     readers.shutdown(wait=True)

@@ -305,14 +305,28 @@ def test_zlib_and_libdeflate_inflate_alike(layouts, layout_server, monkeypatch, 
 
 
 def test_corrupt_tiles_fail_clearly(monkeypatch):
+    """Garbage, a wrong checksum, a stream cut before its checksum, and a stream longer or
+    shorter than a tile: each an error naming the file, with libdeflate and with zlib alone."""
     import zlib
 
-    good = zlib.compress(bytes(range(256)) * 64)
+    data = bytes(range(256)) * 64
+    good = zlib.compress(data)
+    checksum = zlib.adler32(data).to_bytes(4, "big")
+    assert good[-4:] == checksum
+    bad = {
+        "garbage": good[:40] + b"garbage" + good[47:],
+        "checksum": good[:-4] + bytes(b ^ 0xFF for b in checksum),
+        "cut before its checksum": good[:-4],
+        "longer than a tile": zlib.compress(data + b"x"),
+        "shorter than a tile": zlib.compress(data[:-1]),
+    }
     for libdeflate in (cog._LIBDEFLATE, None):
         monkeypatch.setattr(cog, "_LIBDEFLATE", libdeflate)
-        assert bytes(cog.inflate(good, 16384, 16384)) == bytes(range(256)) * 64
-        with pytest.raises(cog.HttpError, match="corrupt DEFLATE tile"):
-            cog.inflate(good[:40] + b"garbage" + good[47:], 16384, 16384, "http://127.0.0.1/x.tif")
+        assert bytes(cog.inflate(good, 16384)) == data
+        for what, stream in bad.items():
+            with pytest.raises(cog.Unreadable, match=r"x\.tif: corrupt DEFLATE tile"):
+                cog.inflate(stream, 16384, "http://127.0.0.1/x.tif")
+                pytest.fail(f"{what} ({'libdeflate' if libdeflate else 'zlib'}) gave no error")
 
 
 @pytest.mark.parametrize("name", ["uint8", "many tiles (header past 16 KiB)", "internal mask", "LZW"])
@@ -346,7 +360,7 @@ def test_libdeflate_decompressors_end_with_their_threads():
     refs = []
 
     def work():
-        cog.inflate(good, 4096, 4096)
+        cog.inflate(good, 4096)
         refs.append(weakref.ref(cog._LIBDEFLATE._local.d))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
