@@ -9,7 +9,8 @@ still hold 99.996 % items.
 Every request goes through :func:`make_stac_io`'s object (pystac-client's ``StacApiIO`` on requests and
 urllib3, with its sending and reading bounded): one deadline for the whole request, Cancel
 honoured within a fraction of a second, responses of bounded size, ``Retry-After`` obeyed up to
-a cap, redirects kept on the API's own address.
+a cap, ``next`` links kept on the API's own address, paging loops detected, and a search that
+ends short of the count the server matched is an error, never a shorter list.
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ class SearchRequest:
     timeout: float = 60.0  # seconds for one HTTP request, all of it: connecting, waiting, every byte
     retries: int = 5  # on 429, 5xx and connections dropped mid-answer, with exponential back-off
     max_retry_wait: float = 60.0  # seconds: a longer Retry-After is cut to this (and said)
+    max_pages: int = 5_000  # pages of one search (or of /collections); more is an error
+    max_returned: int = 50_000  # items the server may send for one search; more is an error
     max_response_bytes: int = 64 * 1024 * 1024  # one page (an Earth Search page of 100 is ~2 MB)
     max_total_bytes: int = 1024 * 1024 * 1024  # all pages of one search together
 
@@ -238,7 +241,7 @@ def _bounded_io_class():
     class _BoundedStacIO(StacApiIO):
         """Requests with one deadline each (connect, wait and read together), Cancel polled every
         0.1 s, bounded response sizes, our own cancellable retries with ``Retry-After`` capped,
-        redirects and links kept on the API's address.
+        paging with bounds, loop detection and ``next`` links kept on the API's address.
 
         pystac-client's ``Client.open`` resets a ``StacApiIO``'s ``timeout`` to None; nothing here
         reads that attribute, the bounds come from the :class:`SearchRequest`.
@@ -467,6 +470,80 @@ def _bounded_io_class():
                     "Narrow the area or the period."
                 )
             return attempt.result
+
+        # -------------------------------------------------------------- paging
+        def get_pages(self, url: str, method: str | None = None, parameters: dict | None = None) -> Iterator[dict]:
+            """Every page from ``url`` on, following ``next`` links; unlike pystac-client's, an
+            empty page with a ``next`` link does not end the paging (the caller compares what
+            arrived with the count the server matched), and the paging is bounded:
+            at most ``max_pages`` pages and ``max_returned`` entries, no page or link twice,
+            no ``next`` link off the API's address."""
+            request = self.search_request
+            self.pages_read = 0
+            self.entries_read = 0
+            links_seen = {_link_key(method or "GET", url, parameters): 1}
+            pages_seen: dict[tuple, int] = {}
+            page = self.read_json(url, method=method, parameters=parameters)
+            matched = None
+            while True:
+                self.pages_read += 1
+                if not isinstance(page, dict):
+                    raise SearchError(f"The STAC API at {_host(url)} sent a page that is not a JSON object; it is not STAC JSON.")
+                entries = page.get("features") or page.get("collections") or []
+                if not isinstance(entries, list):
+                    raise SearchError(f"The STAC API at {_host(url)} sent a page whose items are not a list; it is not STAC JSON.")
+                self.entries_read += len(entries)
+                if matched is None:
+                    matched = _matched(page)
+                ids = tuple(e.get("id") if isinstance(e, dict) else None for e in entries)
+                if ids:
+                    if ids in pages_seen:
+                        raise SearchError(
+                            f"The STAC API at {_host(url)} sent page {self.pages_read} with the same items as page "
+                            f"{pages_seen[ids]}: its paging goes round in a loop, so the search stopped after "
+                            f"{self.pages_read} pages and {self.entries_read} items rather than run forever. "
+                            "This is a fault of the server; try again later."
+                        )
+                    pages_seen[ids] = self.pages_read
+                if self.entries_read > request.max_returned:
+                    raise SearchError(
+                        f"The STAC API at {_host(url)} has sent {self.entries_read:,} items in {self.pages_read:,} pages"
+                        + (f" (it matched {matched:,})" if matched is not None else "")
+                        + f", more than the {request.max_returned:,} this plugin accepts for one search. "
+                        "Narrow the area or the period, or set a maximum number of scenes."
+                    )
+                yield page
+                link = next((l for l in page.get("links") or [] if isinstance(l, dict) and l.get("rel") == "next"), None)
+                if link is None or not link.get("href"):
+                    return
+                href = urljoin(url, str(link["href"]))
+                if not self.on_api(href):
+                    raise SearchError(
+                        f"The STAC API at {_host(self.api_url)} sent a 'next' link to another address "
+                        f"({_host(href)}) on page {self.pages_read}: the plugin follows links only within the "
+                        f"API's own address, so the search stopped after {self.pages_read} pages and "
+                        f"{self.entries_read} items, and nothing was kept."
+                    )
+                link = {**link, "href": href}
+                key = _link_key(link.get("method", "GET"), href, _link_body(link, parameters))
+                if key in links_seen:
+                    raise SearchError(
+                        f"The STAC API at {_host(url)} sent a 'next' link on page {self.pages_read} back to page "
+                        f"{links_seen[key]}: its paging goes round in a loop, so the search stopped after "
+                        f"{self.pages_read} pages and {self.entries_read} items rather than run forever. "
+                        "This is a fault of the server; try again later."
+                    )
+                if self.pages_read >= request.max_pages:
+                    raise SearchError(
+                        f"The STAC API at {_host(url)} kept sending pages: {self.pages_read:,} pages and "
+                        f"{self.entries_read:,} items"
+                        + (f" (it matched {matched:,})" if matched is not None else "")
+                        + f", more than the {request.max_pages:,} pages this plugin reads for one search. "
+                        "Narrow the area or the period, or set a maximum number of scenes."
+                    )
+                links_seen[key] = self.pages_read + 1
+                check_cancel(self.progress)
+                page = self.read_json(Link.from_dict(link), parameters=parameters)
 
     _IO_CLASS.append(_BoundedStacIO)
     return _BoundedStacIO
@@ -733,7 +810,8 @@ def _pages(client: Any, request: SearchRequest, server_side: list[str]) -> Itera
         kwargs["sortby"] = [{"field": "properties.datetime", "direction": "asc"}]
         server_side.append("sortby datetime")
     search = client.search(**kwargs)
-    yield from search.pages_as_dicts()
+    # the bounded pager itself, not pages_as_dicts(): that one ends quietly at an empty page
+    yield from client._stac_io.get_pages(search.url, search.method, search.get_parameters())
 
 
 def _matched(page: dict) -> int | None:
@@ -749,7 +827,9 @@ def search_scenes(request: SearchRequest, progress: Progress | None = None) -> S
     Progress advances as pages arrive; Cancel is honoured within a fraction of a second, also
     while a request is waiting (raises :class:`~core.progress.Cancelled`). Raises
     :class:`SearchError` for an unreachable or silent API, something that is not a STAC API, an
-    unknown collection, a bad request or an empty result.
+    unknown collection, a bad request, broken paging (a loop, a link off the API, more pages or
+    items than the bounds), a search ending short of the count the server matched, or an empty
+    result.
     """
     progress = progress or NullProgress()
     validate(request)
@@ -763,6 +843,8 @@ def search_scenes(request: SearchRequest, progress: Progress | None = None) -> S
     if result.server_side:
         progress.info("Server-side: " + ", ".join(result.server_side) + " (checked again on the client).")
     page_number = 0
+    stopped_early = False
+    last_features = -1
     try:
         while True:
             check_cancel(progress)
@@ -777,7 +859,14 @@ def search_scenes(request: SearchRequest, progress: Progress | None = None) -> S
             page_number += 1
             if result.matched is None:
                 result.matched = _matched(page)
+                if result.matched is not None and result.matched > request.max_returned and not request.max_items:
+                    raise SearchError(
+                        f"The STAC API at {_host(request.url)} matched {result.matched:,} items for this search, more "
+                        f"than the {request.max_returned:,} this plugin accepts for one search. Narrow the area or "
+                        "the period, or set a maximum number of scenes."
+                    )
             features = page.get("features") or []
+            last_features = len(features)
             result.returned += len(features)
             for feature in features:
                 try:
@@ -805,9 +894,19 @@ def search_scenes(request: SearchRequest, progress: Progress | None = None) -> S
                 progress.set_progress(min(99.0, 100.0 * result.returned / total))
             progress.info(f"Page {page_number}: {len(features)} items, {len(result.scenes)} scenes kept so far.")
             if request.max_items and len(result.scenes) >= request.max_items:
+                stopped_early = True
                 break
     finally:
         pages.close()
+
+    if not stopped_early and result.matched is not None and result.returned < result.matched:
+        how = (f"its page {page_number} was empty" if last_features == 0 else
+               f"its page {page_number} had no link to a further page")
+        raise SearchError(
+            f"The search at {_host(request.url)} is incomplete: the server matched {result.matched:,} items but sent "
+            f"only {result.returned:,} ({how}). Nothing was kept, since a shorter list would give wrong figures; "
+            "try again later, or narrow the period."
+        )
 
     for reason, count in sorted(result.dropped.items()):
         if reason == "scene cloud above the limit" and any("cloud" in s for s in result.server_side):
@@ -817,6 +916,13 @@ def search_scenes(request: SearchRequest, progress: Progress | None = None) -> S
             )
         else:
             progress.info(f"Dropped {count} items: {reason}.")
+    outside = result.dropped.get("outside the area", 0)
+    if not result.scenes and result.returned and outside == result.returned - result.dropped.get("repeated on another page", 0):
+        raise SearchError(
+            f"The area {tuple(round(v, 5) for v in request.bbox)} (longitude/latitude) lies outside the footprint "
+            f"of every one of the {outside} scenes the STAC API at {_host(request.url)} returned: no scene covers it. "
+            "Check the area's coordinates and CRS."
+        )
     if not result.scenes:
         raise SearchError(
             f"No scenes of '{request.collection}' found at {request.url} for the area "

@@ -363,6 +363,66 @@ def test_retry_after_wait_then_a_clear_error(faults):
     assert took < BOUND_S
 
 
+def test_next_link_back_to_page_1_is_a_loop(faults):
+    before = faults.hits["loop/search"]
+    out, took = _timed(search_scenes, _request(faults.url("loop")))
+    assert isinstance(out, SearchError), out
+    assert str(out).startswith(
+        f"The STAC API at 127.0.0.1:{faults.port} sent page 3 with the same items as page 1: its paging goes "
+        "round in a loop, so the search stopped after 3 pages and 30 items rather than run forever."
+    )
+    assert faults.hits["loop/search"] - before == 3 and took < BOUND_S
+
+
+def test_next_link_to_itself_is_a_loop(faults):
+    out, _ = _timed(search_scenes, _request(faults.url("selfloop")))
+    assert isinstance(out, SearchError), out
+    assert "sent a 'next' link on page 2 back to page 2: its paging goes round in a loop" in str(out)
+
+
+def test_pages_that_never_end_are_bounded(faults):
+    before = faults.hits["endless/search"]
+    tracemalloc.start()
+    try:
+        out, took = _timed(search_scenes, _request(faults.url("endless"), max_pages=40))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(out, SearchError), out
+    assert str(out) == (
+        f"The STAC API at 127.0.0.1:{faults.port} kept sending pages: 40 pages and 400 items, more than the 40 "
+        "pages this plugin reads for one search. Narrow the area or the period, or set a maximum number of scenes."
+    )
+    assert faults.hits["endless/search"] - before == 40 and took < BOUND_S
+    assert peak < 64 * 2**20
+
+    out, _ = _timed(search_scenes, _request(faults.url("endless"), max_returned=95))
+    assert isinstance(out, SearchError) and "has sent 100 items in 10 pages, more than the 95 this plugin accepts" in str(out)
+
+
+def test_a_count_beyond_the_bound_fails_at_the_first_page(faults):
+    before = faults.hits["huge/search"]
+    out, _ = _timed(search_scenes, _request(faults.url("huge")))
+    assert isinstance(out, SearchError), out
+    assert str(out) == (
+        f"The STAC API at 127.0.0.1:{faults.port} matched 1,000,000,000 items for this search, more than the 50,000 "
+        "this plugin accepts for one search. Narrow the area or the period, or set a maximum number of scenes."
+    )
+    assert faults.hits["huge/search"] - before == 1  # no second page
+
+
+def test_next_link_to_another_host_is_refused(faults):
+    other_before = faults.other.hits["ok"]
+    out, _ = _timed(search_scenes, _request(faults.url("cross")))
+    assert isinstance(out, SearchError), out
+    assert str(out) == (
+        f"The STAC API at 127.0.0.1:{faults.port} sent a 'next' link to another address (127.0.0.1:{faults.other.port}) "
+        "on page 1: the plugin follows links only within the API's own address, so the search stopped after 1 "
+        "pages and 10 items, and nothing was kept."
+    )
+    assert faults.other.hits["ok"] == other_before  # never asked
+
+
 def test_redirect_to_another_host_is_refused_before_it_is_followed(faults):
     other_before = faults.other.hits["ok"]
     out, _ = _timed(search_scenes, _request(faults.url("redirect")))
@@ -392,6 +452,32 @@ def test_connection_dropped_mid_answer_is_retried_then_named(faults):
         "The STAC API did not answer usefully (the connection was closed mid-answer (IncompleteRead)); trying again "
         "in 1 s (retry 2 of 2).",
     ]
+
+
+def test_an_empty_page_midway_is_an_incomplete_search(faults):
+    out, _ = _timed(search_scenes, _request(faults.url("emptymid")))
+    assert isinstance(out, SearchError), out
+    assert str(out) == (
+        f"The search at 127.0.0.1:{faults.port} is incomplete: the server matched 586 items but sent only 200 "
+        "(its page 3 was empty). Nothing was kept, since a shorter list would give wrong figures; try again "
+        "later, or narrow the period."
+    )
+
+
+def test_an_empty_page_with_a_next_link_does_not_end_the_search(faults):
+    result = search_scenes(_request(faults.url("emptycontinue")))
+    assert len(result.scenes) == result.matched == result.returned == 586
+
+
+def test_area_outside_every_scene_is_named(faults):
+    """The fault server ignores the area, as some servers do: every scene is dropped on the client."""
+    out, _ = _timed(search_scenes, _request(faults.url("ok"), bbox=(-3.5, 55.9, -3.4, 56.0)))
+    assert isinstance(out, SearchError), out
+    assert str(out) == (
+        f"The area (-3.5, 55.9, -3.4, 56.0) (longitude/latitude) lies outside the footprint of every one of the 30 "
+        f"scenes the STAC API at 127.0.0.1:{faults.port} returned: no scene covers it. Check the area's coordinates "
+        "and CRS."
+    )
 
 
 def test_refused_connection_fails_fast_in_plain_words(faults):
