@@ -1,6 +1,8 @@
 """Parameters and translations shared by the algorithms that read scenes and make masks."""
 from __future__ import annotations
 
+import re
+
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -86,12 +88,113 @@ def scenes_from_source(source, feedback, selected_ids=None) -> list[tuple[Scene,
     return out
 
 
+_NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"
+_EXTENT_TEXT = re.compile(r"^\s*" + r"\s*,\s*".join([_NUMBER] * 4) + r"\s*(?:\[(?P<crs>[^\]]*)\])?\s*$")
+AMBIGUOUS_RATIO = 10.0  # the bbox reading this many times narrower and lower: warn (never refuse)
+
+
+def typed_extent(value) -> tuple[float, float, float, float, str] | None:
+    """(a, b, c, d, crs text) of an extent given as text, in the order typed; None for anything
+    else (a layer, a rectangle object: those carry no order that could be wrong)."""
+    if not isinstance(value, str):
+        return None
+    match = _EXTENT_TEXT.match(value)
+    if match is None:
+        return None
+    a, b, c, d = (float(match.group(i)) for i in range(1, 5))
+    return a, b, c, d, (match.group("crs") or "").strip()
+
+
+def _size(width: float, height: float, crs: QgsCoordinateReferenceSystem) -> str:
+    if crs.isValid() and crs.isGeographic():
+        return f"{width:.4g}° × {height:.4g}°"
+    from qgis.core import QgsUnitTypes
+
+    if not crs.isValid() or crs.mapUnits() == QgsUnitTypes.DistanceMeters:
+        if max(width, height) >= 1000:
+            return f"{width / 1000:.4g} × {height / 1000:.4g} km"
+        return f"{width:.4g} × {height:.4g} m"
+    return f"{width:.4g} × {height:.4g} map units"
+
+
+def _number(v: float) -> str:
+    return f"{v:.15g}"
+
+
+def check_extent(alg, parameters, name: str, context, feedback=None) -> None:
+    """Refuse an extent that was typed in bbox order where that shows, or that has no area.
+
+    QGIS reads an extent typed as text as ``xmin,xmax,ymin,ymax`` and silently swaps a pair given
+    the wrong way round, so ``500000,150000,560000,210000`` (bbox order: xmin,ymin,xmax,ymax)
+    becomes a 350 km square instead of the 60 km one meant. The rules, for four numbers
+    a,b,c,d as typed (QGIS: x a…b, y c…d; bbox order: x a…c, y b…d):
+
+    - a > b or c > d is refused. It is never QGIS's own order (which puts each minimum first),
+      so no legitimate extent is refused; the message offers the bbox reading when that reading
+      is a proper box.
+    - In a geographic CRS, y beyond ±90° is refused (no latitude is), with the same offer.
+    - Zero width or height is refused (an area is needed), whatever the extent came from.
+    - When both readings are proper boxes and the bbox reading is at least ten times narrower
+      *and* ten times lower, the numbers are probably a small bbox typed in bbox order (its
+      corners then lie on the line x = y of QGIS's reading), yet a legitimate extent can look
+      like that too: this only warns, saying how the extent was read and what to type instead.
+    """
+    value = parameters.get(name)
+    typed = typed_extent(value)
+    crs = alg.parameterAsExtentCrs(parameters, name, context)
+    if typed is not None:
+        a, b, c, d, crs_text = typed
+        suffix = f" [{crs_text}]" if crs_text else ""
+        bbox_ok = a < c and b < d
+        as_bbox = f"'{_number(a)},{_number(c)},{_number(b)},{_number(d)}{suffix}'"
+        offer = (
+            f" These numbers look like bbox order (xmin,ymin,xmax,ymax); QGIS reads an extent as "
+            f"xmin,xmax,ymin,ymax. Did you mean {as_bbox} ({_size(c - a, d - b, crs)})?"
+            if bbox_ok else " Write the extent as xmin,xmax,ymin,ymax."
+        )
+        if a > b or c > d:
+            wrong = f"xmin {_number(a)} is greater than xmax {_number(b)}" if a > b else \
+                f"ymin {_number(c)} is greater than ymax {_number(d)}"
+            raise QgsProcessingException(
+                f"In the extent '{value.strip()}', {wrong}: QGIS would silently swap them and use "
+                f"{_size(abs(b - a), abs(d - c), crs)}.{offer}"
+            )
+        if crs.isValid() and crs.isGeographic() and (c < -90.0 or d > 90.0):
+            raise QgsProcessingException(
+                f"The extent '{value.strip()}' has latitudes {_number(c)}…{_number(d)}, beyond ±90°.{offer}"
+            )
+        if (b - a) == 0 or (d - c) == 0:
+            raise QgsProcessingException(
+                f"The extent '{value.strip()}' has no area (zero width or height): give an area, not a point "
+                f"or a line.{offer if bbox_ok else ''}"
+            )
+        if bbox_ok and (c - a) * AMBIGUOUS_RATIO <= (b - a) and (d - b) * AMBIGUOUS_RATIO <= (d - c):
+            feedback = feedback if feedback is not None else context.feedback()
+            message = (
+                f"The extent '{value.strip()}' is read as xmin,xmax,ymin,ymax: x {_number(a)}…{_number(b)}, "
+                f"y {_number(c)}…{_number(d)} ({_size(b - a, d - c, crs)}). If you meant bbox order "
+                f"(xmin,ymin,xmax,ymax), stop and give {as_bbox} instead ({_size(c - a, d - b, crs)})."
+            )
+            if feedback is not None:
+                feedback.pushWarning(message)
+    extent = alg.parameterAsExtent(parameters, name, context)
+    if extent.isNull() or extent.width() <= 0 or extent.height() <= 0:
+        raise QgsProcessingException(
+            "The area of interest has no area (zero width or height): give an area, not a point or a line."
+        )
+
+
 def area_geometry(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, context):
     """(shapely geometry, EPSG code) of a QGIS geometry; non-EPSG CRSs go through EPSG:4326."""
     from shapely import wkt
 
     if geometry is None or geometry.isEmpty():
         raise QgsProcessingException("The area of interest is empty.")
+    if geometry.area() <= 0:
+        raise QgsProcessingException(
+            "The area of interest has no area (zero width or height, or polygons without area): give an area, "
+            "not a point or a line."
+        )
     authid = crs.authid()
     if authid.upper().startswith("EPSG:"):
         return wkt.loads(geometry.asWkt()), int(authid.split(":")[1])
@@ -117,6 +220,7 @@ def area_from_parameters(alg, parameters, context, extent_name: str, layer_name:
         return area_geometry(union.makeValid() if not union.isGeosValid() else union, source.sourceCrs(), context)
     if not parameters.get(extent_name):
         raise QgsProcessingException("Give an area of interest (an extent or a polygon layer).")
+    check_extent(alg, parameters, extent_name, context)
     crs = alg.parameterAsExtentCrs(parameters, extent_name, context)
     geometry = alg.parameterAsExtentGeometry(parameters, extent_name, context, crs)
     return area_geometry(geometry, crs, context)
@@ -146,6 +250,7 @@ def grid_from_parameters(alg, parameters, context, aoi: str, target_crs: str, re
             return Grid(ds.crs, ds.transform, (ds.height, ds.width))
     if not parameters.get(aoi):
         raise QgsProcessingException("Give the extent of the output grid (or a raster whose grid to use).")
+    check_extent(alg, parameters, aoi, context)
     aoi_crs = alg.parameterAsExtentCrs(parameters, aoi, context)
     target = alg.parameterAsCrs(parameters, target_crs, context)
     if not target.isValid():

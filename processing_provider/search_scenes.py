@@ -25,8 +25,9 @@ from qgis.PyQt.QtCore import QDate, QDateTime, Qt, QVariant
 
 from .base import CloudProbAlgorithm
 from ..core.progress import Cancelled
-from ..core.search import DEFAULT_COLLECTION, EARTH_SEARCH_V1, SearchError, SearchRequest, search_scenes
+from ..core.search import DEFAULT_COLLECTION, EARTH_SEARCH_V1, SearchError, SearchRequest, check_url, search_scenes
 from ..core.stac import Scene
+from .common import check_extent
 from .dependencies import can_execute
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
@@ -157,15 +158,28 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
             QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Sentinel-2 scenes"), QgsProcessing.TypeVectorPolygon)
         )
 
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """The STAC API URL is checked before the run starts (the dialog shows the sentence)."""
+        try:
+            check_url(self.parameterAsString(parameters, self.STAC_URL, context))
+        except SearchError as exc:
+            return False, str(exc)
+        return super().checkParameterValues(parameters, context)
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        try:
+            check_url(self.parameterAsString(parameters, self.STAC_URL, context))
+        except SearchError as exc:
+            raise QgsProcessingException(str(exc)) from exc
         # QgsProcessingAlgorithm.parameterAsDate only exists from QGIS 3.28 on
         start = QgsProcessingParameters.parameterAsDate(self.parameterDefinition(self.START_DATE), parameters, context)
         end = QgsProcessingParameters.parameterAsDate(self.parameterDefinition(self.END_DATE), parameters, context)
         if not start.isValid() or not end.isValid():
             raise QgsProcessingException(self.tr("Start and end dates are required (YYYY-MM-DD)."))
+        check_extent(self, parameters, self.AOI, context, feedback)
         extent = self.parameterAsExtent(parameters, self.AOI, context, WGS84)
-        if extent.isNull():
-            raise QgsProcessingException(self.tr("The area of interest is empty."))
+        if extent.isNull() or extent.width() <= 0 or extent.height() <= 0:
+            raise QgsProcessingException(self.tr("The area of interest has no area in longitude/latitude."))
         request = SearchRequest(
             url=self.parameterAsString(parameters, self.STAC_URL, context).strip(),
             collection=self.parameterAsString(parameters, self.COLLECTION, context).strip(),

@@ -5,7 +5,8 @@ within a bound (no hang), nothing is written when the run fails, and no worker i
 The fault server is the standard library's ``http.server`` in a thread, bound to 127.0.0.1,
 started once for this module and stopped at its end.
 
-Sections: ``# --- STAC search`` (core.search). Further sections may follow.
+Sections: ``# --- STAC search`` (core.search and cloudprob:searchscenes), ``# --- Inputs: the
+area`` (the extent and AOI checks of processing_provider/common.py). Further sections may follow.
 """
 from __future__ import annotations
 
@@ -557,3 +558,189 @@ def test_url_without_scheme_is_caught_before_any_work(url, expected):
     with pytest.raises(SearchError) as caught:
         search_scenes(_request(url))
     assert str(caught.value) == expected
+
+
+# --- STAC search through cloudprob:searchscenes ---------------------------------------------
+
+
+def _run_search(faults, tmp_path, feedback=None, **params):
+    import processing
+
+    out = tmp_path / "scenes.gpkg"
+    west, south, east, north = BBOX
+    base = {
+        "STAC_URL": faults.url("ok"), "COLLECTION": "sentinel-2-l2a",
+        "AOI": f"{west},{east},{south},{north} [EPSG:4326]",
+        "START_DATE": DAY.isoformat(), "END_DATE": DAY.isoformat(), "OUTPUT": str(out),
+    }
+    base.update(params)
+    return processing.run("cloudprob:searchscenes", base, feedback=feedback), out
+
+
+def test_searchscenes_url_without_scheme(provider, faults, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="has no 'https://' at its start: write it as 'https://127.0.0.1"):
+        _run_search(faults, tmp_path, STAC_URL=f"127.0.0.1:{faults.port}/ok")
+    assert not (tmp_path / "scenes.gpkg").exists()
+
+
+def test_searchscenes_cancel_while_the_server_hangs(provider, faults, tmp_path):
+    from qgis.core import QgsProcessingFeedback
+
+    feedback = QgsProcessingFeedback()
+    timer = threading.Timer(0.5, feedback.cancel)
+    timer.start()
+    start = time.monotonic()
+    result, out = _run_search(faults, tmp_path, feedback, STAC_URL=faults.url("hang"))
+    assert time.monotonic() - start < 0.5 + 1.5
+    assert feedback.isCanceled() and result.get("OUTPUT") is None and not out.exists()
+    assert "Search cancelled; nothing was written." in feedback.textLog()
+    assert not _workers_left()
+
+
+def test_searchscenes_incomplete_search_writes_nothing(provider, faults, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match="the server matched 586 items but sent only 200"):
+        _run_search(faults, tmp_path, STAC_URL=faults.url("emptymid"))
+    assert not (tmp_path / "scenes.gpkg").exists()
+
+
+def test_searchscenes_area_outside_every_scene(provider, faults, tmp_path):
+    """A server that ignores the area (the fault server does) returns scenes elsewhere: all are
+    dropped on the client, and the message says the area is outside every footprint."""
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match=r"lies outside the footprint of every one of the 30 scenes"):
+        _run_search(faults, tmp_path, AOI="-3.5,-3.4,55.9,56.0 [EPSG:4326]")
+    assert not (tmp_path / "scenes.gpkg").exists()
+
+
+# --- Inputs: the area ----------------------------------------------------------------------
+
+
+def test_extent_in_bbox_order_is_refused_with_the_fix(provider, faults, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    before = faults.hits["ok"]
+    with pytest.raises(QgsProcessingException) as caught:
+        _run_search(faults, tmp_path, AOI="500000,150000,560000,210000 [EPSG:27700]")
+    assert str(caught.value) == (
+        "In the extent '500000,150000,560000,210000 [EPSG:27700]', xmin 500000 is greater than xmax 150000: QGIS "
+        "would silently swap them and use 350 × 350 km. These numbers look like bbox order (xmin,ymin,xmax,ymax); "
+        "QGIS reads an extent as xmin,xmax,ymin,ymax. Did you mean '500000,560000,150000,210000 [EPSG:27700]' "
+        "(60 × 60 km)?"
+    )
+    assert not (tmp_path / "scenes.gpkg").exists() and faults.hits["ok"] == before  # refused before any request
+
+
+def test_lonlat_extent_in_bbox_order_beyond_90_degrees(provider, faults, tmp_path):
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match=r"latitudes -119…36, beyond ±90°.*Did you mean '-120,-119,35,36 \[EPSG:4326\]'"):
+        _run_search(faults, tmp_path, AOI="-120,35,-119,36 [EPSG:4326]")
+
+
+def test_ambiguous_extent_is_used_as_typed_with_a_warning(provider, faults, tmp_path):
+    """London's box typed in bbox order is also a proper (huge) QGIS extent: a legitimate extent
+    can look like that, so it is not refused; the log says how it was read and what to type."""
+    from qgis.core import QgsProcessingFeedback
+
+    class Keep(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.warnings = []
+
+        def pushWarning(self, warning):  # noqa: N802
+            self.warnings.append(warning)
+            super().pushWarning(warning)
+
+    feedback = Keep()
+    west, south, east, north = BBOX
+    text = f"{west},{south},{east},{north} [EPSG:4326]"  # bbox order
+    result, out = _run_search(faults, tmp_path, feedback, AOI=text)
+    assert out.exists()
+    assert feedback.warnings[0] == (
+        f"The extent '{text}' is read as xmin,xmax,ymin,ymax: x 19.5…29.65, y 19.6…29.75 (10.15° × 10.15°). "
+        f"If you meant bbox order (xmin,ymin,xmax,ymax), stop and give '19.5,19.6,29.65,29.75 [EPSG:4326]' "
+        "instead (0.1° × 0.1°)."
+    )
+
+
+@pytest.mark.parametrize("aoi", ["19.5,19.5,29.65,29.75 [EPSG:4326]", "19.5,19.6,29.7,29.7 [EPSG:4326]"])
+def test_zero_area_extent_is_refused(provider, faults, tmp_path, aoi):
+    from qgis.core import QgsProcessingException
+
+    with pytest.raises(QgsProcessingException, match=r"has no area \(zero width or height\): give an area, not a point or a line"):
+        _run_search(faults, tmp_path, AOI=aoi)
+    assert not (tmp_path / "scenes.gpkg").exists()
+
+
+def test_legitimate_extents_pass_unremarked(provider, faults, tmp_path):
+    from qgis.core import QgsProcessingFeedback
+
+    feedback = QgsProcessingFeedback()
+    _, out = _run_search(faults, tmp_path, feedback)
+    assert out.exists() and "bbox order" not in feedback.textLog()
+
+
+@pytest.fixture(scope="module")
+def scenes_gpkg(faults, tmp_path_factory):
+    """A scenes layer from cloudprob:searchscenes (the fault server's 30 scenes), for the stages
+    after it; the checks below all fail before any scene is read."""
+    from conftest import ensure_provider
+
+    ensure_provider()
+    folder = tmp_path_factory.mktemp("scenes")
+    _, out = _run_search(faults, folder)
+    assert out.exists()
+    return out
+
+
+def _frequency_outputs(tmp_path) -> dict:
+    return {name: str(tmp_path / f"{name.lower()}.tif")
+            for name in ("OUTPUT_PROBABILITY", "OUTPUT_VALID", "OUTPUT_CLOUDY", "OUTPUT_STDEV")}
+
+
+@pytest.mark.parametrize("aoi, message", [
+    ("500000,150000,560000,210000 [EPSG:27700]",
+     r"xmin 500000 is greater than xmax 150000: QGIS would silently swap them and use 350 × 350 km\..*"
+     r"Did you mean '500000,560000,150000,210000 \[EPSG:27700\]' \(60 × 60 km\)\?"),
+    ("533000,533000,172000,184000 [EPSG:27700]", r"has no area \(zero width or height\)"),
+])
+def test_cloudfrequency_refuses_the_extent_before_any_work(provider, scenes_gpkg, tmp_path, aoi, message):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    outputs = _frequency_outputs(tmp_path)
+    start = time.monotonic()
+    with pytest.raises(QgsProcessingException, match=message):
+        processing.run("cloudprob:cloudfrequency", {
+            "SCENES": str(scenes_gpkg), "AOI": aoi, "TARGET_CRS": "EPSG:27700", "RESOLUTION": 20, **outputs})
+    assert time.monotonic() - start < BOUND_S
+    assert not any(p.exists() for p in map(__import__("pathlib").Path, outputs.values()))
+    assert list(tmp_path.iterdir()) == []  # not even a temporary part file
+
+
+def test_screenscenes_refuses_a_zero_area_extent(provider, scenes_gpkg, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    out = tmp_path / "screened.gpkg"
+    with pytest.raises(QgsProcessingException, match=r"has no area \(zero width or height\): give an area"):
+        processing.run("cloudprob:screenscenes", {
+            "SCENES": str(scenes_gpkg), "AOI": "19.5,19.6,29.7,29.7 [EPSG:4326]", "OUTPUT": str(out)})
+    assert not out.exists()
+
+
+def test_an_area_geometry_without_area_is_refused(qgis_app):
+    """area_geometry (screenscenes' polygons, cloudmask's extent) refuses a flat area. (A layer of
+    flat polygons does not get that far: QGIS's own invalid-geometry check stops it first.)"""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsGeometry, QgsProcessingContext, QgsProcessingException
+
+    from cloud_probability.processing_provider.common import area_geometry
+
+    flat = QgsGeometry.fromWkt("POLYGON((19.5 29.7, 19.6 29.7, 19.55 29.7, 19.5 29.7))").makeValid()
+    with pytest.raises(QgsProcessingException, match=r"has no area \(zero width or height, or polygons without area\)"):
+        area_geometry(flat, QgsCoordinateReferenceSystem("EPSG:4326"), QgsProcessingContext())
