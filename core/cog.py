@@ -670,7 +670,7 @@ def _level(url, head, e, tags, values, base_transform, full: Level | None, dtype
 
     for tag, name in _TAG_NAMES.items():
         if len(values.get(tag) or ()) < 1:
-            raise Unreadable(f"{url}: an image without a {name} tag")
+            raise Unreadable(f"{url}: an image without its {name} tag")
     width, height = int(values[WIDTH][0]), int(values[HEIGHT][0])
     tile_w, tile_h = int(values[TILE_W][0]), int(values[TILE_H][0])
     if min(width, height, tile_w, tile_h) <= 0:

@@ -67,8 +67,8 @@ def timeout_s() -> float:
 class TransportError(Exception):
     """No usable answer came; the message names the URL and the cause. ``kind`` is one of
     ``connection`` (refused, reset, timed out: retried first), ``certificate``, ``deadline``,
-    ``too-large``, ``malformed`` (an answer breaking HTTP or the caller's rules), ``bad-url``
-    and ``refused`` (a place the request may not go, see :class:`Places`)."""
+    ``too-large``, ``malformed`` (an answer breaking HTTP or the caller's rules), ``bad-url``,
+    ``unknown-host`` and ``refused`` (a place the request may not go, see :class:`Places`)."""
 
     def __init__(self, message: str, kind: str = "connection"):
         super().__init__(message)
@@ -131,8 +131,10 @@ class Places:
         where = f"{host} ({ip})" if host != ip else ip
         if kind == "metadata":
             return f"{where} is a cloud metadata address: never read"
-        if kind in ("link-local", "unusable"):
-            return f"{where} is a {kind} address: never read"
+        if kind == "link-local":
+            return f"{where} is a link-local address: never read"
+        if kind == "unusable":
+            return f"{where} is no server's address (unspecified, multicast or reserved): never read"
         if kind == "loopback" and not self.loopback:
             return f"{where} is this machine (loopback), which {self.source or 'the catalogue'} may not point to"
         if kind == "private" and not self.private:
@@ -340,8 +342,10 @@ class Client:
             try:
                 response = self._once(url, headers or {}, limit, places, deadline, owner)
             except TransportError as exc:
+                if redirects and url != first:  # the href asked for, then where it led
+                    exc = TransportError(f"{first}, redirected to {exc}", exc.kind)
                 if exc.kind != "connection" or attempt >= RETRIES:
-                    raise
+                    raise exc from None
                 attempt += 1
                 self._wait(_backoff(attempt), deadline, owner, exc)
                 continue
@@ -380,6 +384,14 @@ class Client:
 
         parts = _parse(url)
         scheme = parts.scheme.lower()
+        try:  # an address written out is checked before any connection is tried
+            literal = str(ipaddress.ip_address(parts.hostname.split("%", 1)[0]))
+        except ValueError:
+            literal = None
+        if literal is not None:
+            reason = places.refusal(parts.hostname, literal)
+            if reason:
+                raise TransportError(f"{url}: refused: {reason}", "refused")
         manager, via_proxy = self._manager(scheme, parts)
         if via_proxy:  # the proxy makes the connection: check where the name leads instead
             places.check_host(parts.hostname, parts.port)
@@ -553,6 +565,14 @@ def _transport_error(url: str, exc: BaseException) -> TransportError:
         nested = [a for a in getattr(cause, "args", ()) if isinstance(a, BaseException)]
         cause = getattr(cause, "reason", None) or (nested[0] if nested else None) or cause.__cause__ or cause.__context__
         seen += 1
+    cause = exc
+    for _ in range(10):
+        if isinstance(cause, socket.gaierror):  # no such host name: asking again will not make one
+            return TransportError(f"{url}: the host name could not be resolved ({cause})", "unknown-host")
+        nested = [a for a in getattr(cause, "args", ()) if isinstance(a, BaseException)]
+        cause = getattr(cause, "reason", None) or (nested[0] if nested else None) or cause.__cause__ or cause.__context__
+        if cause is None:
+            break
     if "LocationParseError" in type(exc).__name__ or isinstance(exc, (ValueError, UnicodeError)):
         return TransportError(f"{url}: not a valid URL ({exc})", "bad-url")
     return TransportError(f"{url}: {exc.__class__.__name__}: {exc}", "connection")

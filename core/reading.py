@@ -90,6 +90,9 @@ class Href(str):
         self.catalogue = catalogue
         return self
 
+    def __reduce__(self):  # pickled with its catalogue (tiles run as Dask tasks)
+        return (Href, (str(self), self.catalogue))
+
 
 def catalogue_of(scene) -> Catalogue:
     """The catalogue a :class:`~core.stac.Scene` came from: its ``catalogue`` (the API the search
@@ -145,7 +148,11 @@ def check_href(href: str, catalogue: Catalogue | None = None) -> tuple[str, obje
 
     catalogue = catalogue or getattr(href, "catalogue", None) or LOCAL
     text = str(href).strip()
-    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", text)
+    scheme = match.group(1).lower() if match and (text[match.end():].startswith("//") or
+                                                   match.group(1).lower() == "file") else ""
+    if len(scheme) == 1:  # a Windows drive letter (C:/…), a local path
+        scheme = ""
     kind = catalogue.kind
     allowed = local_assets_allowed()
     if kind == "local":
