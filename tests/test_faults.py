@@ -744,3 +744,630 @@ def test_an_area_geometry_without_area_is_refused(qgis_app):
     flat = QgsGeometry.fromWkt("POLYGON((19.5 29.7, 19.6 29.7, 19.55 29.7, 19.5 29.7))").makeValid()
     with pytest.raises(QgsProcessingException, match=r"has no area \(zero width or height, or polygons without area\)"):
         area_geometry(flat, QgsCoordinateReferenceSystem("EPSG:4326"), QgsProcessingContext())
+
+
+# --- COG reads -----------------------------------------------------------------------------
+# The native COG reader (core.cog over core.http) and reading.open_source against a loopback
+# server serving real COG bytes, each path a different misbehaviour. Screening reads four good
+# products and one faulty one, each its own acquisition: the faulty one must be named with its
+# cause, the four others must be exactly what they are without it, memory must stay bounded.
+
+import ipaddress  # noqa: E402
+import shutil  # noqa: E402
+import ssl  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import zlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+COG_ORIGIN = (300000.0, 5700000.0)  # EPSG:32631, 20 m pixels, 1024 × 1024
+COG_AREA_BOUNDS = (302010.0, 5682010.0, 317990.0, 5697990.0)
+COG_GOOD = ("A", "B", "C", "D")
+
+
+def _scl_like(seed: int) -> np.ndarray:
+    """An SCL-like raster: patches of real classes, a no-data corner."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.choice(np.array([4, 5, 6, 8, 9, 10, 3, 7], np.uint8), size=(32, 32))
+    data = np.kron(coarse, np.ones((32, 32), np.uint8))
+    data[:100, :150] = 0
+    return data
+
+
+def _write_cog(path: Path, data: np.ndarray) -> Path:
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.shutil import copy as rio_copy
+
+    tmp = path.with_suffix(".src.tif")
+    profile = dict(driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype=data.dtype.name,
+                   crs="EPSG:32631", transform=from_origin(*COG_ORIGIN, 20.0, 20.0), nodata=0)
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data, 1)
+    rio_copy(tmp, path, driver="COG", BLOCKSIZE=256, COMPRESS="DEFLATE", OVERVIEWS="NONE")
+    tmp.unlink()
+    return path
+
+
+def _tiff(width: int, height: int, tile_w: int, tile_h: int, tiles: list[bytes], geokeys=None,
+          drop: tuple[int, ...] = ()) -> bytes:
+    """A little-endian classic TIFF written by hand (what GDAL would never write): one band of
+    uint8, one DEFLATE tile as given, GeoTIFF tags for EPSG:32631; ``drop`` leaves tags out."""
+    assert len(tiles) == 1
+    keys = geokeys if geokeys is not None else [1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32631]
+    tags = {
+        256: (4, [width]), 257: (4, [height]), 258: (3, [8]), 259: (3, [8]), 277: (3, [1]),
+        322: (4, [tile_w]), 323: (4, [tile_h]), 324: (4, [0] * len(tiles)), 325: (4, [len(t) for t in tiles]),
+        339: (3, [1]), 33550: (12, [20.0, 20.0, 0.0]), 33922: (12, [0.0, 0.0, 0.0, *COG_ORIGIN, 0.0]),
+        34735: (3, keys), 42113: (2, b"0\0"),
+    }
+    tags = {k: v for k, v in sorted(tags.items()) if k not in drop}
+    sizes, codes = {2: 1, 3: 2, 4: 4, 12: 8}, {3: "H", 4: "I", 12: "d"}
+    ifd_size = 2 + 12 * len(tags) + 4
+    extra_at = 8 + ifd_size
+    blobs, entries = [], []
+    for tag, (typ, values) in tags.items():
+        raw = values if typ == 2 else struct.pack(f"<{len(values)}{codes[typ]}", *values)
+        entries.append([tag, typ, len(values), raw])
+    for entry in entries:  # out-of-line values after the IFD
+        if len(entry[3]) > 4:
+            entry.append(extra_at + sum(len(b) for b in blobs))
+            blobs.append(entry[3] + b"\0" * (len(entry[3]) % 2))
+    data_at = extra_at + sum(len(b) for b in blobs)
+    offsets, at = [], data_at
+    for tile in tiles:
+        offsets.append(at)
+        at += len(tile)
+    for entry in entries:
+        if entry[0] == 324:  # one tile: its offset is stored in the entry itself
+            entry[3] = struct.pack("<I", offsets[0])
+    out = bytearray(b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", len(entries)))
+    for entry in entries:
+        tag, typ, count, raw = entry[:4]
+        value = struct.pack("<I", entry[4]) if len(raw) > 4 else raw.ljust(4, b"\0")
+        out += struct.pack("<HHI", tag, typ, count) + value
+    out += struct.pack("<I", 0)
+    for blob in blobs:
+        out += blob
+    assert len(out) == data_at
+    for tile in tiles:
+        out += tile
+    return bytes(out)
+
+
+def _deflate(data: bytes) -> bytes:
+    return zlib.compress(data, 6)
+
+
+def _one_huge_tile() -> bytes:
+    """A 16384² tile of zeros compressed without holding it: 256 MiB in ~260 kB."""
+    z = zlib.compressobj(6)
+    row = bytes(16384 * 64)
+    parts = [z.compress(row) for _ in range(256)]
+    parts.append(z.flush())
+    return b"".join(parts)
+
+
+class CogFaultServer:
+    """``/<mode>/<name>.tif``: the COG ``name`` served as ``mode`` says. Counts requests by
+    (method, mode) and remembers user agents. Bound to 127.0.0.1; stopped by the fixture."""
+
+    def __init__(self, files: dict[str, bytes], tls: ssl.SSLContext | None = None):
+        self.files = files
+        self.hits: Counter = Counter()
+        self.agents: set = set()
+        self.stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def handle(self):
+                try:
+                    super().handle()
+                except (OSError, ssl.SSLError):
+                    pass  # the client gave up on us: what several cases are about
+
+            def do_HEAD(self):  # noqa: N802 (GDAL asks the size first)
+                outer.answer(self, head=True)
+
+            def do_GET(self):  # noqa: N802
+                outer.answer(self, head=False)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
+        self.port = self.server.server_address[1]
+        self.twin = f"http://127.0.0.1:{self.port}"  # where "redirect-http" sends (a plain http server)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="cog-fault-server", daemon=True)
+        self.thread.start()
+
+    def url(self, mode: str, name: str, host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}/{mode}/{name}.tif"
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def answer(self, handler, head: bool):
+        parts = [p for p in urlsplit(handler.path).path.split("/") if p]
+        mode, name = parts[0], parts[-1][:-4]
+        self.hits[(handler.command, mode)] += 1
+        self.agents.add(handler.headers.get("User-Agent", ""))
+        data = self.files.get(name)
+        if data is None:
+            return self.plain(handler, 404, b"no such file")
+        spec = handler.headers.get("Range", "")
+        first, last = 0, len(data) - 1
+        if spec.startswith("bytes="):
+            a, _, b = spec[6:].partition("-")
+            first, last = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+        if mode == "reset":  # no answer at all: the connection is dropped
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if mode.startswith("redirect-"):
+            target = {"redirect-http": f"{self.twin}/good/{name}.tif",
+                      "redirect-metadata": f"http://169.254.169.254/latest/meta-data/{name}.tif",
+                      "redirect-linklocal6": f"http://[fe80::1]/{name}.tif",
+                      "redirect-private": f"http://10.20.30.40/{name}.tif",
+                      "redirect-file": f"file:///etc/{name}.tif"}[mode]
+            handler.send_response(302)
+            handler.send_header("Location", target)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        if mode == "claim-huge":  # a partial answer claiming 2^40 bytes, then 2 kB and silence
+            handler.send_response(206)
+            handler.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+            handler.send_header("Content-Length", str(2 ** 40))
+            handler.end_headers()
+            handler.wfile.write(data[first:first + 2048])
+            handler.wfile.flush()
+            self.stop.wait(10)
+            return
+        if mode == "claim-512m":  # Range ignored, 512 MiB announced, 2 kB sent
+            handler.send_response(200)
+            handler.send_header("Content-Length", str(512 * 2 ** 20))
+            handler.end_headers()
+            handler.wfile.write(data[:2048])
+            handler.wfile.flush()
+            self.stop.wait(10)
+            return
+        if mode == "wrong-range" and first > 0:  # answers every later range from the start of the file
+            first, last = 0, last - first
+        body = data[first:last + 1]
+        handler.send_response(206 if spec else 200)
+        if spec:
+            handler.send_header("Content-Range", f"bytes {first}-{last}/{len(data)}")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("Accept-Ranges", "bytes")
+        handler.end_headers()
+        if head:
+            return
+        if mode == "trickle":  # one byte at a time (every 0.5 s here; every 20 s in the issue)
+            for i in range(len(body)):
+                handler.wfile.write(body[i:i + 1])
+                handler.wfile.flush()
+                if self.stop.wait(0.5):
+                    return
+            return
+        handler.wfile.write(body)
+
+    @staticmethod
+    def plain(handler, status: int, body: bytes):
+        handler.send_response(status)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def cog_files(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("fault-cogs")
+    files = {name: _write_cog(folder / f"{name}.tif", _scl_like(i)).read_bytes() for i, name in enumerate(COG_GOOD)}
+    files["E"] = _write_cog(folder / "E.tif", _scl_like(99)).read_bytes()  # the product that misbehaves
+    files["bigtile"] = _tiff(16384, 16384, 16384, 16384, [_one_huge_tile()])
+    tile = _deflate(_scl_like(5)[:256, :256].tobytes())
+    files["notilewidth"] = _tiff(256, 256, 256, 256, [tile], drop=(256,))
+    files["zerotile"] = _tiff(256, 256, 0, 0, [tile])
+    files["shortgeokeys"] = _tiff(256, 256, 256, 256, [tile], geokeys=[1, 1, 0, 3, 1024, 0, 1, 1])
+    files["E-flipped"] = _flipped(files["E"])
+    return {"folder": folder, "bytes": files}
+
+
+def _flipped(cog: bytes) -> bytes:
+    """``cog`` with one bit flipped inside its first tile, at a place where the old reader
+    (zlib stopping at the output length, before the checksum) returned wrong pixels silently."""
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    with MemoryFile(cog) as mem, mem.open() as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(ds.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    tile = cog[offset:offset + size]
+    good = zlib.decompress(tile)
+    for bit in range(8 * 40, 8 * (size - 8)):
+        bad = bytearray(tile)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        try:
+            silent = zlib.decompressobj().decompress(bytes(bad), len(good))
+        except zlib.error:
+            continue
+        if len(silent) == len(good) and silent != good:
+            return cog[:offset] + bytes(bad) + cog[offset + size:]
+    raise AssertionError("no silently wrong flip found")
+
+
+@pytest.fixture(scope="module")
+def cog_server(cog_files):
+    server = CogFaultServer(cog_files["bytes"])
+    yield server
+    server.close()
+
+
+def _cog_scene(i: int, href: str, links: list | None = None):
+    from cloud_probability.core.stac import normalise_item
+
+    return normalise_item({
+        "type": "Feature", "id": f"PRODUCT_{i}", "collection": "sentinel-2-l2a", "geometry": None,
+        "properties": {"datetime": f"2024-06-{i + 1:02d}T10:30:00Z", "platform": "sentinel-2a"},
+        "assets": {"scl": {"href": href}}, "links": links or [],
+    })
+
+
+def _cog_screen(scenes, progress=None, concurrency: int = 8) -> dict:
+    """{item id: (fractions, error)} of a screening of ``scenes`` over the test area."""
+    from shapely.geometry import box
+
+    from cloud_probability.core.masks import PRESETS
+    from cloud_probability.core.reading import clear_http_cache
+    from cloud_probability.core.screening import screen_scenes
+
+    clear_http_cache()
+    result = screen_scenes(scenes, box(*COG_AREA_BOUNDS), 32631, PRESETS["scl"], concurrency=concurrency,
+                           progress=progress)
+    return {o.scene.item_id: (o.fractions, o.error) for o in result.observations}
+
+
+def _good_scenes(server, links=None) -> list:
+    return [_cog_scene(i, server.url("good", name), links) for i, name in enumerate(COG_GOOD)]
+
+
+@pytest.fixture(scope="module")
+def cog_baseline(cog_server) -> dict:
+    """The four good products screened with nothing wrong anywhere."""
+    out = _cog_screen(_good_scenes(cog_server))
+    assert all(err is None and f is not None and f.cloud_pct is not None for f, err in out.values())
+    return out
+
+
+def _with_fault(server, baseline: dict, href: str, progress=None) -> tuple[str, float, int]:
+    """Screen the four good products and one at ``href``; the good ones must be exactly the
+    baseline. Returns (the faulty one's error, seconds, peak bytes traced)."""
+    scenes = _good_scenes(server) + [_cog_scene(9, href)]
+    tracemalloc.start()
+    t0 = time.monotonic()
+    try:
+        out = _cog_screen(scenes, progress)
+        took = time.monotonic() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    fractions, error = out.pop("PRODUCT_9")
+    assert out == baseline, "the other products changed"
+    assert fractions is None and error, f"the faulty product was not named: {fractions}"
+    return error, took, peak
+
+
+def test_claimed_content_length_is_never_allocated(cog_server, cog_baseline, cog_files):
+    """2^40 bytes announced on a 206 (was a MemoryError ending the run) and 512 MiB announced
+    by a server ignoring Range (was 2.2 GB peak for 2 kB received): refused from the headers."""
+    error, took, peak = _with_fault(cog_server, cog_baseline, cog_server.url("claim-huge", "E"))
+    asked = min(16384, len(cog_files["bytes"]["E"]))  # the header's range, up to the file's end
+    assert error == (f"{cog_server.url('claim-huge', 'E')}: the server announces 1,099,511,627,776 bytes, more "
+                     f"than the {asked:,} this read accepts")
+    assert peak < 64 * 2**20 and took < BOUND_S
+    error, took, peak = _with_fault(cog_server, cog_baseline, cog_server.url("claim-512m", "E"))
+    assert error == (f"{cog_server.url('claim-512m', 'E')}: the server announces 536,870,912 bytes, more "
+                     "than the 33,554,432 this read accepts")
+    assert peak < 64 * 2**20 and took < BOUND_S
+
+
+def test_claimed_content_length_leaves_the_frequency_run_whole(cog_server, tmp_path):
+    """Through the frequency stage: the run ends, the product is listed as unreadable, the
+    outputs are exactly those of the run without it, no partial file is left."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from cloud_probability.core.frequency import cloud_frequency
+    from cloud_probability.core.masks import PRESETS
+    from cloud_probability.core.reading import Grid, clear_http_cache
+
+    grid = Grid("EPSG:32631", from_origin(302000.0, 5698000.0, 20.0, 20.0), (800, 800))
+
+    def run(scenes, folder: Path):
+        folder.mkdir()
+        outputs = {k: str(folder / f"{k}.tif") for k in ("probability", "valid", "cloudy")}
+        clear_http_cache()
+        result = cloud_frequency(scenes, grid, PRESETS["scl"], outputs, tile_px=512, cache_dir=folder / "cache")
+        arrays = {}
+        for key, path in outputs.items():
+            with rasterio.open(path) as ds:
+                arrays[key] = ds.read()
+        return result, arrays
+
+    _, without = run(_good_scenes(cog_server), tmp_path / "without")
+    faulty = _good_scenes(cog_server) + [_cog_scene(9, cog_server.url("claim-huge", "E"))]
+    result, with_fault = run(faulty, tmp_path / "with")
+    for key in without:
+        assert np.array_equal(without[key], with_fault[key], equal_nan=True), key
+    listed = "".join(p.read_text() for p in (tmp_path / "with").glob("*unreadable.csv"))
+    assert "PRODUCT_9" in listed and "announces 1,099,511,627,776 bytes" in listed
+    assert not [p for p in (tmp_path / "with").rglob("*") if ".part" in p.name]
+
+
+def test_one_huge_tile_is_refused_before_it_is_decoded(cog_server, cog_baseline, cog_files):
+    """A 260 kB COG holding one 16384² tile (peaked at 794 MB): refused from its header."""
+    assert len(cog_files["bytes"]["bigtile"]) < 300_000
+    error, took, peak = _with_fault(cog_server, cog_baseline, cog_server.url("good", "bigtile"))
+    assert error == (f"{cog_server.url('good', 'bigtile')}: tiles of 16384×16384 pixels (256 MiB each), more than "
+                     "the 16 MiB per tile this plugin decodes")
+    assert peak < 64 * 2**20 and took < BOUND_S
+
+
+def test_a_trickling_server_meets_the_deadline(cog_server, cog_baseline, monkeypatch):
+    """One byte every 0.5 s never trips a per-byte timeout; the whole request's deadline
+    (CLOUDPROB_HTTP_TIMEOUT, 2 s here) ends it."""
+    monkeypatch.setenv("CLOUDPROB_HTTP_TIMEOUT", "2")
+    error, took, _ = _with_fault(cog_server, cog_baseline, cog_server.url("trickle", "E"))
+    assert error == f"{cog_server.url('trickle', 'E')}: no complete answer within 2 s"
+    assert 2.0 <= took < 5.0
+
+
+class _CancelAfter(NullProgress):
+    def __init__(self, seconds: float):
+        self.at = time.monotonic() + seconds
+
+    def is_canceled(self):
+        return time.monotonic() >= self.at
+
+
+def test_cancel_stops_reads_in_flight(cog_server):
+    """Cancel 0.5 s into reads that would take minutes (the deadline is the default 60 s):
+    screening stops within about a second and no request is left running."""
+    from cloud_probability.core import http as cphttp
+
+    scenes = [_cog_scene(i, cog_server.url("trickle", name)) for i, name in enumerate(COG_GOOD)]
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        _cog_screen(scenes, _CancelAfter(0.5))
+    assert time.monotonic() - t0 < 1.7
+    deadline = time.monotonic() + 1.0
+    while cphttp._WATCHDOG._requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not cphttp._WATCHDOG._requests, "requests still in flight after Cancel"
+
+
+def test_corrupt_deflate_is_an_error_never_wrong_pixels(realdata, monkeypatch):
+    """Bits flipped one at a time in a tile made of the real sen2r SCL (and in its checksum),
+    inflated by libdeflate and by zlib alone: each gives an error or exactly the right bytes."""
+    import rasterio
+
+    from cloud_probability.core import cog
+
+    with rasterio.open(realdata / "sen2r_barbellino" / "S2A2A_20170703_022_Barbellino_SCL_10.tif") as ds:
+        scl = ds.read(1)
+    tile = np.resize(scl, (256, 256)).astype(np.uint8).tobytes()
+    packed = _deflate(tile)
+    rng = np.random.default_rng(3)
+    bits = sorted(set(range(8 * 64)) | set(range(8 * (len(packed) - 6), 8 * len(packed)))
+                  | set(rng.integers(0, 8 * len(packed), 1500).tolist()))
+    for libdeflate in (cog._LIBDEFLATE, None):
+        monkeypatch.setattr(cog, "_LIBDEFLATE", libdeflate)
+        errors = wrong = 0
+        for bit in bits:
+            bad = bytearray(packed)
+            bad[bit // 8] ^= 1 << (bit % 8)
+            try:
+                out = bytes(cog.inflate(bytes(bad), len(tile), "http://x/SCL.tif"))
+            except cog.Unreadable as exc:
+                assert str(exc).startswith("http://x/SCL.tif: corrupt DEFLATE tile"), exc
+                errors += 1
+                continue
+            wrong += out != tile
+        # a flip that decodes to the same bytes (a padding bit) is harmless; any other is an error
+        assert wrong == 0 and errors >= 0.95 * len(bits), (libdeflate, errors, wrong, len(bits))
+
+
+def test_a_corrupt_tile_names_its_product(cog_server, cog_baseline):
+    """One flipped bit in a served COG, chosen where the old reader gave wrong pixels silently."""
+    error, took, _ = _with_fault(cog_server, cog_baseline, cog_server.url("good", "E-flipped"))
+    assert error.startswith(f"{cog_server.url('good', 'E-flipped')}: corrupt DEFLATE tile (")
+    assert took < BOUND_S
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("notilewidth", "an image without its ImageWidth tag"),
+    ("zerotile", "an image of 256×256 pixels in tiles of 0×0"),
+    ("shortgeokeys", "its GeoKeyDirectory declares 3 keys but holds 1"),
+])
+def test_malformed_headers_are_named_and_not_handed_to_gdal(cog_server, cog_baseline, name, expected):
+    """Missing tags, zero tile sizes, short GeoKeys (were KeyError/ZeroDivisionError ending
+    the run): a named unreadable product; GDAL is not asked (it would HEAD the file)."""
+    from cloud_probability.core import reading
+
+    before = cog_server.hits[("HEAD", "good")]
+    error, took, _ = _with_fault(cog_server, cog_baseline, cog_server.url("good", name))
+    assert error == f"{cog_server.url('good', name)}: {expected}"
+    assert cog_server.hits[("HEAD", "good")] == before and not reading._GDAL_HOSTS
+    assert took < BOUND_S
+
+
+@pytest.mark.parametrize("host", ["пример.invalid", "bad host.invalid", "a" * 300 + ".invalid"])
+def test_hosts_that_are_no_internet_name_are_named(cog_server, cog_baseline, host):
+    """A non-Latin-1 host (escaped as a UnicodeEncodeError), a space, a label too long: the
+    product is named, the run goes on."""
+    href = f"http://{host}/E.tif"
+    error, took, _ = _with_fault(cog_server, cog_baseline, href)
+    assert error.startswith(href + ":") and took < BOUND_S
+
+
+def test_one_failed_header_fetch_does_not_send_the_host_to_gdal(cog_server, cog_baseline):
+    """A product whose header request gets no answer at all: named (after retries); the other
+    products of the same host are still read natively (our requests, no HEAD, no GDAL)."""
+    from cloud_probability.core import reading
+
+    heads = cog_server.hits[("HEAD", "good")]
+    error, took, _ = _with_fault(cog_server, cog_baseline, cog_server.url("reset", "E"))
+    assert error.startswith(f"{cog_server.url('reset', 'E')}: ") and ("RemoteDisconnected" in error or "reset" in error)
+    assert not reading._GDAL_HOSTS and cog_server.hits[("HEAD", "good")] == heads
+    assert cog_server.hits[("GET", "reset")] == 4  # tried, then retried three times
+    again = _cog_screen(_good_scenes(cog_server))
+    assert again == cog_baseline and cog_server.hits[("HEAD", "good")] == heads
+
+
+def test_a_partial_answer_of_other_bytes_is_refused(cog_server, cog_baseline):
+    """A 206 whose Content-Range is not the range asked for (was never checked)."""
+    error, took, _ = _with_fault(cog_server, cog_baseline, cog_server.url("wrong-range", "E"))
+    assert error.startswith(f"{cog_server.url('wrong-range', 'E')}: the server sent the bytes 0-")
+    assert "for a request of " in error and took < BOUND_S
+
+
+# --- untrusted catalogue -------------------------------------------------------------------
+# A web catalogue's items point only to web addresses (http(s), s3, gs, az), never to this
+# computer's files, link-local or cloud metadata addresses; to loopback only when the catalogue
+# is on loopback itself. Local files: for a local catalogue, or with CLOUDPROB_ALLOW_LOCAL_ASSETS.
+
+PUBLIC_CATALOGUE = "https://93.184.215.14/v1"  # any public address: never asked, only its kind counts
+
+
+def _links(root: str) -> list:
+    return [{"rel": "root", "href": root}, {"rel": "self", "href": root + "/collections/x/items/y"}]
+
+
+def test_a_web_catalogue_cannot_point_to_local_files(cog_server, cog_baseline, cog_files, monkeypatch):
+    """file:// hrefs, bare paths and GDAL paths from a web catalogue are refused before
+    anything is opened, with the same message whether the file exists or not; the same items
+    from a local catalogue, or allowed explicitly, are read."""
+    monkeypatch.delenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", raising=False)
+    existing = str(cog_files["folder"] / "A.tif")
+    missing = str(cog_files["folder"] / "nothing-here.tif")
+    hrefs = ["file://" + existing, existing, "file://" + missing, missing, "A.tif",
+             f"/vsicurl/http://127.0.0.1:{cog_server.port}/good/A.tif", "/vsizip//tmp/x.zip/A.tif"]
+    remote = _good_scenes(cog_server, _links(f"http://127.0.0.1:{cog_server.port}/stac"))
+    scenes = remote + [_cog_scene(10 + i, href, _links(PUBLIC_CATALOGUE)) for i, href in enumerate(hrefs)]
+    out = _cog_screen(scenes)
+    assert {k: out.pop(k) for k in cog_baseline} == cog_baseline
+    for i, href in enumerate(hrefs):
+        fractions, error = out[f"PRODUCT_{10 + i}"]
+        assert fractions is None
+        assert error == (f"{href}: refused: a file on this computer, which the catalogue at {PUBLIC_CATALOGUE} "
+                         "may not point to (set CLOUDPROB_ALLOW_LOCAL_ASSETS=YES to allow it)")
+    local = _cog_screen([_cog_scene(0, "file://" + existing), _cog_scene(1, existing)])
+    assert local["PRODUCT_0"] == local["PRODUCT_1"] == cog_baseline["PRODUCT_0"]
+    monkeypatch.setenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", "YES")
+    allowed = _cog_screen([_cog_scene(0, existing, _links(PUBLIC_CATALOGUE))])
+    assert allowed["PRODUCT_0"] == cog_baseline["PRODUCT_0"]
+
+
+@pytest.mark.parametrize("href", ["http://169.254.169.254/latest/meta-data/iam/x.tif", "http://[fe80::1]/x.tif",
+                                  "http://[::ffff:169.254.169.254]/x.tif", "http://0.0.0.0/x.tif"])
+def test_metadata_and_link_local_addresses_are_never_requested(cog_server, cog_baseline, monkeypatch, href):
+    """Whatever the catalogue (a web one, a local one) and even with local assets allowed."""
+    monkeypatch.setenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", "YES")
+    for links in (_links(PUBLIC_CATALOGUE), None):
+        scenes = _good_scenes(cog_server) + [_cog_scene(9, href, links)]
+        t0 = time.monotonic()
+        out = _cog_screen(scenes)
+        assert time.monotonic() - t0 < 2.0  # refused, not tried
+        fractions, error = out.pop("PRODUCT_9")
+        assert out == cog_baseline and fractions is None
+        assert error.startswith(f"{href}: refused: ") and error.endswith(": never read")
+
+
+def test_loopback_assets_only_for_a_catalogue_on_loopback(cog_server, cog_baseline, monkeypatch):
+    monkeypatch.delenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", raising=False)
+    on_loopback = _cog_screen(_good_scenes(cog_server, _links(f"http://127.0.0.1:{cog_server.port + 1}/stac")))
+    assert on_loopback == cog_baseline
+    before = sum(n for (method, mode), n in cog_server.hits.items() if mode == "good")
+    out = _cog_screen(_good_scenes(cog_server, _links(PUBLIC_CATALOGUE)))
+    assert sum(n for (method, mode), n in cog_server.hits.items() if mode == "good") == before  # nothing asked
+    for i, name in enumerate(COG_GOOD):
+        assert out[f"PRODUCT_{i}"] == (None, (
+            f"{cog_server.url('good', name)}: refused: 127.0.0.1 is this machine (loopback), which the catalogue at "
+            f"{PUBLIC_CATALOGUE} may not point to (set CLOUDPROB_ALLOW_LOCAL_ASSETS=YES to allow it)"))
+    by_name = _cog_screen([_cog_scene(0, cog_server.url("good", "A", host="localhost"), _links(PUBLIC_CATALOGUE))])
+    assert "refused: localhost" in by_name["PRODUCT_0"][1] and "is this machine (loopback)" in by_name["PRODUCT_0"][1]
+    monkeypatch.setenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", "YES")
+    assert _cog_screen(_good_scenes(cog_server, _links(PUBLIC_CATALOGUE))) == cog_baseline
+
+
+@pytest.fixture(scope="module")
+def tls_cog_server(cog_files, tmp_path_factory):
+    """The same COGs over TLS (an openssl-made certificate for 127.0.0.1)."""
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is installed by `make test` (Makefile APT_PACKAGES)"
+    folder = tmp_path_factory.mktemp("fault-tls")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server = CogFaultServer(cog_files["bytes"], tls)
+    server.cert = cert
+    yield server
+    server.close()
+
+
+def test_redirects_are_checked_like_hrefs(cog_server, tls_cog_server, cog_baseline, monkeypatch):
+    """From https to plain http, to a metadata or link-local address, to another scheme: the
+    product is refused and named with where it was sent; the redirect target is never asked."""
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(tls_cog_server.cert))
+    tls_cog_server.twin = f"http://127.0.0.1:{cog_server.port}"
+    links = _links(f"http://127.0.0.1:{cog_server.port}/stac")  # a catalogue on loopback: loopback assets allowed
+    secure = _cog_screen([_cog_scene(0, tls_cog_server.url("good", "A"), links)])
+    assert secure["PRODUCT_0"] == cog_baseline["PRODUCT_0"]  # https itself reads
+    cases = {
+        tls_cog_server.url("redirect-http", "A"): "refused: a redirect from https to plain http",
+        cog_server.url("redirect-metadata", "A"): "169.254.169.254 is a cloud metadata address: never read",
+        cog_server.url("redirect-linklocal6", "A"): "fe80::1 is a link-local address: never read",
+        cog_server.url("redirect-file", "A"): "refused: a redirect to 'file:///etc/A.tif', which is not an http(s) address",
+    }
+    plain_gets = cog_server.hits[("GET", "good")]
+    out = _cog_screen([_cog_scene(i, href, links) for i, href in enumerate(cases)])
+    for i, (href, expected) in enumerate(cases.items()):
+        fractions, error = out[f"PRODUCT_{i}"]
+        assert fractions is None and error.startswith(href) and expected in error, error
+    assert cog_server.hits[("GET", "good")] == plain_gets  # the http target of the downgrade was never asked
+
+
+def test_connections_are_checked_where_they_land(cog_server):
+    """core.http's own rules for a catalogue on a public address: a redirect to a private
+    address is refused unasked; a name that leads to this machine is refused after connecting,
+    before a byte of the request is sent."""
+    from cloud_probability.core import http as cphttp
+
+    start = cog_server.url("redirect-private", "A")
+    with pytest.raises(cphttp.TransportError) as caught:
+        cphttp.get(start, {"Range": "bytes=0-99"}, places=cphttp.Places(loopback=True, private=False, source="X"))
+    assert caught.value.kind == "refused"
+    assert str(caught.value) == (f"{start}, redirected to http://10.20.30.40/A.tif: refused: 10.20.30.40 is a "
+                                 "private-network address, which X may not point to")
+    gets = cog_server.hits[("GET", "good")]
+    by_name = cog_server.url("good", "A", host="localhost")
+    with pytest.raises(cphttp.TransportError) as caught:
+        cphttp.get(by_name, {"Range": "bytes=0-99"}, places=cphttp.Places(loopback=False, source="X"))
+    assert caught.value.kind == "refused" and "is this machine (loopback), which X may not point to" in str(caught.value)
+    assert ipaddress.ip_address(str(caught.value).split("(")[1].split(")")[0]).is_loopback
+    assert cog_server.hits[("GET", "good")] == gets  # connected, checked, nothing sent
