@@ -100,20 +100,20 @@ def ranges_read(scenes, area, area_epsg: int) -> dict[str, list[tuple[int, int]]
 
     asked: dict[str, list[tuple[int, int]]] = {}
     lock = threading.Lock()
-    real = cog.get_range
+    real = cog._get_range  # every request of the reader, headers and tiles
 
-    def recording(url, start, end):
+    def recording(url, start, end, places=None):
         with lock:
             asked.setdefault(url, []).append((start, end))
-        return real(url, start, end)
+        return real(url, start, end, places)
 
     clear_http_cache()
     clear_lookups()
-    cog.get_range = recording
+    cog._get_range = recording
     try:
         screen_scenes(scenes, area, area_epsg, PRESETS["scl"], concurrency=32)
     finally:
-        cog.get_range = real
+        cog._get_range = real
     return asked
 
 
