@@ -50,12 +50,35 @@ GOALS = {"peak_rss_mb": 4096, "compute_min": 60, "projected_100mbit_h": 2}
 
 
 class _LogProgress:
-    """Progress to stderr every 60 s: percent, elapsed, resident memory now and at peak."""
+    """Progress to stderr every 60 s: percent, elapsed, resident memory now and at peak. A
+    thread samples the resident memory every second with the percent reached, so a peak can
+    be placed in the stage (tiles being counted, or the outputs being written at 95–100 %)."""
 
     def __init__(self, stage: str):
-        self.stage, self.t0, self.last = stage, time.monotonic(), 0.0
+        import threading
+
+        self.stage, self.t0, self.last, self.percent = stage, time.monotonic(), 0.0, 0.0
+        self.timeline: list[tuple[float, float, float]] = []  # (seconds, percent, RSS MB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(1.0):
+            self.timeline.append((round(time.monotonic() - self.t0, 1), round(self.percent, 2), round(_rss_mb())))
+
+    def stop(self) -> dict:
+        """The timeline's summary: RSS while counting tiles (< 95 %) and while writing the outputs."""
+        self._stop.set()
+        self._thread.join()
+        counting = [r for _, p, r in self.timeline if p < 95.0] or [0]
+        writing = [r for _, p, r in self.timeline if p >= 95.0] or [0]
+        step = max(1, len(self.timeline) // 400)
+        return {"rss_counting_median_mb": sorted(counting)[len(counting) // 2], "rss_counting_max_mb": max(counting),
+                "rss_writing_max_mb": max(writing), "timeline": self.timeline[::step]}
 
     def set_progress(self, percent: float) -> None:
+        self.percent = percent
         now = time.monotonic()
         if now - self.last >= 60:
             self.last = now
@@ -84,6 +107,40 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _probe_finished_unconsumed() -> dict | None:
+    """Count, each time core.frequency takes a finished acquisition from its thread pool, how
+    many others have finished and wait for the tile's thread to add them (each holds its
+    arrays, ~20 MB for a 2048² tile): memory in flight beyond ``concurrency``. Wraps
+    ``as_completed`` as core.frequency sees it; nothing else changes. None if core is laid out
+    otherwise."""
+    import concurrent.futures as cf
+    import types
+
+    try:
+        from cloud_probability.core import frequency
+    except ImportError:
+        return None
+    if getattr(frequency, "cf", None) is not cf:
+        return None
+    probe = {"max": 0, "sum": 0, "yields": 0}
+    real = cf.as_completed
+
+    def as_completed(fs, timeout=None):
+        for future in real(fs, timeout):
+            waiting = sum(1 for f in list(fs) if f.done()) - 1  # finished ones still in the dict, this one aside
+            probe["max"] = max(probe["max"], waiting)
+            probe["sum"] += waiting
+            probe["yields"] += 1
+            yield future
+
+    shim = types.SimpleNamespace(**{name: getattr(cf, name) for name in
+                                    ("ThreadPoolExecutor", "ProcessPoolExecutor", "wait", "Future", "FIRST_COMPLETED",
+                                     "ALL_COMPLETED", "TimeoutError", "CancelledError")})
+    shim.as_completed = as_completed
+    frequency.cf = shim
+    return probe
+
+
 def child(stage: str, config_path: str) -> None:
     ensure_plugin_importable()
     cfg = json.loads(Path(config_path).read_text())
@@ -92,6 +149,7 @@ def child(stage: str, config_path: str) -> None:
     progress = _LogProgress(stage)
     result: dict = {}
     if stage == "frequency":
+        probe = _probe_finished_unconsumed()
         from cloud_probability.core.frequency import cloud_frequency, grid_for_area
         from cloud_probability.core.masks import PRESETS
         from cloud_probability.core.stac import normalise_item
@@ -113,6 +171,8 @@ def child(stage: str, config_path: str) -> None:
         result.update(seconds=time.monotonic() - t0, cpu_seconds=_cpu_s() - c0, bytes=r.bytes_fetched,
                       pixel_observations=r.pixel_observations, acquisitions=r.acquisitions, scenes=r.scenes,
                       tiles=r.tiles, unreadable=len(r.unreadable), grid_shape=list(grid.shape), stats=r.stats)
+        if probe and probe["yields"]:
+            result["finished_unconsumed"] = {"max": probe["max"], "mean": probe["sum"] / probe["yields"]}
     elif stage == "adjustment":
         from cloud_probability.core.reading import network_bytes, network_bytes_reset
         from cloud_probability.core.smoothing import reference_adjustment
@@ -145,6 +205,7 @@ def child(stage: str, config_path: str) -> None:
     else:
         raise SystemExit(f"unknown stage {stage}")
     result["peak_rss_mb"] = peak_rss_mb()
+    result["memory"] = progress.stop()
     result["process_cpu_seconds"] = _cpu_s()
     print(json.dumps(result, default=str), flush=True)
 
@@ -274,7 +335,12 @@ def run_fraction(fraction: float, concurrency: int, keep: bool) -> dict:
         r["projected_100mbit_seconds"] = max(r["seconds"], r["transfer_100mbit_seconds"])
         r["mpx_obs_per_s"] = obs / 1e6 / r["seconds"]
         r["mpx_per_s"] = grid_px / 1e6 / r["seconds"]
+    head = subprocess.run(["git", "-C", str(BUILD.parent), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(BUILD.parent), "status", "--porcelain", "core"], capture_output=True,
+                           text=True).stdout.strip()
     entry = {"fraction": fraction, "label": label, "selection": meta, "prepare_seconds": prepare_s,
+             "commit": head + ("+uncommitted core changes" if dirty else ""),
              "concurrency": concurrency, "tile_px": TILE_PX, "stages": results}
     entry["total"] = {
         "seconds": sum(r["seconds"] for r in results.values()),
@@ -303,7 +369,8 @@ def print_fraction(e: dict) -> None:
           f"{m['datatakes']} datatakes over {len(m['tiles'])} MGRS tiles (UTM "
           f"{'/'.join(sorted({t[:2] for t in m['tiles']}))}), {m['zones']:,} zones; "
           f"{f['pixel_observations'] / 1e9:,.2f} G pixel-observations ({f['pixel_observations'] / max(1, m['land_pixels']):.0f} "
-          f"per land pixel); loopback nginx, {e['concurrency']} acquisitions in flight, {e['tile_px']}-px tiles, 2 cores")
+          f"per land pixel); loopback nginx, {e['concurrency']} acquisitions in flight, {e['tile_px']}-px tiles, 2 cores; "
+          f"core at {e.get('commit', '?')}")
     rows = []
     for stage, r in list(e["stages"].items()) + [("total", None)]:
         if r is None:
@@ -322,6 +389,15 @@ def print_fraction(e: dict) -> None:
           f"{f['header_requests']:,} header requests; nginx used {f['server_cpu_seconds']:,.0f} s CPU beside it; "
           f"nginx sent {_fmt_mb(f['nginx_bytes'])}; CPU/wall {f['cpu_seconds'] / f['seconds']:.2f} of 2 cores; "
           f"1-min load average {f['load_average_1min'][0]:.1f} before, {f['load_average_1min'][1]:.1f} after")
+    if "finished_unconsumed" in f:
+        q = f["finished_unconsumed"]
+        print(f"  frequency: finished acquisitions waiting to be added to their tile: max {q['max']}, mean {q['mean']:.1f} "
+              f"(each holds ~20 MB of arrays)")
+    if "memory" in f:
+        mem = f["memory"]
+        print(f"  frequency RSS (sampled each second): median {mem['rss_counting_median_mb']:,.0f} MB and max "
+              f"{mem['rss_counting_max_mb']:,.0f} MB while counting tiles, max {mem['rss_writing_max_mb']:,.0f} MB while "
+              f"writing the outputs (0–95 % / 95–100 % of its progress)")
     fit = e["stages"]["adjustment"]["fit"]
     z = e["stages"]["zonal"]
     print(f"  adjustment: slope {fit['slope']:.4f}, median deviation {fit['median_deviation_pct']:.3f} %, "
