@@ -195,7 +195,11 @@ def _counts_strip(job, progress=None) -> dict:
             ok &= np.isfinite(a)
         design = np.column_stack([np.ones(int(ok.sum()))] + [a[ok] for a in x])
         y = s[ok]
-        out.update(xtx=design.T @ design, xty=design.T @ y, yty=float(y @ y), total=int(ok.sum()))
+        # einsum without BLAS: a BLAS product's rounding depends on its threads, which differ
+        # between this process and a Dask worker
+        out.update(xtx=np.einsum("ij,ik->jk", design, design, optimize=False),
+                   xty=np.einsum("ij,i->j", design, y, optimize=False),
+                   yty=float(np.einsum("i,i->", y, y, optimize=False)), total=int(ok.sum()))
     return out
 
 
@@ -417,8 +421,9 @@ def _strip_sums(job, progress=None) -> dict:
         pv, dv = p[ok], d[ok]
         inside = np.abs(dv) <= threshold
         do, po = dv[~inside], pv[~inside]
-        out.update(n_fit=int(ok.sum()), n_in=int(inside.sum()), p=float(pv.sum()), pp=float(pv @ pv),
-                   p_in=float(pv[inside].sum()), d_out=float(do.sum()), dd_out=float(do @ do), pd_out=float(po @ do),
+        dot = lambda a, b: float(np.einsum("i,i->", a, b, optimize=False))  # noqa: E731 (no BLAS: see _counts_strip)
+        out.update(n_fit=int(ok.sum()), n_in=int(inside.sum()), p=float(pv.sum()), pp=dot(pv, pv),
+                   p_in=float(pv[inside].sum()), d_out=float(do.sum()), dd_out=dot(do, do), pd_out=dot(po, do),
                    d_max=float(dv.max()))
         hist.add(dv)
     out["hist"], out["below"] = hist.counts, hist.below

@@ -19,7 +19,10 @@ from .base import CloudProbAlgorithm
 from ..core.frequency import MEASURES, FrequencyError, cloud_frequency, periods_for
 from ..core.masks import MaskError, parse_classes
 from ..core.progress import Cancelled
-from .common import add_mask_parameters, grid_from_parameters, mask_spec, output_path, scenes_from_source
+from .common import (
+    add_mask_parameters, add_scheduler_parameter, grid_from_parameters, mask_spec, output_path, scenes_from_source,
+    scheduler_from_parameters,
+)
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
 
@@ -110,6 +113,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         # optional with a temporary file by default: a model (or qgis_process) run that names none of
         # them still makes them for the next stage (QGIS 3.22 makes a model's outputs mandatory
         # when its children's are)
+        add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_PROBABILITY, self.tr("Cloud probability (%)"), optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
@@ -156,6 +160,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             f"{len(scenes)} scenes, {len({s.datatake_id for s in scenes})} acquisitions; {len(periods)} band(s); "
             f"measure: {'mean of ' + repr(asset) if measure == 'mean_probability' else 'cloud frequency'}."
         )
+        executor = scheduler_from_parameters(self, parameters, context, feedback)
         try:
             with core_logging_to(feedback):
                 result = cloud_frequency(
@@ -164,6 +169,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
                     progress=FeedbackProgress(feedback), measure=measure, probability_asset=asset,
                     nodata_classes=nodata_classes,
                     fail_on_read_error=self.parameterAsBool(parameters, self.FAIL_ON_READ_ERROR, context),
+                    scheduler=executor,
                 )
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; finished tiles are kept and a re-run resumes from them. Nothing was written."))

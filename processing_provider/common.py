@@ -268,3 +268,32 @@ def grid_from_parameters(alg, parameters, context, aoi: str, target_crs: str, re
     if grid.shape[0] * grid.shape[1] > 4_000_000_000:
         raise QgsProcessingException(f"The grid would have {grid.shape[0]} × {grid.shape[1]} pixels; use a coarser resolution.")
     return grid
+
+
+DASK_SCHEDULER = "DASK_SCHEDULER"
+
+
+def add_scheduler_parameter(alg) -> None:
+    """DASK_SCHEDULER: a dask.distributed scheduler address; empty runs in this process."""
+    from qgis.core import QgsProcessingParameterDefinition
+
+    param = QgsProcessingParameterString(
+        DASK_SCHEDULER, alg.tr("Dask scheduler address (e.g. tcp://10.0.0.5:8786; empty: this computer)"), "",
+        optional=True)
+    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    alg.addParameter(param)
+
+
+def scheduler_from_parameters(alg, parameters, context, feedback):
+    """The executor the user asked for: None (in this process) or a connected Dask executor."""
+    address = (alg.parameterAsString(parameters, DASK_SCHEDULER, context) or "").strip()
+    if not address:
+        return None
+    from ..core.executor import executor_for
+
+    try:
+        executor = executor_for(address)
+    except RuntimeError as exc:
+        raise QgsProcessingException(str(exc)) from exc
+    feedback.pushInfo(f"Running on the Dask scheduler {address}: {executor.workers} worker threads.")
+    return executor

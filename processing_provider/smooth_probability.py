@@ -15,7 +15,7 @@ from qgis.core import (
 from .base import CloudProbAlgorithm
 from ..core.progress import Cancelled
 from ..core.smoothing import reference_adjustment, smooth_probability
-from .common import output_path
+from .common import add_scheduler_parameter, output_path, scheduler_from_parameters
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
 
@@ -80,6 +80,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             self.DEVIATION_THRESHOLD, self.tr("Deviation threshold, percent (reference method)"),
             QgsProcessingParameterNumber.Double, 5.0, False, 0.0, 1000.0))
         self.addParameter(QgsProcessingParameterBoolean(self.ADJUST, self.tr("Adjust with regression residuals"), True))
+        add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterRasterDestination(  # optional: see cloud_frequency.py
             self.OUTPUT_SMOOTHED, self.tr("Smoothed or neighbourhood probability (%)"), optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
@@ -97,15 +98,16 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         covariates = [layer.source() for layer in self.parameterAsLayerList(parameters, self.COVARIATES, context)]
         out_smoothed = output_path(self, parameters, self.OUTPUT_SMOOTHED, context, "tif")
         out_adjusted = output_path(self, parameters, self.OUTPUT_ADJUSTED, context, "tif") if adjust else None
+        executor = scheduler_from_parameters(self, parameters, context, feedback)
         if self.parameterAsEnum(parameters, self.METHOD, context) == 1:
             return self._reference(parameters, context, feedback, cloudy.source(), valid.source(), size, out_smoothed,
-                                   out_adjusted)
+                                   out_adjusted, executor)
         try:
             with core_logging_to(feedback):
                 result = smooth_probability(
                     cloudy.source(), valid.source(), out_smoothed, out_adjusted, size=size,
                     shape=SHAPES[self.parameterAsEnum(parameters, self.KERNEL_SHAPE, context)],
-                    covariates=covariates, adjust=adjust, progress=FeedbackProgress(feedback),
+                    covariates=covariates, adjust=adjust, progress=FeedbackProgress(feedback), scheduler=executor,
                 )
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; nothing was written."))
@@ -125,7 +127,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             StylePostProcessor.attach(context, out_adjusted, "cloud_probability.qml", name="Adjusted cloud probability (%)")
         return outputs
 
-    def _reference(self, parameters, context, feedback, cloudy, valid, size, out_smoothed, out_adjusted):
+    def _reference(self, parameters, context, feedback, cloudy, valid, size, out_smoothed, out_adjusted, executor):
         threshold = self.parameterAsDouble(parameters, self.DEVIATION_THRESHOLD, context)
         if self.parameterAsEnum(parameters, self.KERNEL_SHAPE, context) != 0 or \
                 self.parameterAsLayerList(parameters, self.COVARIATES, context):
@@ -134,7 +136,8 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         try:
             with core_logging_to(feedback):
                 result = reference_adjustment(cloudy, valid, out_smoothed, out_adjusted, size=size,
-                                              threshold_pct=threshold, progress=FeedbackProgress(feedback))
+                                              threshold_pct=threshold, progress=FeedbackProgress(feedback),
+                                              scheduler=executor)
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; nothing was written."))
             return {}

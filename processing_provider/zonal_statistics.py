@@ -13,8 +13,8 @@ from qgis.core import (
 
 from .base import CloudProbAlgorithm
 from ..core.progress import Cancelled
-from ..core.zonal import ZonalError, write_outputs, zonal_statistics_in_process
-from .common import output_path
+from ..core.zonal import ZonalError, write_outputs, zonal_statistics, zonal_statistics_in_process
+from .common import add_scheduler_parameter, output_path, scheduler_from_parameters
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import GraduatedPostProcessor
 
@@ -66,6 +66,7 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
             self.VALID, self.tr("Valid observations (acquisition count; optional)"), optional=True))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.SPREAD, self.tr("Spread of one observation (%; optional, for the interval)"), optional=True))
+        add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.OUTPUT, self.tr("Small areas with cloud probability"), QgsProcessing.TypeVectorPolygon))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -101,12 +102,17 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
             columns[name] = [row[k] for row in rows]
         zones = gpd.GeoDataFrame(columns, geometry=geoms, crs=crs.toWkt() if not crs.authid() else crs.authid())
         feedback.pushInfo(f"{len(ids)} small areas; statistics of {raster.source()}.")
+        executor = scheduler_from_parameters(self, parameters, context, feedback)
         try:
             with core_logging_to(feedback):
-                # exactextract runs in its own Python: its bundled GEOS crashes inside QGIS's executables
-                result = zonal_statistics_in_process(raster.source(), zones, id_field, valid.source() if valid else None,
-                                                     FeedbackProgress(feedback),
-                                                     spread_path=spread.source() if spread else None)
+                if executor is not None:  # exactextract runs on the workers, never in this process
+                    result = zonal_statistics(raster.source(), zones, id_field, valid.source() if valid else None,
+                                              FeedbackProgress(feedback), spread_path=spread.source() if spread else None,
+                                              scheduler=executor)
+                else:  # exactextract runs in its own Python: its bundled GEOS crashes inside QGIS's executables
+                    result = zonal_statistics_in_process(
+                        raster.source(), zones, id_field, valid.source() if valid else None, FeedbackProgress(feedback),
+                        spread_path=spread.source() if spread else None)
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; nothing was written."))
             return {}

@@ -27,6 +27,7 @@ def build():
         QgsProcessingModelParameter,
         QgsProcessingParameterCrs,
         QgsProcessingParameterDateTime,
+        QgsProcessingParameterDefinition,
         QgsProcessingParameterEnum,
         QgsProcessingParameterExtent,
         QgsProcessingParameterFeatureSource,
@@ -71,6 +72,10 @@ def build():
     param(QgsProcessingParameterEnum("METHOD", "Adjustment", [
         "Smoothed counts, regression on the smoothed count",
         "Reference: deviation from the acquisition-weighted neighbourhood"], defaultValue=1), 120, 660)
+    scheduler = QgsProcessingParameterString(
+        "DASK_SCHEDULER", "Dask scheduler address (e.g. tcp://10.0.0.5:8786; empty: this computer)", "", optional=True)
+    scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    param(scheduler, 120, 720)
 
     def child(alg_id, child_id, description, x, y, sources, outputs=None):
         c = QgsProcessingModelChildAlgorithm(alg_id)
@@ -104,6 +109,7 @@ def build():
         "COUNT_SHADOWS": Source.fromStaticValue(False), "BUFFER": Source.fromStaticValue(0.0), "PERIOD": Source.fromStaticValue(0),
         "CONCURRENCY": Source.fromStaticValue(4), "MEASURE": p("MEASURE"),
         "PROBABILITY_ASSET": Source.fromStaticValue("cloud"), "NODATA_CLASSES": Source.fromStaticValue(""),
+        "DASK_SCHEDULER": p("DASK_SCHEDULER"),
     }, {"OUTPUT_PROBABILITY": ("PROBABILITY", "Raw cloud probability (%)"),
         "OUTPUT_VALID": ("VALID", "Valid observations (count)"), "OUTPUT_CLOUDY": ("CLOUDY", "Cloudy observations"),
         "OUTPUT_STDEV": ("SPREAD", "Spread of one observation (%)")})
@@ -112,12 +118,13 @@ def build():
         "VALID": Source.fromChildOutput("frequency", "OUTPUT_VALID"),
         "KERNEL_SIZE": Source.fromStaticValue(21), "KERNEL_SHAPE": Source.fromStaticValue(0),
         "ADJUST": Source.fromStaticValue(True), "METHOD": p("METHOD"), "DEVIATION_THRESHOLD": Source.fromStaticValue(5.0),
+        "DASK_SCHEDULER": p("DASK_SCHEDULER"),
     }, {"OUTPUT_SMOOTHED": ("SMOOTHED", "Smoothed or neighbourhood cloud probability (%)"),
         "OUTPUT_ADJUSTED": ("ADJUSTED", "Adjusted cloud probability (%)")})
     child("cloudprob:zonalstatistics", "zonal", "Cloud probability per small area", 420, 540, {
         "INPUT_RASTER": Source.fromChildOutput("smoothing", "OUTPUT_ADJUSTED"), "ZONES": p("ZONES"),
         "ZONE_ID_FIELD": p("ZONE_ID_FIELD"), "VALID": Source.fromChildOutput("frequency", "OUTPUT_VALID"),
-        "SPREAD": Source.fromChildOutput("frequency", "OUTPUT_STDEV"),
+        "SPREAD": Source.fromChildOutput("frequency", "OUTPUT_STDEV"), "DASK_SCHEDULER": p("DASK_SCHEDULER"),
     }, {"OUTPUT": ("SMALL_AREAS", "Small areas with cloud probability"), "OUTPUT_CSV": ("SMALL_AREAS_CSV", "Small areas (CSV)")})
     model.updateDestinationParameters()  # what the model designer does on save: outputs become parameters
     return model
