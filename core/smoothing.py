@@ -85,6 +85,21 @@ def smooth_arrays(cloudy: np.ndarray, valid: np.ndarray, size: int = 21, shape: 
     return smoothed, kv
 
 
+def _output_profile(cloudy_path: str, valid_path: str) -> dict:
+    """The outputs' GeoTIFF profile (float32 percent, no data −9999) on the counts' grid, after
+    checking that both counts are on one grid (size, transform and CRS, exactly)."""
+    import rasterio
+
+    with rasterio.open(cloudy_path) as dc, rasterio.open(valid_path) as dv:
+        if (dc.width, dc.height, tuple(dc.transform), dc.crs) != (dv.width, dv.height, tuple(dv.transform), dv.crs):
+            raise ValueError("The cloudy and valid count rasters are not on the same grid (size, transform and CRS).")
+        profile = dict(driver="GTiff", width=dc.width, height=dc.height, count=1, dtype="float32", crs=dc.crs,
+                       transform=dc.transform, nodata=NODATA, compress="DEFLATE", predictor=3, BIGTIFF="IF_SAFER")
+    if profile["width"] >= 256 and profile["height"] >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    return profile
+
+
 def smooth_probability(
     cloudy_path: str,
     valid_path: str,
@@ -114,14 +129,8 @@ def smooth_probability(
     if size < 1 or size % 2 == 0:
         raise ValueError("The kernel size must be an odd number of pixels (e.g. 21).")
     covariates = list(covariates or [])
-    with rasterio.open(cloudy_path) as dc, rasterio.open(valid_path) as dv:
-        if (dc.width, dc.height, tuple(dc.transform), dc.crs) != (dv.width, dv.height, tuple(dv.transform), dv.crs):
-            raise ValueError("The cloudy and valid count rasters are not on the same grid (size, transform and CRS).")
-        profile = dict(driver="GTiff", width=dc.width, height=dc.height, count=1, dtype="float32", crs=dc.crs,
-                       transform=dc.transform, nodata=NODATA, compress="DEFLATE", predictor=3, BIGTIFF="IF_SAFER")
-        if dc.width >= 256 and dc.height >= 256:
-            profile.update(tiled=True, blockxsize=256, blockysize=256)
-        height, width = dc.height, dc.width
+    profile = _output_profile(cloudy_path, valid_path)
+    height, width = profile["height"], profile["width"]
     for path in covariates:
         with rasterio.open(path) as ds:
             if (ds.width, ds.height, tuple(ds.transform), ds.crs) != (width, height, tuple(profile["transform"]), profile["crs"]):
@@ -499,14 +508,8 @@ def reference_adjustment(
         raise ValueError("The kernel size must be an odd number of pixels, at least 3 (e.g. 21).")
     if not threshold_pct >= 0:
         raise ValueError("The deviation threshold must be 0 or more (percent).")
-    with rasterio.open(cloudy_path) as dc, rasterio.open(valid_path) as dv:
-        if (dc.width, dc.height, tuple(dc.transform), dc.crs) != (dv.width, dv.height, tuple(dv.transform), dv.crs):
-            raise ValueError("The cloudy and valid count rasters are not on the same grid (size, transform and CRS).")
-        profile = dict(driver="GTiff", width=dc.width, height=dc.height, count=1, dtype="float32", crs=dc.crs,
-                       transform=dc.transform, nodata=NODATA, compress="DEFLATE", predictor=3, BIGTIFF="IF_SAFER")
-        if dc.width >= 256 and dc.height >= 256:
-            profile.update(tiled=True, blockxsize=256, blockysize=256)
-        height, width = dc.height, dc.width
+    profile = _output_profile(cloudy_path, valid_path)
+    height, width = profile["height"], profile["width"]
     reach = size // 2
     rows = _strip_rows_for(width, reach, memory_mb)
     strips = [_Strip(str(cloudy_path), str(valid_path), size, width, *bounds) for bounds in _strips(height, rows, reach)]
