@@ -22,7 +22,6 @@ Requests and bytes come from nginx's access log.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -276,13 +275,20 @@ _URLLIB3_GET = None
 
 
 def main() -> dict:
-    global _URLLIB3_GET
     archive = full_archive()
+    work = Path(tempfile.mkdtemp(prefix="bench-reader-", dir=BUILD))
+    try:
+        return _main(archive, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _main(archive: Path, work: Path) -> dict:
+    global _URLLIB3_GET
     from cloud_probability.core import sample_archive as sa
     from shapely.geometry import box
 
     gx, gy = sa.GREENWICH_27700
-    work = Path(tempfile.mkdtemp(prefix="bench-reader-", dir=BUILD))
     cert, key = certificate(work)
     # both sides trust it: core.http through CURL_CA_BUNDLE, GDAL 3.6 through SSL_CERT_FILE (it looks
     # there before CURL_CA_BUNDLE, and this machine's environment names the system bundle there)
