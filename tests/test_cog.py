@@ -370,3 +370,54 @@ def test_libdeflate_decompressors_end_with_their_threads():
         t.join()
     gc.collect()
     assert len(refs) == 4 and all(r() is None for r in refs)
+
+
+@pytest.mark.parametrize("catalogue, href, allowed", [
+    (None, "/data/S2/SCL.tif", True),  # made on this machine: anywhere but the never-places
+    (None, "http://127.0.0.1:8080/SCL.tif", True),
+    (None, "http://169.254.169.254/SCL.tif", False),
+    ("../catalog.json", "file:///data/SCL.tif", True),  # a catalogue on disk
+    ("https://earth-search.aws.element84.com/v1", "https://sentinel-cogs.s3.us-west-2.amazonaws.com/x/SCL.tif", True),
+    ("https://earth-search.aws.element84.com/v1", "s3://sentinel-cogs/x/SCL.tif", True),
+    ("https://earth-search.aws.element84.com/v1", "gs://bucket/x/SCL.tif", True),
+    ("https://earth-search.aws.element84.com/v1", "/vsis3/sentinel-cogs/x/SCL.tif", False),
+    ("https://earth-search.aws.element84.com/v1", "C:/data/SCL.tif", False),
+    ("https://earth-search.aws.element84.com/v1", "ftp://example.com/SCL.tif", False),
+    ("https://earth-search.aws.element84.com/v1", "http://[::1]/SCL.tif", False),
+    ("https://earth-search.aws.element84.com/v1", "http://192.168.1.5/SCL.tif", False),
+    ("http://192.168.1.2/stac", "http://192.168.1.5/SCL.tif", True),  # an office catalogue, its own network
+    ("http://192.168.1.2/stac", "http://127.0.0.1/SCL.tif", False),
+    ("http://localhost:8080/", "http://127.0.0.1:9000/SCL.tif", True),
+    ("http://localhost:8080/", "http://10.0.0.7/SCL.tif", True),
+    ("http://localhost:8080/", "/data/SCL.tif", False),
+])
+def test_check_href_reads_only_from_the_catalogues_kind_of_place(monkeypatch, catalogue, href, allowed):
+    from cloud_probability.core.reading import Catalogue, RefusedAsset, check_href
+
+    monkeypatch.delenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", raising=False)
+    try:
+        check_href(href, Catalogue(catalogue))
+        refused = None
+    except RefusedAsset as exc:
+        refused = str(exc)
+    assert (refused is None) == allowed, refused
+    if refused:
+        assert refused.startswith(f"{href}: refused: ")
+
+
+def test_an_href_remembers_its_scene_s_catalogue_through_pickling():
+    import pickle
+
+    from cloud_probability.core.reading import Catalogue, Href, asset_href, catalogue_of
+    from cloud_probability.core.stac import normalise_item
+
+    item = {"type": "Feature", "id": "x", "properties": {"datetime": "2024-01-01T00:00:00Z"},
+            "assets": {"scl": {"href": "https://bucket/x/SCL.tif"}},
+            "links": [{"rel": "self", "href": "https://stac.example/v1/collections/c/items/x"},
+                      {"rel": "root", "href": "https://stac.example/v1/"}]}
+    scene = normalise_item(item)
+    assert catalogue_of(scene) == Catalogue("https://stac.example/v1/")
+    assert catalogue_of(normalise_item({**item, "links": [{"rel": "root", "href": "./catalog.json"}]})).kind == "local"
+    href = asset_href(scene, "scl")
+    again = pickle.loads(pickle.dumps(href))
+    assert isinstance(again, Href) and again == href and again.catalogue == Catalogue("https://stac.example/v1/")
