@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -288,3 +289,63 @@ def test_processing_rejects_a_geographic_target(provider, scenes_gpkg, tmp_path)
         processing.run("cloudprob:cloudfrequency", {
             "SCENES": str(scenes_gpkg), "AOI": "0,1,51,52 [EPSG:4326]", "TARGET_CRS": "EPSG:4326",
             "OUTPUT_PROBABILITY": "TEMPORARY_OUTPUT", "OUTPUT_VALID": "TEMPORARY_OUTPUT", "OUTPUT_CLOUDY": "TEMPORARY_OUTPUT"})
+
+
+def test_mean_of_fractional_and_whole_percents_mixed_in_one_tile(tmp_path):
+    """The mean measure sums whole percents (uint8, Earth Search's ``cloud``) as integers and
+    other values in fixed point; one tile mixing both, with SCL no data and values above 100
+    (no probability), gives numpy's mean and population standard deviation of the same values."""
+    from rasterio.transform import from_origin
+
+    from cloud_probability.core.stac import normalise_item
+
+    rng = np.random.default_rng(7)
+    shape, x0, y0 = (64, 80), 500_000.0, 5_700_000.0
+    transform = from_origin(x0, y0, 20.0, 20.0)
+    kinds = ["float32", "uint8", "float32", "uint8"]
+    values, valid = [], []
+    scenes = []
+    for i, kind in enumerate(kinds):
+        scl = rng.integers(0, 12, shape).astype(np.uint8)  # class 0 (no data) about one pixel in 12
+        if kind == "uint8":
+            cloud = rng.integers(0, 101, shape).astype(np.uint8)
+        else:
+            cloud = (rng.random(shape) * 100.0).astype(np.float32)
+            cloud[rng.random(shape) < 0.05] = 250.0  # no probability: not an observation
+        paths = {}
+        for name, array in (("scl", scl), ("cloud", cloud)):
+            paths[name] = tmp_path / f"d{i}_{name}.tif"
+            with rasterio.open(paths[name], "w", driver="GTiff", width=shape[1], height=shape[0], count=1,
+                               dtype=array.dtype, crs="EPSG:32630", transform=transform) as ds:
+                ds.write(array, 1)
+        ok = (scl != 0) & (cloud <= 100)
+        valid.append(ok)
+        values.append(np.where(ok, cloud.astype(np.float64), np.nan))
+        footprint = {"type": "Polygon", "coordinates": [[[-3.2, 51.3], [-2.7, 51.3], [-2.7, 51.6], [-3.2, 51.6],
+                                                          [-3.2, 51.3]]]}
+        scenes.append(normalise_item({
+            "type": "Feature", "id": f"S2A_TEST_{i}", "collection": "sentinel-2-c1-l2a", "geometry": footprint,
+            "properties": {"datetime": f"2024-0{i + 1}-10T11:00:00Z", "platform": "sentinel-2a", "proj:epsg": 32630,
+                           "s2:datatake_id": f"GS2A_2024010{i}T110000_000000_N05.10"},
+            "assets": {"scl": {"href": str(paths["scl"])}, "cloud": {"href": str(paths["cloud"])}},
+            "links": [{"rel": "root", "href": "./catalog.json"}],
+        }))
+    grid = Grid("EPSG:32630", transform, shape)
+    out = _outputs(tmp_path / "out")
+    out["stdev"] = str(tmp_path / "out" / "stdev.tif")
+    result = cloud_frequency(scenes, grid, PRESETS["scl"], out, tile_px=256, concurrency=3,
+                             cache_dir=tmp_path / "cache", measure="mean_probability")
+    assert result.acquisitions == 4 and not result.unreadable
+    stack = np.stack(values)
+    count = np.sum(valid, axis=0)
+    with warnings.catch_warnings():  # pixels without any observation: NaN, as they should
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, sd = np.nanmean(stack, axis=0), np.nanstd(stack, axis=0)
+    np.testing.assert_array_equal(_read(out["valid"], 1), count)
+    got = _read(out["probability"], 1)
+    np.testing.assert_array_equal(got == PROBABILITY_NODATA, count == 0)
+    has = count > 0
+    # fixed point keeps 10⁻⁴ %: a truncation to whole percents (a bug) would be off by up to 1
+    np.testing.assert_allclose(got[has], mean[has], atol=1e-4, rtol=0)
+    assert np.abs(got[has] - np.round(got[has])).max() > 0.1  # fractional values did arrive
+    np.testing.assert_allclose(_read(out["stdev"], 1)[has], sd[has], atol=1e-3, rtol=0)
