@@ -102,11 +102,14 @@ def catalogue_of(scene) -> Catalogue:
     url = getattr(scene, "catalogue", None)
     if url:
         return Catalogue(str(url))
-    links = (getattr(scene, "item", None) or {}).get("links") or []
+    links = getattr(scene, "links", None)
+    if links is None:  # not a core.stac.Scene: its item's links
+        links = [(link.get("rel"), link.get("href")) for link in (getattr(scene, "item", None) or {}).get("links") or []
+                 if isinstance(link, dict)]
     for rel in ("root", "self", "parent", "collection"):
-        for link in links:
-            if isinstance(link, dict) and link.get("rel") == rel and isinstance(link.get("href"), str):
-                href = link["href"].strip()
+        for link_rel, link_href in links:
+            if link_rel == rel and isinstance(link_href, str):
+                href = link_href.strip()
                 if "://" in href and not href.lower().startswith("file:"):
                     return Catalogue(href)
     return LOCAL

@@ -153,14 +153,15 @@ def _grid_from_metadata(scene: Scene, key: str, area, area_epsg: int, resolution
     """The grid from the item's ``proj:`` fields (no request), or False when they are missing."""
     from rasterio.transform import Affine
 
-    asset = (scene.item.get("assets") or {}).get(key)
+    item = scene.item
+    asset = (item.get("assets") or {}).get(key)
     if asset is None:  # the asset may be stored under its band code (SCL, B04…)
         from .stac import ASSET_TO_BAND_CODE
 
-        asset = (scene.item.get("assets") or {}).get(ASSET_TO_BAND_CODE.get(key, key))
+        asset = (item.get("assets") or {}).get(ASSET_TO_BAND_CODE.get(key, key))
     if not asset:
         return False
-    props = scene.item.get("properties") or {}
+    props = item.get("properties") or {}
     values = asset.get("proj:transform") or props.get("proj:transform")
     shape = asset.get("proj:shape") or props.get("proj:shape")
     epsg = asset.get("proj:epsg") or scene.epsg
