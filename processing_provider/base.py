@@ -6,12 +6,14 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 
 class CloudProbAlgorithm(QgsProcessingAlgorithm):
-    """Subclasses set NAME (the id after ``cloudprob:``), DISPLAY_NAME, GROUP and GROUP_ID."""
+    """Subclasses set NAME (the id after ``cloudprob:``), DISPLAY_NAME, GROUP, GROUP_ID and REQUIRES
+    (the import names of the lazily imported packages every run needs, see dependencies.PACKAGES)."""
 
     NAME = ""
     DISPLAY_NAME = ""
     GROUP = ""
     GROUP_ID = ""
+    REQUIRES: tuple = ()
 
     def tr(self, text: str) -> str:
         return QCoreApplication.translate(type(self).__name__, text)
@@ -30,3 +32,35 @@ class CloudProbAlgorithm(QgsProcessingAlgorithm):
 
     def groupId(self) -> str:  # noqa: N802
         return self.GROUP_ID
+
+    def required_modules(self, parameters=None, context=None) -> list:
+        """REQUIRES, plus ``distributed`` when a Dask scheduler is given and ``s2cloudless`` for its mask."""
+        modules = list(self.REQUIRES)
+        if parameters is None:
+            return modules
+        from .common import DASK_SCHEDULER, MASK_SOURCE, MASK_SOURCES
+        from ..core.masks import PRESETS
+
+        if self.parameterDefinition(DASK_SCHEDULER) is not None \
+                and (self.parameterAsString(parameters, DASK_SCHEDULER, context) or "").strip():
+            modules.append("distributed")
+        if self.parameterDefinition(MASK_SOURCE) is not None:
+            index = self.parameterAsEnum(parameters, MASK_SOURCE, context)
+            if 0 <= index < len(MASK_SOURCES) and PRESETS[MASK_SOURCES[index]].source == "s2cloudless":
+                modules.append("s2cloudless")
+        return modules
+
+    def canExecute(self):  # noqa: N802
+        """False with one sentence when a package every run needs is missing (the toolbox shows it)."""
+        from .dependencies import can_execute
+
+        return can_execute(self.displayName(), *self.REQUIRES)
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """Before any work (dialog, processing.run, models): the packages this run needs import."""
+        from .dependencies import check_before_run
+
+        ok, message = check_before_run(self.displayName(), self.required_modules(parameters, context))
+        if not ok:
+            return False, message
+        return super().checkParameterValues(parameters, context)

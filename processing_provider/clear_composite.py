@@ -27,6 +27,7 @@ class ClearCompositeAlgorithm(CloudProbAlgorithm):
     DISPLAY_NAME = "Clear-sky composite"
     GROUP = "Scenes"
     GROUP_ID = "scenes"
+    REQUIRES = ("urllib3", "rasterio", "shapely", "pyproj", "scipy")
 
     SCENES = "SCENES"
     AOI = "AOI"

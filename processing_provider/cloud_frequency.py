@@ -36,6 +36,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
     DISPLAY_NAME = "Per-pixel cloud probability"
     GROUP = "Cloud probability"
     GROUP_ID = "probability"
+    REQUIRES = ("urllib3", "rasterio", "shapely", "pyproj", "scipy")
 
     SCENES = "SCENES"
     AOI = "AOI"

@@ -26,6 +26,7 @@ class CloudMaskAlgorithm(CloudProbAlgorithm):
     DISPLAY_NAME = "Cloud mask of one scene"
     GROUP = "Scenes"
     GROUP_ID = "scenes"
+    REQUIRES = ("urllib3", "rasterio", "shapely", "pyproj", "scipy")
 
     SCENES = "SCENES"
     SCENE_ID = "SCENE_ID"

@@ -88,7 +88,6 @@ class CloudProbabilityProvider(QgsProcessingProvider):
                 QgsMessageLog.logMessage(f"Could not read the model {path.name}", "Cloud probability", Qgis.Critical)
 
 
-
 class ShippedModel(QgsProcessingModelAlgorithm):
     """A shipped .model3 that runs in the background with progress and Cancel.
 
@@ -124,8 +123,31 @@ class ShippedModel(QgsProcessingModelAlgorithm):
                 filled[definition.name()] = definition.defaultValue()
         return super().processAlgorithm(filled, context, feedback)
 
+    def required_modules(self) -> list:
+        """The packages the model's steps need: the union of their algorithms' REQUIRES."""
+        from qgis.core import QgsApplication
+
+        registry = QgsApplication.processingRegistry()
+        modules = []
+        for child in self.childAlgorithms().values():
+            algorithm = registry.algorithmById(child.algorithmId())
+            modules += list(getattr(algorithm, "REQUIRES", ()))
+        return list(dict.fromkeys(modules))
+
     def canExecute(self):  # noqa: N802
         """Says what is missing before any work starts (a model's own check looks at nothing)."""
         from .dependencies import can_execute
 
-        return can_execute("pystac_client", "exactextract")
+        return can_execute(self.displayName(), *self.required_modules())
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """processing.run and the dialog call this before the first step: missing packages stop it here."""
+        from .dependencies import check_before_run
+
+        modules = self.required_modules()
+        if str(parameters.get("DASK_SCHEDULER") or "").strip():
+            modules.append("distributed")
+        ok, message = check_before_run(self.displayName(), modules)
+        if not ok:
+            return False, message
+        return super().checkParameterValues(parameters, context)

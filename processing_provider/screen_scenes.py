@@ -42,6 +42,7 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
     DISPLAY_NAME = "Cloud cover inside the area"
     GROUP = "Scenes"
     GROUP_ID = "scenes"
+    REQUIRES = ("urllib3", "rasterio", "shapely", "pyproj", "scipy")
 
     SCENES = "SCENES"
     AOI = "AOI"
@@ -67,9 +68,6 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             "(fewer bytes, coarser shares). Area: the polygons of the area layer if given (selected "
             "features only if so chosen), else the extent."
         )
-
-    def canExecute(self):  # noqa: N802
-        return True, ""
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(

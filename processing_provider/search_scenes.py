@@ -28,7 +28,6 @@ from ..core.progress import Cancelled
 from ..core.search import DEFAULT_COLLECTION, EARTH_SEARCH_V1, SearchError, SearchRequest, check_url, search_scenes
 from ..core.stac import Scene
 from .common import check_extent
-from .dependencies import can_execute
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
 
@@ -99,6 +98,7 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
     DISPLAY_NAME = "Search Sentinel-2 scenes"
     GROUP = "Scenes"
     GROUP_ID = "scenes"
+    REQUIRES = ("pystac_client", "shapely")
 
     STAC_URL = "STAC_URL"
     COLLECTION = "COLLECTION"
@@ -121,9 +121,6 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
             "produce a wrong list.\n\n"
             "Dates are UTC days, both included. Maximum scenes 0 = all."
         )
-
-    def canExecute(self):  # noqa: N802
-        return can_execute("pystac_client")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         last_year = date.today().year - 1

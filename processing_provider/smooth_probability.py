@@ -29,6 +29,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
     DISPLAY_NAME = "Smooth and adjust the cloud probability"
     GROUP = "Cloud probability"
     GROUP_ID = "probability"
+    REQUIRES = ("rasterio", "scipy")
 
     CLOUDY = "CLOUDY"
     VALID = "VALID"

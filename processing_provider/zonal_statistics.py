@@ -26,6 +26,7 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
     DISPLAY_NAME = "Cloud probability per small area"
     GROUP = "Cloud probability"
     GROUP_ID = "probability"
+    REQUIRES = ("exactextract", "geopandas", "rasterio", "shapely")
 
     INPUT_RASTER = "INPUT_RASTER"
     ZONES = "ZONES"
@@ -51,11 +52,6 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
             "carried through. Areas without data get NULL, not 0; invalid geometries "
             "are repaired and reported; empty ones are reported. Writes a GeoPackage layer and a CSV."
         )
-
-    def canExecute(self):  # noqa: N802
-        from .dependencies import can_execute
-
-        return can_execute("exactextract")
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT_RASTER, self.tr("Cloud probability raster (%)")))

@@ -56,9 +56,10 @@ def test_class_factory_registers_and_unloads_the_provider(qgis_iface, qgis_proce
 def test_missing_package_is_named_with_the_install_command():
     from cloud_probability.processing_provider.dependencies import can_execute
 
-    assert can_execute("json") == (True, "")
-    ok, message = can_execute("exactextract", "no_such_module_for_cloudprob")
+    assert can_execute("This algorithm", "json") == (True, "")
+    ok, message = can_execute("This algorithm", "exactextract", "no_such_module_for_cloudprob")
     assert not ok
-    assert "no_such_module_for_cloudprob" in message
+    assert message.startswith("This algorithm needs the Python package no_such_module_for_cloudprob,")
     assert "exactextract" not in message  # installed here, so not named
-    assert "pip install" in message and "numpy==" in message and "OSGeo4W" in message
+    assert "Plugins › Cloud probability › Install Python packages…" in message
+    assert "-m pip install --user" in message and '"no_such_module_for_cloudprob"' in message

@@ -274,6 +274,8 @@ class CloudProbabilityDock(QgsDockWidget):
         if self.start.date() > self.end.date():
             self.status.setText("The end date is before the start date.")
             return
+        if not self.packages_ready("cloudprob:searchscenes", "cloudprob:screenscenes"):
+            return
         self.save_settings()
         self.aoi, self.polygons = aoi, polygons
         self.scenes_path = QgsProcessingUtils.generateTempFilename("scenes.gpkg")
@@ -286,6 +288,21 @@ class CloudProbabilityDock(QgsDockWidget):
         self.rows = []
         self.chart.plot([])
         self._run("cloudprob:searchscenes", params, self._searched, "Searching the catalogue…", 0, 30)
+
+    def packages_ready(self, *algorithm_ids: str) -> bool:
+        """False, with the algorithm's sentence and an *Install…* button, when a package is missing."""
+        for algorithm_id in algorithm_ids:
+            algorithm = QgsApplication.processingRegistry().algorithmById(algorithm_id)
+            ok, message = algorithm.canExecute() if algorithm is not None else (True, "")
+            if not ok:
+                from ..processing_provider.dependencies import missing
+                from .install_dialog import offer_install
+
+                self.status.setText(message)
+                absent = missing(*algorithm.required_modules())
+                self.packages_message = offer_install(self.iface.messageBar(), message, absent, self)
+                return False
+        return True
 
     def _run(self, algorithm: str, params: dict, done, message: str, low: int, high: int) -> None:
         alg = QgsApplication.processingRegistry().createAlgorithmById(algorithm)
@@ -476,6 +493,8 @@ class CloudProbabilityDock(QgsDockWidget):
             params = self.model_parameters()
         except ValueError as exc:
             self.status.setText(str(exc))
+            return
+        if not self.packages_ready("cloudprob:annualcloudprobability"):
             return
         processing.execAlgorithmDialog("cloudprob:annualcloudprobability", params)
 
