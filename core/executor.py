@@ -21,18 +21,41 @@ from .progress import Cancelled, NullProgress, Progress, check_cancel
 
 
 class LocalExecutor:
-    """Jobs one after another in this process; ``fn`` gets the caller's progress (Cancel
-    reaches inside a job)."""
+    """Jobs in this process; ``fn`` gets the caller's progress (Cancel reaches inside a job).
 
-    workers = 1
+    ``threads`` > 1 runs that many jobs at once on threads (for work that releases the GIL,
+    such as SciPy's filters and NumPy's arithmetic), at most ``threads`` in flight, results
+    still given in the jobs' order."""
+
+    def __init__(self, threads: int = 1):
+        self.workers = max(1, int(threads))
 
     def map(self, fn: Callable, jobs: Iterable[Any], progress: Progress | None = None,
             ordered: bool = True) -> Iterator[tuple[int, Any]]:
         """(index, result) per job, in the jobs' order."""
         progress = progress or NullProgress()
-        for index, job in enumerate(jobs):
-            check_cancel(progress)
-            yield index, fn(job, progress)
+        if self.workers == 1:
+            for index, job in enumerate(jobs):
+                check_cancel(progress)
+                yield index, fn(job, progress)
+            return
+        import concurrent.futures as cf
+
+        with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="cloudprob-job") as pool:
+            flight: deque = deque()
+            try:
+                for index, job in enumerate(jobs):
+                    check_cancel(progress)
+                    flight.append((index, pool.submit(fn, job, progress)))
+                    if len(flight) >= self.workers:
+                        done, future = flight.popleft()
+                        yield done, future.result()
+                while flight:
+                    done, future = flight.popleft()
+                    yield done, future.result()
+            finally:
+                for _, future in flight:
+                    future.cancel()
 
     def close(self) -> None:  # noqa: D102
         pass
@@ -125,11 +148,12 @@ def _size(result) -> int:
         return 0
 
 
-def executor_for(scheduler=None):
-    """:class:`LocalExecutor` for None or "", else a :class:`DaskExecutor` on ``scheduler``
-    (an address such as ``tcp://10.0.0.5:8786``, or a ``distributed.Client``)."""
+def executor_for(scheduler=None, local_threads: int = 1):
+    """:class:`LocalExecutor` (with ``local_threads``) for None or "", else a
+    :class:`DaskExecutor` on ``scheduler`` (an address such as ``tcp://10.0.0.5:8786``, or a
+    ``distributed.Client``)."""
     if scheduler is None or (isinstance(scheduler, str) and not scheduler.strip()):
-        return LocalExecutor()
+        return LocalExecutor(local_threads)
     if isinstance(scheduler, (LocalExecutor, DaskExecutor)):
         return scheduler
     try:

@@ -41,6 +41,10 @@ class Regression:
     extra: dict = field(default_factory=dict)
 
 
+# strips worked at once in this process: SciPy's filters and NumPy's arithmetic release the GIL,
+# so two strips take about the time of one on two cores; memory is about this × ``memory_mb``
+LOCAL_THREADS = max(1, min(4, os.cpu_count() or 1))
+
 def box_sizes_for_gaussian(sigma: float, passes: int = 3) -> list[int]:
     """Odd box widths whose successive means approximate a Gaussian of ``sigma`` pixels
     (Kovesi's construction: the variances of the boxes add up to sigma²)."""
@@ -150,7 +154,7 @@ def smooth_probability(
     written: list[str] = [tmp_smoothed, tmp_kv]
     from .executor import executor_for
 
-    executor = executor_for(scheduler)
+    executor = executor_for(scheduler, local_threads=LOCAL_THREADS)
     try:
         jobs = [(str(cloudy_path), str(valid_path), covariates, size, shape, width, bounds, adjust) for bounds in strips]
         with rasterio.open(tmp_smoothed, "w", **profile) as out, rasterio.open(tmp_kv, "w", **profile) as outkv:
@@ -513,7 +517,7 @@ def reference_adjustment(
     reach = size // 2
     rows = _strip_rows_for(width, reach, memory_mb)
     strips = [_Strip(str(cloudy_path), str(valid_path), size, width, *bounds) for bounds in _strips(height, rows, reach)]
-    executor = executor_for(scheduler)
+    executor = executor_for(scheduler, local_threads=LOCAL_THREADS)
     steps = [0, 3 * len(strips)]
 
     def each(fn, jobs):
