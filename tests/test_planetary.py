@@ -665,3 +665,51 @@ def test_a_requester_pays_s3_bucket_is_read_with_the_users_credentials(sample_ar
     finally:
         s3.close()
         clear_http_cache()
+
+
+# --- searching: the collection ------------------------------------------------------------------
+
+def test_the_default_collection_on_a_planetary_computer_like_api_names_sentinel_2_l2a(realdata):
+    """A STAC API on loopback offering Planetary Computer's real sentinel-2-l2a collection
+    document (and others): asked for Earth Search's Collection 1, the search names the one it has."""
+    from datetime import date
+
+    from cloud_probability.core.search import DEFAULT_COLLECTION, SearchError, SearchRequest, search_scenes
+
+    s2 = json.loads((realdata / "planetary_computer_stac" / "pc_collection_sentinel-2-l2a.json").read_text())
+    others = [{**s2, "id": name, "links": []} for name in ("landsat-c2-l2", "naip", "cop-dem-glo-30", "io-lulc")]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            base = f"http://127.0.0.1:{self.server.server_address[1]}/api/stac/v1"
+            if self.path.rstrip("/").endswith("/collections"):
+                body = {"collections": [s2] + others, "links": []}
+            else:
+                body = {"type": "Catalog", "id": "loopback-pc", "stac_version": "1.0.0", "description": "loopback",
+                        "conformsTo": ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search",
+                                       "https://api.stacspec.org/v1.0.0/collections"],
+                        "links": [{"rel": "self", "href": base}, {"rel": "root", "href": base},
+                                  {"rel": "data", "href": base + "/collections"},
+                                  {"rel": "search", "href": base + "/search", "method": "POST"}]}
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/api/stac/v1"
+        with pytest.raises(SearchError) as caught:
+            search_scenes(SearchRequest(url, DEFAULT_COLLECTION, (-149, 60.5, -148, 61), date(2019, 6, 1),
+                                        date(2019, 6, 30), retries=0))
+        assert str(caught.value).startswith(
+            f"The STAC API at {url} has no collection 'sentinel-2-c1-l2a'. Did you mean 'sentinel-2-l2a'? It offers: ")
+    finally:
+        server.shutdown()
+        server.server_close()
