@@ -32,7 +32,7 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 import pytest
@@ -303,7 +303,8 @@ def test_planetary_computer_items_are_signed_and_earth_search_items_are_not(real
     service, per the account and container in the href; Earth Search's do not sign."""
     for name in (planetary.TOKEN_URL_ENV, planetary.SDK_TOKEN_URL_ENV, planetary.BLOB_HOSTS_ENV):
         monkeypatch.delenv(name, raising=False)
-    page = json.loads((realdata / "planetary_computer_stac" / "pc_search_sentinel-2-l2a_2019-01-01_33items.json").read_text())
+    page_path = realdata / "planetary_computer_stac" / "pc_search_sentinel-2-l2a_2019-01-01_33items.json"
+    page = json.loads(page_path.read_text())
     items = [json.loads((realdata / PC_ITEM).read_text())] + page["features"]
     for item in items:
         scene = normalise_item(item)
@@ -328,10 +329,12 @@ def test_planetary_computer_items_are_signed_and_earth_search_items_are_not(real
 
 def test_hostile_blob_names_are_refused_before_any_token_request(signing):
     before = len(signing.tokens)
-    for href in (signing.href("x.tif", container="Bad_Container"), f"http://{signing.blob_host}/ab/sentinel2-l2/x.tif",
-                 f"http://{signing.blob_host}/{ACCOUNT}/..%2f..%2fadmin/x.tif", f"http://{signing.blob_host}/{ACCOUNT}/"):
+    blob = f"http://{signing.blob_host}"
+    grid = Grid("EPSG:32630", Affine(20, 0, 0, 0, -20, 0), (2, 2))
+    for href in (signing.href("x.tif", container="Bad_Container"), f"{blob}/ab/sentinel2-l2/x.tif",
+                 f"{blob}/{ACCOUNT}/..%2f..%2fadmin/x.tif", f"{blob}/{ACCOUNT}/"):
         with pytest.raises(ReadError) as caught:
-            read_on_grid(Href(href, Catalogue(planetary.STAC_URL)), Grid("EPSG:32630", Affine(20, 0, 0, 0, -20, 0), (2, 2)))
+            read_on_grid(Href(href, Catalogue(planetary.STAC_URL)), grid)
         assert "not an Azure blob address (storage account/container/blob) that can be signed" in str(caught.value)
     assert len(signing.tokens) == before
 
@@ -689,8 +692,8 @@ def test_the_default_collection_on_a_planetary_computer_like_api_names_sentinel_
                 body = {"collections": [s2] + others, "links": []}
             else:
                 body = {"type": "Catalog", "id": "loopback-pc", "stac_version": "1.0.0", "description": "loopback",
-                        "conformsTo": ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search",
-                                       "https://api.stacspec.org/v1.0.0/collections"],
+                        "conformsTo": [f"https://api.stacspec.org/v1.0.0/{c}"
+                                       for c in ("core", "item-search", "collections")],
                         "links": [{"rel": "self", "href": base}, {"rel": "root", "href": base},
                                   {"rel": "data", "href": base + "/collections"},
                                   {"rel": "search", "href": base + "/search", "method": "POST"}]}
