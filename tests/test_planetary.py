@@ -71,6 +71,7 @@ class Sas:
         self.root = root
         self.life_s = 3600.0  # of the tokens issued
         self.throttle: list[str] = []  # Retry-After values of 429 answers given before the next token
+        self.forge = False  # issue tokens the storage does not accept (a service of another storage account)
         self.tokens: list[tuple[float, str, str, int]] = []  # (time, account, container, status)
         self.blobs: list[tuple[str, str, str | None, int]] = []  # (method, blob, token expiry or None, status)
         self.lock = threading.Lock()
@@ -98,7 +99,7 @@ class Sas:
     def issue(self, account: str, container: str) -> tuple[str, str]:
         expiry = _iso(datetime.now(timezone.utc) + timedelta(seconds=self.life_s))
         token = urlencode([("se", expiry), ("sp", "rl"), ("sv", "2021-06-08"), ("sr", "c"),
-                           ("sig", _signature(account, container, expiry))])
+                           ("sig", _signature(account + "x" * self.forge, container, expiry))])
         return token, expiry
 
     def blob_gets(self, status: int | None = None) -> list:
@@ -223,7 +224,7 @@ def signing(sas, monkeypatch):
     monkeypatch.setenv(planetary.BLOB_HOSTS_ENV, sas.blob_host)
     monkeypatch.setenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", "YES")
     monkeypatch.delenv("CLOUDPROB_NATIVE_COG", raising=False)
-    sas.life_s, sas.throttle = 3600.0, []
+    sas.life_s, sas.throttle, sas.forge = 3600.0, [], False
     with sas.lock:
         sas.tokens.clear()
         sas.blobs.clear()
@@ -493,6 +494,20 @@ def test_a_token_refused_by_the_storage_is_replaced_once(signing, sample_archive
     with rasterio.open(_local_path(sample_archive, href)) as ds:
         assert np.array_equal(values, ds.read(1))
     assert len(signing.blob_gets(403)) == 1
+
+
+def test_tokens_the_storage_never_accepts_are_named(signing, sample_archive, realdata):
+    """Two tokens (the first and a fresh one) refused: the product is unreadable, and the message
+    says the storage refused the service's tokens; the token is not in it."""
+    signing.forge = True
+    scene = _scenes(realdata, sample_archive, signing)[0]
+    href = scene.asset_href("scl")
+    with pytest.raises(ReadError) as caught:
+        read_on_grid(href, _native_grid(_local_path(sample_archive, href)))
+    assert str(caught.value) == (f"{href}: HTTP 403 Server failed to authenticate the request — the storage refused "
+                                 f"the SAS token from {signing.token_url}, also a new one: the token service may not "
+                                 "give tokens for this container")
+    assert [s for *_, s in signing.tokens] == [200, 200] and len(signing.blob_gets(403)) == 2
 
 
 def test_a_429_from_the_token_service_is_waited_out(signing, sample_archive, realdata):
