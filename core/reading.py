@@ -18,7 +18,7 @@ import math
 import re
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -61,9 +61,23 @@ class RefusedAsset(ReadError):
 @dataclass(frozen=True)
 class Catalogue:
     """Where a scene's item came from: ``url`` of the STAC API or catalogue, or None for items
-    made on this machine (a script, a file). Decides which hrefs may be read (:func:`check_href`)."""
+    made on this machine (a script, a file). Decides which hrefs may be read (:func:`check_href`)
+    and how they are signed: ``signing`` is a :class:`core.planetary.Signing` (Planetary
+    Computer's SAS tokens), None, or ``"auto"`` (decided when read, by
+    :func:`core.planetary.signing_for`). :func:`catalogue_of` decides it when the scene is read, so
+    that a pickled href (a Dask task) signs on a worker as it would here."""
 
     url: str | None
+    signing: object = field(default="auto", compare=False)  # the same catalogue, however it signs
+
+    @property
+    def signer(self):
+        """The :class:`core.planetary.Signing` of this catalogue's assets, or None."""
+        if isinstance(self.signing, str):
+            from . import planetary
+
+            return planetary.signing_for(self.url)
+        return self.signing
 
     @property
     def kind(self) -> str:
@@ -99,9 +113,11 @@ def catalogue_of(scene) -> Catalogue:
     asked, when the scene carries it), else its item's ``root``/``self``/``parent``/
     ``collection`` links (a STAC API gives every item these; any web address among them makes
     it that catalogue's item), else :data:`LOCAL` (an item made on this machine)."""
+    from .planetary import signing_for
+
     url = getattr(scene, "catalogue", None)
     if url:
-        return Catalogue(str(url))
+        return Catalogue(str(url), signing_for(str(url)))
     links = getattr(scene, "links", None)
     if links is None:  # not a core.stac.Scene: its item's links
         links = [(link.get("rel"), link.get("href")) for link in (getattr(scene, "item", None) or {}).get("links") or []
@@ -111,15 +127,18 @@ def catalogue_of(scene) -> Catalogue:
             if link_rel == rel and isinstance(link_href, str):
                 href = link_href.strip()
                 if "://" in href and not href.lower().startswith("file:"):
-                    return Catalogue(href)
-    return LOCAL
+                    return Catalogue(href, signing_for(href))
+    return Catalogue(None, signing_for(None))
 
 
 def asset_href(scene, name: str) -> Href | None:
     """``scene.asset_href(name)``, remembering the scene's catalogue: the read functions of this
-    module then refuse what that catalogue may not point to, with a :class:`RefusedAsset`."""
+    module then refuse what that catalogue may not point to, with a :class:`RefusedAsset`, and
+    sign what it signs. (:meth:`core.stac.Scene.asset_href` gives such an :class:`Href` itself.)"""
     href = scene.asset_href(name)
-    return None if href is None else Href(href, catalogue_of(scene))
+    if href is None or isinstance(href, Href):
+        return href
+    return Href(href, catalogue_of(scene))
 
 
 def local_assets_allowed() -> bool:
@@ -145,11 +164,31 @@ def check_href(href: str, catalogue: Catalogue | None = None) -> tuple[str, obje
     on it, to private networks only when it is itself on one or on this machine; to local
     files never. ``CLOUDPROB_ALLOW_LOCAL_ASSETS=YES`` lifts the local-file, loopback and
     private-network rules (never the link-local and metadata one). ``catalogue`` None: the
-    href's own (an :class:`Href`) or :data:`LOCAL`.
+    href's own (an :class:`Href`) or :data:`LOCAL`. The places carry the catalogue's signer
+    (Planetary Computer's SAS tokens), which core.http applies to each request.
     """
-    from . import http
+    import dataclasses
 
     catalogue = catalogue or getattr(href, "catalogue", None) or LOCAL
+    places = _places(catalogue)
+    signer = catalogue.signer
+    if signer is not None:
+        places = dataclasses.replace(places, signer=signer)
+    return _check_href(href, catalogue, places)
+
+
+def _places(catalogue: Catalogue):
+    from . import http
+
+    kind = catalogue.kind
+    if kind == "local":
+        return http.ANYWHERE
+    allowed = local_assets_allowed()
+    return http.Places(loopback=allowed or kind == "loopback", private=allowed or kind in ("loopback", "private"),
+                       source=catalogue.describe())
+
+
+def _check_href(href: str, catalogue: Catalogue, places) -> tuple[str, object]:
     text = str(href).strip()
     match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", text)
     scheme = match.group(1).lower() if match and (text[match.end():].startswith("//") or
@@ -158,12 +197,6 @@ def check_href(href: str, catalogue: Catalogue | None = None) -> tuple[str, obje
         scheme = ""
     kind = catalogue.kind
     allowed = local_assets_allowed()
-    if kind == "local":
-        places = http.ANYWHERE
-    else:
-        source = catalogue.describe()
-        places = http.Places(loopback=allowed or kind == "loopback", private=allowed or kind in ("loopback", "private"),
-                             source=source)
     if scheme in ("http", "https"):
         host = _hostname(text)
         if not host:
@@ -680,11 +713,12 @@ def read_on_grid(href: str, grid: Grid, band: int = 1, resampling: str = "neares
 
         target, places = check_href(href)
         _check_gdal_host(target, places)
+        path = _gdal_path(href, target, places)
         try:
-            with gdal_http_env(), rasterio.open(vsi_path(target)) as ds:
+            with gdal_http_env(), rasterio.open(path) as ds:
                 return _warp_on_grid(ds, grid, band, resampling)
         except _read_errors() as exc:
-            raise ReadError(f"{href}: {exc}") from exc
+            raise ReadError(explain(href, _unsigned(f"{href}: {exc}", path, target))) from exc
     lookup = lookup or lookup_for(grid)
     with open_source(href, band, grid.resolution if overviews else None) as source:
         window = _SourceWindow(source, lookup)
@@ -760,16 +794,39 @@ def open_source(href: str, band: int = 1, resolution: float | None = None) -> It
     import rasterio
 
     _check_gdal_host(gdal_target, places)
+    path = _gdal_path(href, gdal_target, places)
     try:
-        with gdal_http_env(), rasterio.open(vsi_path(gdal_target)) as ds:
+        with gdal_http_env(), rasterio.open(path) as ds:
             level = _gdal_overview_level(ds, band, resolution)
             if level is None:
                 yield _GdalSource(ds, band)
             else:
-                with rasterio.open(vsi_path(gdal_target), OVERVIEW_LEVEL=level) as ov:
+                with rasterio.open(path, OVERVIEW_LEVEL=level) as ov:
                     yield _GdalSource(ov, band)
     except _read_errors() as exc:
-        raise ReadError(explain(href, f"{href}: {exc}")) from exc
+        raise ReadError(explain(href, _unsigned(f"{href}: {exc}", path, gdal_target))) from exc
+
+
+def _gdal_path(href: str, target: str, places) -> str:
+    """GDAL's path for ``target``, signed when the places' signer applies to it (GDAL gets the
+    token in the URL: one open, one token). Raises :class:`ReadError` when no token comes."""
+    from . import http
+
+    signer = getattr(places, "signer", None)
+    if signer is not None and signer.applies(target):
+        try:
+            target = signer.sign(target)
+        except http.TransportError as exc:
+            raise ReadError(str(exc)) from exc
+    return vsi_path(target)
+
+
+def _unsigned(message: str, path: str, target: str) -> str:
+    """``message`` naming ``target`` where GDAL quoted the signed ``path``, and no signature left."""
+    from .planetary import redact
+
+    signed = path[len("/vsicurl/"):] if path.startswith("/vsicurl/") else path
+    return redact(message.replace(path, vsi_path(target)).replace(signed, target))
 
 
 def _read_error(href: str, exc: BaseException) -> ReadError:
@@ -793,24 +850,26 @@ def _check_gdal_host(target: str, places) -> None:
             raise RefusedAsset(f"{target}: {exc}") from exc
 
 
-# Azure Blob Storage answers an unsigned request for a private blob with 403 or 409.
-_PLANETARY_COMPUTER_HINT = (
-    " — Planetary Computer assets must be signed with a SAS token, which this plugin does not do "
-    "yet: search Earth Search (https://earth-search.aws.element84.com/v1) instead"
-)
-
-
 def explain(href: str, message: str) -> str:
-    """``message`` with what the user can do about it, where we know (unsigned Planetary
-    Computer blobs)."""
+    """``message`` with what the user can do about it, where we know (Azure blobs, which answer
+    a request without a valid SAS token with 403 or 409)."""
     from urllib.parse import urlsplit
 
-    import re
+    from . import planetary
 
-    host = urlsplit(href).hostname or ""
-    status = re.search(r"(?:HTTP|response code:)\s*(\d{3})\b", message.replace(href, ""))
-    if host.endswith(".blob.core.windows.net") and status and status.group(1) in ("403", "409"):
-        return message + _PLANETARY_COMPUTER_HINT
+    status = re.search(r"(?:HTTP|response code:)\s*(\d{3})\b", message.replace(str(href), ""))
+    if not status or status.group(1) not in ("403", "409"):
+        return message
+    catalogue = getattr(href, "catalogue", None) or LOCAL
+    signer = catalogue.signer
+    if signer is not None and signer.applies(str(href)):
+        return message + (f" — the storage refused the SAS token from {signer.token_url}, also a new one: the "
+                          "token service may not give tokens for this container")
+    if (urlsplit(str(href)).hostname or "").endswith(".blob.core.windows.net") and not planetary.is_signed(str(href)):
+        return message + (f" — Azure blobs such as Planetary Computer's are read with SAS tokens: they are signed "
+                          f"automatically for items from its STAC API ({planetary.STAC_URL}), and for items from "
+                          f"elsewhere when {planetary.TOKEN_URL_ENV} names the token service "
+                          f"({planetary.TOKEN_URL})")
     return message
 
 

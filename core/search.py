@@ -753,8 +753,19 @@ def check_collection(client: Any, request: SearchRequest) -> None:
     except Exception as exc:
         raise _explain(request.url, exc) from exc
     if ids and request.collection not in ids:
+        import difflib
+
+        from .planetary import is_planetary_computer
+
         shown = ", ".join(sorted(ids)[:20]) + (" …" if len(ids) > 20 else "")
-        raise SearchError(f"The STAC API at {request.url} has no collection '{request.collection}'. It offers: {shown}.")
+        close = difflib.get_close_matches(request.collection, ids, n=3, cutoff=0.75)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        if is_planetary_computer(request.url) and "sentinel-2-l2a" in ids:
+            # the default is Earth Search's Collection 1, which Planetary Computer does not have
+            hint = (" Planetary Computer's Sentinel-2 Level-2A collection is 'sentinel-2-l2a' (assets SCL and the "
+                    "bands, no 'cloud' probability: the cloud frequency measure, not the mean probability).")
+        raise SearchError(
+            f"The STAC API at {request.url} has no collection '{request.collection}'.{hint} It offers: {shown}.")
 
 
 def _period(request: SearchRequest) -> tuple[datetime, datetime]:

@@ -3,9 +3,10 @@
 Earth Search v1 (``sentinel-2-l2a``: assets ``scl``, ``red``…, properties ``s2:*``,
 ``mgrs:*``, ``grid:code``, ``proj:epsg``), its pre-release payloads (``sentinel2:*``),
 Earth Search v0 (``sentinel-s2-l2a-cogs``: assets ``SCL``, ``B04``…, ``sentinel:*``) and
-Planetary Computer (``SCL``, ``B04``, ``s2:mgrs_tile``, ``sat:relative_orbit``) name the same
-things differently. Every later stage reads a :class:`Scene`, never raw item JSON, so the
-differences live here and nowhere else.
+Planetary Computer (``sentinel-2-l2a``: ``SCL``, ``B04``, ``s2:mgrs_tile``,
+``sat:relative_orbit``, no ``cloud`` asset, hrefs on Azure blobs read with SAS tokens, see
+:mod:`core.planetary`) name the same things differently. Every later stage reads a
+:class:`Scene`, never raw item JSON, so the differences live here and nowhere else.
 """
 from __future__ import annotations
 
@@ -97,9 +98,17 @@ class Scene:
         return parse_datetime(self.datetime)
 
     def asset_href(self, name: str) -> str | None:
-        """Href of a canonical asset (``scl``, ``red``…) or a band code (``SCL``, ``B04``…)."""
+        """Href of a canonical asset (``scl``, ``red``…) or a band code (``SCL``, ``B04``…), as a
+        :class:`core.reading.Href` that remembers the item's catalogue: every read checks it
+        against that catalogue (issue 14's rule) and signs it as that catalogue requires
+        (Planetary Computer's SAS tokens), whichever stage reads it."""
         key = BAND_CODE_TO_ASSET.get(name, name)
-        return self.assets.get(key)
+        href = self.assets.get(key)
+        if href is None:
+            return None
+        from .reading import Href, catalogue_of
+
+        return Href(href, catalogue_of(self))
 
     def item_json(self) -> str:
         """The item as compact JSON, for storing in a layer field."""
