@@ -48,12 +48,12 @@ class ClearCompositeAlgorithm(CloudProbAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.TypeVectorPolygon]))
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Extent of the composite")))
         self.addParameter(QgsProcessingParameterString(self.BANDS, self.tr("Bands (asset keys, comma separated)"), "red,green,blue"))
         add_mask_parameters(self, with_shadows=False)
         self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Double, 10.0, False, 1.0, 10000.0))
+            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Type.Double, 10.0, False, 1.0, 10000.0))
         self.addParameter(QgsProcessingParameterCrs(self.TARGET_CRS, self.tr("Target CRS (empty: see help)"), optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Clear-sky composite")))
 

@@ -84,11 +84,11 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.TypeVectorPolygon]))
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Extent of the output grid"), optional=True))
         self.addParameter(QgsProcessingParameterCrs(self.TARGET_CRS, self.tr("Target CRS (empty: see help)"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Double, 20.0, False, 1.0, 10000.0))
+            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Type.Double, 20.0, False, 1.0, 10000.0))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.GRID_LIKE, self.tr("Use the grid of this raster instead (optional)"), optional=True))
         self.addParameter(QgsProcessingParameterEnum(
@@ -109,7 +109,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             self.FAIL_ON_READ_ERROR, self.tr("Stop on an unreadable scene (default: leave its acquisition out)"), False))
         self.addParameter(QgsProcessingParameterNumber(
             self.CONCURRENCY, self.tr("Scenes read at once (about 2 × CPU cores; more for a distant server)"),
-            QgsProcessingParameterNumber.Integer, 4, False, 1, 64))
+            QgsProcessingParameterNumber.Type.Integer, 4, False, 1, 64))
         # optional with a temporary file by default: a model (or qgis_process) run that names none of
         # them still makes them for the next stage (QGIS 3.22 makes a model's outputs mandatory
         # when its children's are)

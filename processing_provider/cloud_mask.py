@@ -47,13 +47,13 @@ class CloudMaskAlgorithm(CloudProbAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.TypeVectorPolygon]))
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterString(
             self.SCENE_ID, self.tr("Scene id (empty: first selected, else first scene)"), "", optional=True))
         add_mask_parameters(self, with_shadows=False)
         self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Area of interest (empty: whole scene)"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Double, 20.0, False, 10.0, 1000.0))
+            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Type.Double, 20.0, False, 10.0, 1000.0))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Cloud mask")))
 
     def _scene(self, parameters, context, feedback):

@@ -40,9 +40,9 @@ def add_mask_parameters(alg, with_shadows: bool = True) -> None:
         SCORE_ASSET, alg.tr("Score raster asset key (empty: the mask source's default)"), "", optional=True))
     alg.addParameter(QgsProcessingParameterNumber(
         THRESHOLD, alg.tr("Score threshold, 0–1 (empty: the mask source's default)"),
-        QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0))
+        QgsProcessingParameterNumber.Type.Double, None, True, 0.0, 1.0))
     alg.addParameter(QgsProcessingParameterNumber(
-        BUFFER, alg.tr("Grow clouds by (metres)"), QgsProcessingParameterNumber.Double, 0.0, False, 0.0, 5000.0))
+        BUFFER, alg.tr("Grow clouds by (metres)"), QgsProcessingParameterNumber.Type.Double, 0.0, False, 0.0, 5000.0))
 
 
 def mask_spec(alg, parameters, context) -> MaskSpec:
@@ -110,7 +110,7 @@ def _size(width: float, height: float, crs: QgsCoordinateReferenceSystem) -> str
         return f"{width:.4g}° × {height:.4g}°"
     from qgis.core import QgsUnitTypes
 
-    if not crs.isValid() or crs.mapUnits() == QgsUnitTypes.DistanceMeters:
+    if not crs.isValid() or crs.mapUnits() == QgsUnitTypes.DistanceUnit.DistanceMeters:
         if max(width, height) >= 1000:
             return f"{width / 1000:.4g} × {height / 1000:.4g} km"
         return f"{width:.4g} × {height:.4g} m"
@@ -280,7 +280,7 @@ def add_scheduler_parameter(alg) -> None:
     param = QgsProcessingParameterString(
         DASK_SCHEDULER, alg.tr("Dask scheduler address (e.g. tcp://10.0.0.5:8786; empty: this computer)"), "",
         optional=True)
-    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
     alg.addParameter(param)
 
 

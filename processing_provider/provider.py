@@ -61,9 +61,8 @@ class CloudProbabilityProvider(QgsProcessingProvider):
                 module = importlib.import_module(f"{__package__}.{module_name}")
                 self.addAlgorithm(getattr(module, class_name)())
             except Exception:  # one broken algorithm must not hide the others
-                QgsMessageLog.logMessage(
-                    f"Could not load {class_name}:\n{traceback.format_exc()}", "Cloud probability", Qgis.Critical
-                )
+                QgsMessageLog.logMessage(f"Could not load {class_name}:\n{traceback.format_exc()}", "Cloud probability",
+                                         Qgis.MessageLevel.Critical)
         from qgis.core import QgsApplication
 
         if QgsApplication.processingRegistry().providerById(self.id()) is not None:
@@ -85,7 +84,8 @@ class CloudProbabilityProvider(QgsProcessingProvider):
             if model.loaded:
                 self.addAlgorithm(model)
             else:
-                QgsMessageLog.logMessage(f"Could not read the model {path.name}", "Cloud probability", Qgis.Critical)
+                QgsMessageLog.logMessage(f"Could not read the model {path.name}", "Cloud probability",
+                                         Qgis.MessageLevel.Critical)
 
 
 
@@ -105,7 +105,7 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         self.loaded = self.fromFile(str(self._path))
 
     def flags(self):
-        return super().flags() & ~QgsProcessingAlgorithm.FlagNoThreading
+        return super().flags() & ~QgsProcessingAlgorithm.Flag.FlagNoThreading
 
     def displayName(self):  # noqa: N802
         return self.DISPLAY_NAMES.get(self.name(), super().displayName())

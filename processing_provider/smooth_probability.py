@@ -71,14 +71,14 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             options=[self.tr("Smoothed counts, regression on covariates"),
                      self.tr("Reference: deviation from the acquisition-weighted neighbourhood")], defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.KERNEL_SIZE, self.tr("Kernel size (pixels, odd)"), QgsProcessingParameterNumber.Integer, 21, False, 1, 1001))
+            self.KERNEL_SIZE, self.tr("Kernel size (pixels, odd)"), QgsProcessingParameterNumber.Type.Integer, 21, False, 1, 1001))
         self.addParameter(QgsProcessingParameterEnum(
             self.KERNEL_SHAPE, self.tr("Kernel shape"), options=[self.tr("Box"), self.tr("Gaussian")], defaultValue=0))
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.COVARIATES, self.tr("Covariate rasters (same grid; optional)"), QgsProcessing.TypeRaster, optional=True))
+            self.COVARIATES, self.tr("Covariate rasters (same grid; optional)"), QgsProcessing.SourceType.TypeRaster, optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.DEVIATION_THRESHOLD, self.tr("Deviation threshold, percent (reference method)"),
-            QgsProcessingParameterNumber.Double, 5.0, False, 0.0, 1000.0))
+            QgsProcessingParameterNumber.Type.Double, 5.0, False, 0.0, 1000.0))
         self.addParameter(QgsProcessingParameterBoolean(self.ADJUST, self.tr("Adjust with regression residuals"), True))
         add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterRasterDestination(  # optional: see cloud_frequency.py

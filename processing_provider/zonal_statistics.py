@@ -60,7 +60,7 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT_RASTER, self.tr("Cloud probability raster (%)")))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.ZONES, self.tr("Small areas (polygons)"), [QgsProcessing.TypeVectorPolygon]))
+            self.ZONES, self.tr("Small areas (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(self.ZONE_ID_FIELD, self.tr("Area id field"), parentLayerParameterName=self.ZONES))
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.VALID, self.tr("Valid observations (acquisition count; optional)"), optional=True))
@@ -68,7 +68,7 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
             self.SPREAD, self.tr("Spread of one observation (%; optional, for the interval)"), optional=True))
         add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, self.tr("Small areas with cloud probability"), QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT, self.tr("Small areas with cloud probability"), QgsProcessing.SourceType.TypeVectorPolygon))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_CSV, self.tr("CSV table"), self.tr("CSV files (*.csv)"), optional=True))
 

@@ -59,12 +59,12 @@ def build():
     param(QgsProcessingParameterString("STAC_URL", "STAC API URL", "https://earth-search.aws.element84.com/v1"), 120, 60)
     param(QgsProcessingParameterString("COLLECTION", "Collection", "sentinel-2-c1-l2a"), 120, 120)
     param(QgsProcessingParameterExtent("AOI", "Area of interest"), 120, 180)
-    param(QgsProcessingParameterDateTime("START_DATE", "Start date", QgsProcessingParameterDateTime.Date, QDate(2024, 1, 1)), 120, 240)
-    param(QgsProcessingParameterDateTime("END_DATE", "End date", QgsProcessingParameterDateTime.Date, QDate(2024, 12, 31)), 120, 300)
-    param(QgsProcessingParameterFeatureSource("ZONES", "Small areas", [QgsProcessing.TypeVectorPolygon]), 120, 360)
+    param(QgsProcessingParameterDateTime("START_DATE", "Start date", QgsProcessingParameterDateTime.Type.Date, QDate(2024, 1, 1)), 120, 240)
+    param(QgsProcessingParameterDateTime("END_DATE", "End date", QgsProcessingParameterDateTime.Type.Date, QDate(2024, 12, 31)), 120, 300)
+    param(QgsProcessingParameterFeatureSource("ZONES", "Small areas", [QgsProcessing.SourceType.TypeVectorPolygon]), 120, 360)
     param(QgsProcessingParameterField("ZONE_ID_FIELD", "Area id field", "code", "ZONES"), 120, 420)
     param(QgsProcessingParameterCrs("TARGET_CRS", "Target CRS", QgsCoordinateReferenceSystem("EPSG:27700")), 120, 480)
-    param(QgsProcessingParameterNumber("RESOLUTION", "Resolution (metres)", QgsProcessingParameterNumber.Double, 20.0,
+    param(QgsProcessingParameterNumber("RESOLUTION", "Resolution (metres)", QgsProcessingParameterNumber.Type.Double, 20.0,
                                        False, 1.0, 10000.0), 120, 540)
     param(QgsProcessingParameterEnum("MEASURE", "Measure", [
         "Cloud frequency (SCL cloudy / valid observations)",
@@ -74,7 +74,7 @@ def build():
         "Reference: deviation from the acquisition-weighted neighbourhood"], defaultValue=1), 120, 660)
     scheduler = QgsProcessingParameterString(
         "DASK_SCHEDULER", "Dask scheduler address (e.g. tcp://10.0.0.5:8786; empty: this computer)", "", optional=True)
-    scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
     param(scheduler, 120, 720)
 
     def child(alg_id, child_id, description, x, y, sources, outputs=None):
