@@ -14,7 +14,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
-from .base import CloudProbAlgorithm
+from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
 from ..core.screening import passes, screen_scenes
 from .common import add_mask_parameters, area_from_parameters, mask_spec, scenes_from_source
@@ -58,7 +58,7 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             "window of the scene classification layer (or score raster) that covers the area, over HTTP, "
             "and reports inside the area: aoi_cloud_pct, aoi_shadow_pct and aoi_snow_pct (percent of the "
             "pixels with valid data) and aoi_valid_pct (percent of the area with valid data). This is the "
-            "cloud cover of *your* area, which the scene-level eo:cloud_cover is not.\n\n"
+            "cloud cover of the area itself, which the scene-level eo:cloud_cover is not.\n\n"
             "Products of one acquisition (neighbouring MGRS tiles, split datastrips, reprocessed "
             "duplicates) are combined into one observation; items lists them. Acquisitions are filtered "
             "by the two thresholds and ranked clearest first. An acquisition that cannot be read is kept, "
@@ -73,24 +73,27 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
+            [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Area of interest (extent)"), optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AOI_LAYER, self.tr("Area of interest (polygons; used instead of the extent)"),
-            [QgsProcessing.SourceType.TypeVectorPolygon], optional=True))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
+            self.AOI_LAYER, self.tr("Area of interest (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon],
+            optional=True), self.tr("Used instead of the extent when given.")))
         add_mask_parameters(self)
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (metres; 20 = full SCL resolution)"),
-            QgsProcessingParameterNumber.Type.Double, 20.0, False, 10.0, 1000.0))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.RESOLUTION, self.tr("Resolution (metres)"),
+            QgsProcessingParameterNumber.Type.Double, 20.0, False, 10.0, 1000.0),
+            self.tr("20 reads the SCL at full resolution; coarser values read the COG overviews.")))
         self.addParameter(QgsProcessingParameterNumber(
             self.MAX_AOI_CLOUD, self.tr("Maximum cloud inside the area (%)"),
             QgsProcessingParameterNumber.Type.Double, 100.0, False, 0.0, 100.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AOI_VALID, self.tr("Minimum share of the area with valid data (%)"),
-            QgsProcessingParameterNumber.Type.Double, 0.0, False, 0.0, 100.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.CONCURRENCY, self.tr("Scenes read at once (each waits on two round trips: more for a distant server)"),
-            QgsProcessingParameterNumber.Type.Integer, 32, False, 1, 128))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.MIN_AOI_VALID, self.tr("Minimum valid data in the area (%)"),
+            QgsProcessingParameterNumber.Type.Double, 0.0, False, 0.0, 100.0),
+            self.tr("Share of the area's surface with valid data (SCL not no data or defective).")))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.CONCURRENCY, self.tr("Scenes read at once"), QgsProcessingParameterNumber.Type.Integer, 32, False, 1,
+            128), self.tr("Each scene waits on two round trips: more for a distant server.")))
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, self.tr("Scenes screened over the area"), QgsProcessing.SourceType.TypeVectorPolygon))
 

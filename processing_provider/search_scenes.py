@@ -23,7 +23,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QDate, QDateTime, Qt
 
-from .base import CloudProbAlgorithm
+from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
 from ..core.search import DEFAULT_COLLECTION, EARTH_SEARCH_V1, SearchError, SearchRequest, check_url, search_scenes
 from ..core.stac import Scene
@@ -115,7 +115,7 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
             "Searches a STAC API (Earth Search v1 by default) for Sentinel-2 scenes that touch the area "
             "in the period, and writes one footprint (EPSG:4326) per scene with its date, platform, MGRS tile, "
             "EPSG code, relative orbit, scene-level cloud cover (eo:cloud_cover, percent of the whole "
-            "product — not of your area), no-data percent, processing baseline, datatake id (shared by every "
+            "product, not of the area), no-data percent, processing baseline, datatake id (shared by every "
             "product of one acquisition) and the item's JSON, so later stages need no further STAC requests.\n\n"
             "A cloud limit is sent to the server only where the API declares the 'query' or 'filter' "
             "conformance class, and every item is checked again here: servers that ignore a filter do not "
@@ -143,21 +143,21 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
                 QDate(last_year, 12, 31),
             )
         )
-        self.addParameter(
+        self.addParameter(with_help(
             QgsProcessingParameterNumber(
-                self.MAX_SCENE_CLOUD, self.tr("Maximum scene cloud cover (eo:cloud_cover, %)"),
+                self.MAX_SCENE_CLOUD, self.tr("Maximum scene cloud cover (%)"),
                 QgsProcessingParameterNumber.Type.Double, 100.0, False, 0.0, 100.0,
-            )
-        )
+            ),
+            self.tr("The catalogue's eo:cloud_cover: percent of the whole product (a 110 km tile), not of your area."),
+        ))
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.MAX_ITEMS, self.tr("Maximum number of scenes (0 = all)"), QgsProcessingParameterNumber.Type.Integer,
-                0, False, 0,
+                self.MAX_ITEMS, self.tr("Maximum number of scenes (0 = all)"),
+                QgsProcessingParameterNumber.Type.Integer, 0, False, 0,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Sentinel-2 scenes"), QgsProcessing.SourceType.TypeVectorPolygon)
-        )
+        self.addParameter(QgsProcessingParameterFeatureSink(
+            self.OUTPUT, self.tr("Sentinel-2 scenes"), QgsProcessing.SourceType.TypeVectorPolygon))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         """The STAC API URL is checked before the run starts (the dialog shows the sentence)."""
