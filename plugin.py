@@ -39,7 +39,7 @@ class CloudProbabilityPlugin:
 
         self.initProcessing()
         self.dock = CloudProbabilityDock(self.iface, self.iface.mainWindow())
-        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
         icon = QIcon(str(Path(__file__).resolve().parent / "icons" / "cloudprob.svg"))
         self.action = QAction(icon, "Cloud probability", self.iface.mainWindow())

@@ -93,14 +93,14 @@ def zonal(paths) -> dict:
     ours = zonal_statistics(str(paths["probability"]), zones, "code").table
     t_ours = time.monotonic() - t0
 
-    from qgis.core import QgsApplication, QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer
+    from qgis.core import QgsApplication, QgsProcessing, QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer
 
     app = QgsApplication([], False)
     app.initQgis()
     import sys
 
     sys.path.append("/usr/share/qgis/python/plugins")
-    import processing
+    from qgis import processing
     from processing.core.Processing import Processing
 
     Processing.initialize()
@@ -109,7 +109,7 @@ def zonal(paths) -> dict:
     t0 = time.monotonic()
     result = processing.run("native:zonalstatisticsfb", {
         "INPUT": layer, "INPUT_RASTER": raster, "RASTER_BAND": 1, "COLUMN_PREFIX": "q_",
-        "STATISTICS": [0, 2, 4, 5, 6], "OUTPUT": "TEMPORARY_OUTPUT"}, feedback=QgsProcessingFeedback())
+        "STATISTICS": [0, 2, 4, 5, 6], "OUTPUT": QgsProcessing.TEMPORARY_OUTPUT}, feedback=QgsProcessingFeedback())
     t_qgis = time.monotonic() - t0
     qgis_means = {f["code"]: f["q_mean"] for f in result["OUTPUT"].getFeatures()}
     ours_means = dict(zip(ours["code"], ours["cloud_prob_mean"]))

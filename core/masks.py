@@ -62,10 +62,10 @@ PRESETS: dict[str, MaskSpec] = {
 }
 PRESET_LABELS = {
     "scl": "Scene classification layer (SCL)",
-    "cloud_score_plus": "Cloud Score+ raster (cs_cdf; clear when ≥ threshold)",
-    "sentinelhub_clp": "Sentinel Hub CLP raster (0–255; cloud when ≥ threshold)",
-    "s2cloudless_probability": "s2cloudless probability raster (cloud when ≥ threshold)",
-    "s2cloudless": "s2cloudless model on L1C bands",
+    "cloud_score_plus": "Cloud Score+ (cs_cdf)",
+    "sentinelhub_clp": "Sentinel Hub CLP",
+    "s2cloudless_probability": "s2cloudless probability",
+    "s2cloudless": "s2cloudless model (L1C)",
 }
 
 

@@ -5,6 +5,16 @@ from qgis.core import QgsProcessingAlgorithm
 from qgis.PyQt.QtCore import QCoreApplication
 
 
+def with_help(param, text: str):
+    """``param`` with ``text`` as its help (the dialog's tooltip on the parameter).
+
+    Labels stay short enough to be read whole in the parameter panel (QGIS does not wrap them);
+    what a label used to say in brackets goes here and into the algorithm's help.
+    """
+    param.setHelp(text)
+    return param
+
+
 class CloudProbAlgorithm(QgsProcessingAlgorithm):
     """Subclasses set NAME (the id after ``cloudprob:``), DISPLAY_NAME, GROUP, GROUP_ID and REQUIRES
     (the import names of the lazily imported packages every run needs, see dependencies.PACKAGES)."""

@@ -12,7 +12,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .base import CloudProbAlgorithm
+from .base import CloudProbAlgorithm, with_help
 from ..core.composite import CompositeError, clear_composite
 from ..core.progress import Cancelled
 from .common import add_mask_parameters, grid_from_parameters, mask_spec, output_path, scenes_from_source
@@ -49,13 +49,19 @@ class ClearCompositeAlgorithm(CloudProbAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.TypeVectorPolygon]))
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
+            [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Extent of the composite")))
-        self.addParameter(QgsProcessingParameterString(self.BANDS, self.tr("Bands (asset keys, comma separated)"), "red,green,blue"))
+        self.addParameter(with_help(QgsProcessingParameterString(
+            self.BANDS, self.tr("Bands (asset keys)"), "red,green,blue"),
+            self.tr("Comma separated STAC asset keys, e.g. red,green,blue.")))
         add_mask_parameters(self, with_shadows=False)
         self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Double, 10.0, False, 1.0, 10000.0))
-        self.addParameter(QgsProcessingParameterCrs(self.TARGET_CRS, self.tr("Target CRS (empty: see help)"), optional=True))
+            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Type.Double, 10.0, False,
+            1.0, 10000.0))
+        self.addParameter(with_help(QgsProcessingParameterCrs(
+            self.TARGET_CRS, self.tr("Target CRS"), optional=True),
+            self.tr("Empty: the extent's CRS if projected, else the UTM zone of its centre.")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Clear-sky composite")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802

@@ -15,7 +15,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .base import CloudProbAlgorithm
+from .base import CloudProbAlgorithm, with_help
 from ..core.frequency import MEASURES, FrequencyError, cloud_frequency, periods_for
 from ..core.masks import MaskError, parse_classes
 from ..core.progress import Cancelled
@@ -76,8 +76,8 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             "grid of an existing raster. Period: one band for the whole period, or one per month.\n\n"
             "An acquisition that cannot be read (a product missing, truncated or refused by the server) is left "
             "out of every tile it touches, named in the log, counted in the rasters' metadata and listed in a "
-            "<probability>.unreadable.csv beside the outputs; 'Stop on an unreadable scene' fails the run "
-            "instead.\n\n"
+            "CSV beside the probability raster, named after it (probability.unreadable.csv); 'Stop on an "
+            "unreadable scene' fails the run instead.\n\n"
             "Work is done in tiles and saved as it goes: a cancelled or failed run resumes from the finished "
             "tiles when re-run, a run with an edited scene list resumes every tile the edit does not touch, and "
             "nothing half-written is left."
@@ -85,32 +85,39 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.TypeVectorPolygon]))
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
+            [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Extent of the output grid"), optional=True))
-        self.addParameter(QgsProcessingParameterCrs(self.TARGET_CRS, self.tr("Target CRS (empty: see help)"), optional=True))
+        self.addParameter(with_help(QgsProcessingParameterCrs(
+            self.TARGET_CRS, self.tr("Target CRS"), optional=True),
+            self.tr("Empty: the extent's CRS if projected, else the UTM zone of its centre.")))
         self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Double, 20.0, False, 1.0, 10000.0))
-        self.addParameter(QgsProcessingParameterRasterLayer(
-            self.GRID_LIKE, self.tr("Use the grid of this raster instead (optional)"), optional=True))
-        self.addParameter(QgsProcessingParameterEnum(
+            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Type.Double, 20.0, False,
+            1.0, 10000.0))
+        self.addParameter(with_help(QgsProcessingParameterRasterLayer(
+            self.GRID_LIKE, self.tr("Use the grid of this raster"), optional=True),
+            self.tr("Instead of the extent, target CRS and resolution.")))
+        self.addParameter(with_help(QgsProcessingParameterEnum(
             self.MEASURE, self.tr("Measure"),
-            options=[self.tr("Cloud frequency (SCL cloudy / valid observations)"),
-                     self.tr("Mean cloud probability (probability asset over observations with data)")],
-            defaultValue=0))
-        self.addParameter(QgsProcessingParameterString(
-            self.PROBABILITY_ASSET, self.tr("Probability asset, percent 0–100 (mean cloud probability)"), "cloud"))
-        self.addParameter(QgsProcessingParameterString(
-            self.NODATA_CLASSES, self.tr("SCL classes that are no data (empty: the measure's own rule)"), "",
-            optional=True))
+            options=[self.tr("Cloud frequency (SCL)"), self.tr("Mean cloud probability")], defaultValue=0),
+            self.tr("Cloud frequency: SCL cloudy / valid observations. Mean cloud probability: the mean of the "
+                    "probability asset over the observations with data (the reference product's).")))
+        self.addParameter(with_help(QgsProcessingParameterString(
+            self.PROBABILITY_ASSET, self.tr("Probability asset (0–100 %)"), "cloud"),
+            self.tr("Read by the mean cloud probability; Earth Search Collection 1 calls it 'cloud'.")))
+        self.addParameter(with_help(QgsProcessingParameterString(
+            self.NODATA_CLASSES, self.tr("SCL classes that are no data"), "", optional=True),
+            self.tr("Comma separated; empty: the measure's own rule (0 for the mean, 0 and 1 for the frequency).")))
         add_mask_parameters(self)
         self.addParameter(QgsProcessingParameterEnum(
             self.PERIOD, self.tr("Period"), options=[self.tr("Whole period (one band)"), self.tr("One band per month")],
             defaultValue=0))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.FAIL_ON_READ_ERROR, self.tr("Stop on an unreadable scene (default: leave its acquisition out)"), False))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.CONCURRENCY, self.tr("Scenes read at once (about 2 × CPU cores; more for a distant server)"),
-            QgsProcessingParameterNumber.Integer, 4, False, 1, 64))
+        self.addParameter(with_help(QgsProcessingParameterBoolean(
+            self.FAIL_ON_READ_ERROR, self.tr("Stop on an unreadable scene"), False),
+            self.tr("Unticked, an acquisition that cannot be read is left out and named in the log.")))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.CONCURRENCY, self.tr("Scenes read at once"), QgsProcessingParameterNumber.Type.Integer, 4, False, 1,
+            64), self.tr("About 2 × the CPU cores; more for a distant server.")))
         # optional with a temporary file by default: a model (or qgis_process) run that names none of
         # them still makes them for the next stage (QGIS 3.22 makes a model's outputs mandatory
         # when its children's are)
@@ -119,10 +126,13 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             self.OUTPUT_PROBABILITY, self.tr("Cloud probability (%)"), optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_VALID, self.tr("Valid observations (count)"), optional=True))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_CLOUDY, self.tr("Cloudy observations (count; Σ probability / 100 for the mean)"), optional=True))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_STDEV, self.tr("Spread: standard deviation of one observation (%)"), optional=True))
+        self.addParameter(with_help(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_CLOUDY, self.tr("Cloudy observations (count)"), optional=True),
+            self.tr("For the mean cloud probability, Σ probability / 100: the expected number of cloudy "
+                    "observations.")))
+        self.addParameter(with_help(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_STDEV, self.tr("Spread of one observation (%)"), optional=True),
+            self.tr("Standard deviation of one observation per pixel; the per-area interval is built on it.")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)

@@ -11,7 +11,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .base import CloudProbAlgorithm
+from .base import CloudProbAlgorithm, with_help
 from ..core.masks import MASK_LEGEND, NODATA
 from ..core.reading import gdal_http_env, write_raster
 from ..core.screening import observe
@@ -48,13 +48,17 @@ class CloudMaskAlgorithm(CloudProbAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterString(
-            self.SCENE_ID, self.tr("Scene id (empty: first selected, else first scene)"), "", optional=True))
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
+            [QgsProcessing.SourceType.TypeVectorPolygon]))
+        self.addParameter(with_help(QgsProcessingParameterString(
+            self.SCENE_ID, self.tr("Scene id"), "", optional=True),
+            self.tr("The item id of the scene; empty: the first selected feature, else the first scene.")))
         add_mask_parameters(self, with_shadows=False)
-        self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Area of interest (empty: whole scene)"), optional=True))
+        self.addParameter(with_help(QgsProcessingParameterExtent(
+            self.AOI, self.tr("Area of interest"), optional=True), self.tr("Empty: the whole scene.")))
         self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Double, 20.0, False, 10.0, 1000.0))
+            self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Type.Double, 20.0, False,
+            10.0, 1000.0))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Cloud mask")))
 
     def _scene(self, parameters, context, feedback):

@@ -17,6 +17,7 @@ from qgis.core import (
 
 from ..core.masks import PRESET_LABELS, PRESETS, MaskError, MaskSpec, parse_classes, preset
 from ..core.stac import ItemError, Scene, scene_from_json
+from .base import with_help
 
 MASK_SOURCE = "MASK_SOURCE"
 CLOUD_CLASSES = "CLOUD_CLASSES"
@@ -29,20 +30,26 @@ MASK_SOURCES = list(PRESETS)
 
 def add_mask_parameters(alg, with_shadows: bool = True) -> None:
     """MASK_SOURCE, CLOUD_CLASSES, COUNT_SHADOWS, SCORE_ASSET, THRESHOLD and BUFFER."""
-    alg.addParameter(QgsProcessingParameterEnum(
-        MASK_SOURCE, alg.tr("Mask source"), options=[PRESET_LABELS[k] for k in MASK_SOURCES], defaultValue=0))
-    alg.addParameter(QgsProcessingParameterString(
-        CLOUD_CLASSES, alg.tr("SCL classes counted as cloud (comma separated)"), "8,9,10"))
+    alg.addParameter(with_help(QgsProcessingParameterEnum(
+        MASK_SOURCE, alg.tr("Mask source"), options=[PRESET_LABELS[k] for k in MASK_SOURCES], defaultValue=0),
+        alg.tr("The scene classification layer (SCL), or a score raster under a STAC asset: Cloud Score+ cs_cdf "
+               "(clear where at or above the threshold), Sentinel Hub CLP (0–255) or an s2cloudless probability "
+               "(cloud where at or above the threshold), or the s2cloudless model run on the L1C bands.")))
+    alg.addParameter(with_help(QgsProcessingParameterString(
+        CLOUD_CLASSES, alg.tr("SCL classes that are cloud"), "8,9,10"),
+        alg.tr("Comma separated SCL class codes; default 8, 9, 10 (cloud medium and high probability, thin cirrus).")))
     if with_shadows:
         alg.addParameter(QgsProcessingParameterBoolean(
             COUNT_SHADOWS, alg.tr("Count cloud shadows (SCL 3) as cloud"), False))
-    alg.addParameter(QgsProcessingParameterString(
-        SCORE_ASSET, alg.tr("Score raster asset key (empty: the mask source's default)"), "", optional=True))
-    alg.addParameter(QgsProcessingParameterNumber(
-        THRESHOLD, alg.tr("Score threshold, 0–1 (empty: the mask source's default)"),
-        QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0))
-    alg.addParameter(QgsProcessingParameterNumber(
-        BUFFER, alg.tr("Grow clouds by (metres)"), QgsProcessingParameterNumber.Double, 0.0, False, 0.0, 5000.0))
+    alg.addParameter(with_help(QgsProcessingParameterString(
+        SCORE_ASSET, alg.tr("Score raster asset"), "", optional=True),
+        alg.tr("STAC asset key of the score raster; empty: the mask source's own (e.g. cs_cdf).")))
+    alg.addParameter(with_help(QgsProcessingParameterNumber(
+        THRESHOLD, alg.tr("Score threshold (0–1)"), QgsProcessingParameterNumber.Type.Double, None, True, 0.0, 1.0),
+        alg.tr("Empty: the mask source's own (Cloud Score+ 0.60, CLP and s2cloudless 0.4).")))
+    alg.addParameter(with_help(QgsProcessingParameterNumber(
+        BUFFER, alg.tr("Grow clouds by (metres)"), QgsProcessingParameterNumber.Type.Double, 0.0, False, 0.0,
+        5000.0), alg.tr("Cloud pixels are dilated by this distance.")))
 
 
 def mask_spec(alg, parameters, context) -> MaskSpec:
@@ -110,7 +117,7 @@ def _size(width: float, height: float, crs: QgsCoordinateReferenceSystem) -> str
         return f"{width:.4g}° × {height:.4g}°"
     from qgis.core import QgsUnitTypes
 
-    if not crs.isValid() or crs.mapUnits() == QgsUnitTypes.DistanceMeters:
+    if not crs.isValid() or crs.mapUnits() == QgsUnitTypes.DistanceUnit.DistanceMeters:
         if max(width, height) >= 1000:
             return f"{width / 1000:.4g} × {height / 1000:.4g} km"
         return f"{width:.4g} × {height:.4g} m"
@@ -277,10 +284,10 @@ def add_scheduler_parameter(alg) -> None:
     """DASK_SCHEDULER: a dask.distributed scheduler address; empty runs in this process."""
     from qgis.core import QgsProcessingParameterDefinition
 
-    param = QgsProcessingParameterString(
-        DASK_SCHEDULER, alg.tr("Dask scheduler address (e.g. tcp://10.0.0.5:8786; empty: this computer)"), "",
-        optional=True)
-    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    param = with_help(QgsProcessingParameterString(
+        DASK_SCHEDULER, alg.tr("Dask scheduler address"), "", optional=True),
+        alg.tr("A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786; empty: run on this computer."))
+    param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
     alg.addParameter(param)
 
 

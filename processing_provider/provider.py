@@ -61,9 +61,8 @@ class CloudProbabilityProvider(QgsProcessingProvider):
                 module = importlib.import_module(f"{__package__}.{module_name}")
                 self.addAlgorithm(getattr(module, class_name)())
             except Exception:  # one broken algorithm must not hide the others
-                QgsMessageLog.logMessage(
-                    f"Could not load {class_name}:\n{traceback.format_exc()}", "Cloud probability", Qgis.Critical
-                )
+                QgsMessageLog.logMessage(f"Could not load {class_name}:\n{traceback.format_exc()}", "Cloud probability",
+                                         Qgis.MessageLevel.Critical)
         from qgis.core import QgsApplication
 
         if QgsApplication.processingRegistry().providerById(self.id()) is not None:
@@ -85,29 +84,69 @@ class CloudProbabilityProvider(QgsProcessingProvider):
             if model.loaded:
                 self.addAlgorithm(model)
             else:
-                QgsMessageLog.logMessage(f"Could not read the model {path.name}", "Cloud probability", Qgis.Critical)
-
+                QgsMessageLog.logMessage(f"Could not read the model {path.name}", "Cloud probability",
+                                         Qgis.MessageLevel.Critical)
 
 class ShippedModel(QgsProcessingModelAlgorithm):
     """A shipped .model3 that runs in the background with progress and Cancel.
 
     QGIS 3.22 flags every model "no threading" (a TODO in QgsProcessingModelAlgorithm::flags),
     so a year's run froze the QGIS window; our children are all thread-safe, so the model drops
-    the flag. It also shows a readable name instead of its id.
+    the flag. It also shows a readable name instead of its id, sits in the same toolbox group as
+    the algorithms of that group, asks for its inputs in the order of its diagram, and gives its
+    help as plain text.
     """
 
     DISPLAY_NAMES = {"annualcloudprobability": "Annual cloud probability per small area (reference product)"}
+    # QGIS takes a model's group name as its group id too, and the toolbox makes one group per id:
+    # without this the model had a "Cloud probability" group of its own beside the algorithms'
+    GROUP_IDS = {"Cloud probability": "probability", "Scenes": "scenes"}
 
     def __init__(self, path):
         super().__init__()
         self._path = Path(path)
         self.loaded = self.fromFile(str(self._path))
+        if self.loaded:
+            self._order_parameters()
+
+    def _order_parameters(self) -> None:
+        """Inputs top to bottom as they stand in the model's diagram; then the outputs, the last
+        step's first (the product before what it was made from).
+
+        A .model3 keeps its parameters in a map, so QGIS 3.22 reads them back in alphabetical
+        order: the dialog asked for the end date before the start date.
+        """
+        definitions = [d.clone() for d in self.parameterDefinitions()]
+
+        def place(definition):
+            name = definition.name()
+            if not definition.isDestination():
+                return (0, self.parameterComponent(name).position().y(), 0)
+            child_id, _, output = name.partition(":")
+            child = self.childAlgorithm(child_id)
+            order = [d.name() for d in child.algorithm().destinationParameterDefinitions()] \
+                if child.algorithm() is not None else []
+            produced = child.modelOutput(output).childOutputName()
+            return (1, -child.position().y(), order.index(produced) if produced in order else len(order))
+
+        for definition in definitions:
+            self.removeParameter(definition.name())
+        for definition in sorted(definitions, key=place):
+            self.addParameter(definition)
 
     def flags(self):
-        return super().flags() & ~QgsProcessingAlgorithm.FlagNoThreading
+        return super().flags() & ~QgsProcessingAlgorithm.Flag.FlagNoThreading
 
     def displayName(self):  # noqa: N802
         return self.DISPLAY_NAMES.get(self.name(), super().displayName())
+
+    def groupId(self):  # noqa: N802
+        return self.GROUP_IDS.get(self.group(), super().groupId())
+
+    def shortHelpString(self):  # noqa: N802
+        """The model's description as plain text: QGIS wraps it in <html> for models, which the
+        dialog renders but qgis_process help prints as it is."""
+        return self.helpContent().get("ALG_DESC") or super().shortHelpString()
 
     def createInstance(self):  # noqa: N802
         return ShippedModel(self._path)

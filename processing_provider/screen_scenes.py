@@ -13,25 +13,25 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
-from .base import CloudProbAlgorithm
+from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
 from ..core.screening import passes, screen_scenes
 from .common import add_mask_parameters, area_from_parameters, mask_spec, scenes_from_source
+from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
 from .search_scenes import WGS84, scene_feature, scene_fields
 from .styling import StylePostProcessor
 
 AOI_FIELDS = [
-    ("aoi_cloud_pct", QVariant.Double),
-    ("aoi_shadow_pct", QVariant.Double),
-    ("aoi_snow_pct", QVariant.Double),
-    ("aoi_valid_pct", QVariant.Double),
-    ("aoi_status", QVariant.String),
-    ("aoi_rank", QVariant.Int),
-    ("n_products", QVariant.Int),
-    ("items", QVariant.String),
+    ("aoi_cloud_pct", field_type("double")),
+    ("aoi_shadow_pct", field_type("double")),
+    ("aoi_snow_pct", field_type("double")),
+    ("aoi_valid_pct", field_type("double")),
+    ("aoi_status", field_type("string")),
+    ("aoi_rank", field_type("int")),
+    ("n_products", field_type("int")),
+    ("items", field_type("string")),
 ]
 
 
@@ -59,7 +59,7 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             "window of the scene classification layer (or score raster) that covers the area, over HTTP, "
             "and reports inside the area: aoi_cloud_pct, aoi_shadow_pct and aoi_snow_pct (percent of the "
             "pixels with valid data) and aoi_valid_pct (percent of the area with valid data). This is the "
-            "cloud cover of *your* area, which the scene-level eo:cloud_cover is not.\n\n"
+            "cloud cover of the area itself, which the scene-level eo:cloud_cover is not.\n\n"
             "Products of one acquisition (neighbouring MGRS tiles, split datastrips, reprocessed "
             "duplicates) are combined into one observation; items lists them. Acquisitions are filtered "
             "by the two thresholds and ranked clearest first. An acquisition that cannot be read is kept, "
@@ -71,26 +71,29 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.TypeVectorPolygon]))
+            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
+            [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Area of interest (extent)"), optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AOI_LAYER, self.tr("Area of interest (polygons; used instead of the extent)"),
-            [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
+            self.AOI_LAYER, self.tr("Area of interest (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon],
+            optional=True), self.tr("Used instead of the extent when given.")))
         add_mask_parameters(self)
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (metres; 20 = full SCL resolution)"),
-            QgsProcessingParameterNumber.Double, 20.0, False, 10.0, 1000.0))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.RESOLUTION, self.tr("Resolution (metres)"),
+            QgsProcessingParameterNumber.Type.Double, 20.0, False, 10.0, 1000.0),
+            self.tr("20 reads the SCL at full resolution; coarser values read the COG overviews.")))
         self.addParameter(QgsProcessingParameterNumber(
             self.MAX_AOI_CLOUD, self.tr("Maximum cloud inside the area (%)"),
-            QgsProcessingParameterNumber.Double, 100.0, False, 0.0, 100.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AOI_VALID, self.tr("Minimum share of the area with valid data (%)"),
-            QgsProcessingParameterNumber.Double, 0.0, False, 0.0, 100.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.CONCURRENCY, self.tr("Scenes read at once (each waits on two round trips: more for a distant server)"),
-            QgsProcessingParameterNumber.Integer, 32, False, 1, 128))
+            QgsProcessingParameterNumber.Type.Double, 100.0, False, 0.0, 100.0))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.MIN_AOI_VALID, self.tr("Minimum valid data in the area (%)"),
+            QgsProcessingParameterNumber.Type.Double, 0.0, False, 0.0, 100.0),
+            self.tr("Share of the area's surface with valid data (SCL not no data or defective).")))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.CONCURRENCY, self.tr("Scenes read at once"), QgsProcessingParameterNumber.Type.Integer, 32, False, 1,
+            128), self.tr("Each scene waits on two round trips: more for a distant server.")))
         self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, self.tr("Scenes screened over the area"), QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT, self.tr("Scenes screened over the area"), QgsProcessing.SourceType.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
@@ -124,7 +127,8 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
         fields = scene_fields()
         for name, kind in AOI_FIELDS:
             fields.append(QgsField(name, kind))
-        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon, WGS84)
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.Type.MultiPolygon,
+                                             WGS84)
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
         kept = dropped = 0
@@ -151,7 +155,7 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             feature["aoi_status"] = status
             feature["n_products"] = len(obs.scenes)
             feature["items"] = ",".join(s.item_id for s in obs.scenes)
-            if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
+            if not sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert):
                 raise QgsProcessingException(f"Could not write {obs.datatake_id}: {sink.lastError()}")
             kept += 1
         feedback.pushInfo(

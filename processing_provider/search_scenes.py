@@ -21,13 +21,14 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QDate, QDateTime, Qt, QVariant
+from qgis.PyQt.QtCore import QDate, QDateTime, Qt
 
-from .base import CloudProbAlgorithm
+from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
 from ..core.search import DEFAULT_COLLECTION, EARTH_SEARCH_V1, SearchError, SearchRequest, check_url, search_scenes
 from ..core.stac import Scene
 from .common import check_extent
+from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
 
@@ -37,18 +38,18 @@ WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 def scene_fields() -> QgsFields:
     """Fields of the scene footprints layer; later stages read ``stac_item`` back."""
     fields = QgsFields()
-    fields.append(QgsField("item_id", QVariant.String))
-    fields.append(QgsField("collection", QVariant.String))
-    fields.append(QgsField("datetime", QVariant.DateTime))
-    fields.append(QgsField("platform", QVariant.String))
-    fields.append(QgsField("mgrs_tile", QVariant.String))
-    fields.append(QgsField("epsg", QVariant.Int))
-    fields.append(QgsField("relative_orbit", QVariant.Int))
-    fields.append(QgsField("scene_cloud", QVariant.Double))
-    fields.append(QgsField("nodata_pct", QVariant.Double))
-    fields.append(QgsField("processing_baseline", QVariant.String))
-    fields.append(QgsField("datatake_id", QVariant.String))
-    fields.append(QgsField("stac_item", QVariant.String))
+    fields.append(QgsField("item_id", field_type("string")))
+    fields.append(QgsField("collection", field_type("string")))
+    fields.append(QgsField("datetime", field_type("datetime")))
+    fields.append(QgsField("platform", field_type("string")))
+    fields.append(QgsField("mgrs_tile", field_type("string")))
+    fields.append(QgsField("epsg", field_type("int")))
+    fields.append(QgsField("relative_orbit", field_type("int")))
+    fields.append(QgsField("scene_cloud", field_type("double")))
+    fields.append(QgsField("nodata_pct", field_type("double")))
+    fields.append(QgsField("processing_baseline", field_type("string")))
+    fields.append(QgsField("datatake_id", field_type("string")))
+    fields.append(QgsField("stac_item", field_type("string")))
     return fields
 
 
@@ -70,8 +71,8 @@ def scene_feature(scene: Scene, fields: QgsFields) -> QgsFeature:
     """One feature of the footprints layer."""
     feature = QgsFeature(fields)
     feature.setGeometry(footprint_geometry(scene))
-    when = QDateTime.fromString(scene.datetime.replace("Z", ""), Qt.ISODateWithMs)
-    when.setTimeSpec(Qt.UTC)
+    when = QDateTime.fromString(scene.datetime.replace("Z", ""), Qt.DateFormat.ISODateWithMs)
+    when.setTimeSpec(Qt.TimeSpec.UTC)
     values = {
         "item_id": scene.item_id,
         "collection": scene.collection,
@@ -114,7 +115,7 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
             "Searches a STAC API (Earth Search v1 by default) for Sentinel-2 scenes that touch the area "
             "in the period, and writes one footprint (EPSG:4326) per scene with its date, platform, MGRS tile, "
             "EPSG code, relative orbit, scene-level cloud cover (eo:cloud_cover, percent of the whole "
-            "product — not of your area), no-data percent, processing baseline, datatake id (shared by every "
+            "product, not of the area), no-data percent, processing baseline, datatake id (shared by every "
             "product of one acquisition) and the item's JSON, so later stages need no further STAC requests.\n\n"
             "A cloud limit is sent to the server only where the API declares the 'query' or 'filter' "
             "conformance class, and every item is checked again here: servers that ignore a filter do not "
@@ -129,31 +130,31 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Area of interest")))
         self.addParameter(
             QgsProcessingParameterDateTime(
-                self.START_DATE, self.tr("Start date (UTC, included)"), QgsProcessingParameterDateTime.Date,
+                self.START_DATE, self.tr("Start date (UTC, included)"), QgsProcessingParameterDateTime.Type.Date,
                 QDate(last_year, 1, 1),
             )
         )
         self.addParameter(
             QgsProcessingParameterDateTime(
-                self.END_DATE, self.tr("End date (UTC, included)"), QgsProcessingParameterDateTime.Date,
+                self.END_DATE, self.tr("End date (UTC, included)"), QgsProcessingParameterDateTime.Type.Date,
                 QDate(last_year, 12, 31),
             )
         )
+        self.addParameter(with_help(
+            QgsProcessingParameterNumber(
+                self.MAX_SCENE_CLOUD, self.tr("Maximum scene cloud cover (%)"),
+                QgsProcessingParameterNumber.Type.Double, 100.0, False, 0.0, 100.0,
+            ),
+            self.tr("The catalogue's eo:cloud_cover: percent of the whole product (a 110 km tile), not of your area."),
+        ))
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.MAX_SCENE_CLOUD, self.tr("Maximum scene cloud cover (eo:cloud_cover, %)"),
-                QgsProcessingParameterNumber.Double, 100.0, False, 0.0, 100.0,
+                self.MAX_ITEMS, self.tr("Maximum number of scenes (0 = all)"),
+                QgsProcessingParameterNumber.Type.Integer, 0, False, 0,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.MAX_ITEMS, self.tr("Maximum number of scenes (0 = all)"), QgsProcessingParameterNumber.Integer,
-                0, False, 0,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Sentinel-2 scenes"), QgsProcessing.TypeVectorPolygon)
-        )
+        self.addParameter(QgsProcessingParameterFeatureSink(
+            self.OUTPUT, self.tr("Sentinel-2 scenes"), QgsProcessing.SourceType.TypeVectorPolygon))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         """The STAC API URL is checked before the run starts (the dialog shows the sentence)."""
@@ -201,12 +202,12 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
 
         fields = scene_fields()
         sink, dest_id = self.parameterAsSink(
-            parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon, WGS84
+            parameters, self.OUTPUT, context, fields, QgsWkbTypes.Type.MultiPolygon, WGS84
         )
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
         for scene in result.scenes:
-            if not sink.addFeature(scene_feature(scene, fields), QgsFeatureSink.FastInsert):
+            if not sink.addFeature(scene_feature(scene, fields), QgsFeatureSink.Flag.FastInsert):
                 raise QgsProcessingException(f"Could not write scene {scene.item_id}: {sink.lastError()}")
         datatakes = len({s.datatake_id for s in result.scenes})
         feedback.pushInfo(

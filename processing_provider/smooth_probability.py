@@ -12,7 +12,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from .base import CloudProbAlgorithm
+from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
 from ..core.smoothing import reference_adjustment, smooth_probability
 from .common import add_scheduler_parameter, output_path, scheduler_from_parameters
@@ -67,23 +67,29 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.CLOUDY, self.tr("Cloudy observations")))
         self.addParameter(QgsProcessingParameterRasterLayer(self.VALID, self.tr("Valid observations")))
-        self.addParameter(QgsProcessingParameterEnum(
+        self.addParameter(with_help(QgsProcessingParameterEnum(
             self.METHOD, self.tr("Method"),
-            options=[self.tr("Smoothed counts, regression on covariates"),
-                     self.tr("Reference: deviation from the acquisition-weighted neighbourhood")], defaultValue=0))
+            options=[self.tr("Smoothed counts"), self.tr("Reference adjustment")], defaultValue=0),
+            self.tr("Smoothed counts: smoothed cloudy / smoothed valid counts, regression on covariates. Reference "
+                    "adjustment: each pixel's deviation from its acquisition-weighted neighbourhood (the reference "
+                    "product's).")))
         self.addParameter(QgsProcessingParameterNumber(
-            self.KERNEL_SIZE, self.tr("Kernel size (pixels, odd)"), QgsProcessingParameterNumber.Integer, 21, False, 1, 1001))
+            self.KERNEL_SIZE, self.tr("Kernel size (pixels, odd)"), QgsProcessingParameterNumber.Type.Integer, 21,
+            False, 1, 1001))
         self.addParameter(QgsProcessingParameterEnum(
             self.KERNEL_SHAPE, self.tr("Kernel shape"), options=[self.tr("Box"), self.tr("Gaussian")], defaultValue=0))
-        self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.COVARIATES, self.tr("Covariate rasters (same grid; optional)"), QgsProcessing.TypeRaster, optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.DEVIATION_THRESHOLD, self.tr("Deviation threshold, percent (reference method)"),
-            QgsProcessingParameterNumber.Double, 5.0, False, 0.0, 1000.0))
+        self.addParameter(with_help(QgsProcessingParameterMultipleLayers(
+            self.COVARIATES, self.tr("Covariate rasters"), QgsProcessing.SourceType.TypeRaster, optional=True),
+            self.tr("On the grid of the counts, e.g. an urban fraction (smoothed counts method).")))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
+            self.DEVIATION_THRESHOLD, self.tr("Deviation threshold (%)"),
+            QgsProcessingParameterNumber.Type.Double, 5.0, False, 0.0, 1000.0),
+            self.tr("Reference adjustment: pixels within this many percent of their neighbourhood are unchanged.")))
         self.addParameter(QgsProcessingParameterBoolean(self.ADJUST, self.tr("Adjust with regression residuals"), True))
         add_scheduler_parameter(self)
-        self.addParameter(QgsProcessingParameterRasterDestination(  # optional: see cloud_frequency.py
-            self.OUTPUT_SMOOTHED, self.tr("Smoothed or neighbourhood probability (%)"), optional=True))
+        self.addParameter(with_help(QgsProcessingParameterRasterDestination(  # optional: see cloud_frequency.py
+            self.OUTPUT_SMOOTHED, self.tr("Smoothed probability (%)"), optional=True),
+            self.tr("The smoothed probability, or with the reference adjustment the neighbourhood's (lag).")))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_ADJUSTED, self.tr("Adjusted probability (%)"), optional=True))
 

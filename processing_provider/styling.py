@@ -84,7 +84,8 @@ class RgbStretchPostProcessor(KeptPostProcessor):
         for band, setter in ((1, renderer.setRedContrastEnhancement), (2, renderer.setGreenContrastEnhancement),
                              (3, renderer.setBlueContrastEnhancement)):
             enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
-            enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+            enhancement.setContrastEnhancementAlgorithm(
+                QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
             enhancement.setMinimumValue(0)
             enhancement.setMaximumValue(2500)
             setter(enhancement)

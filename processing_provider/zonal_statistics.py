@@ -11,7 +11,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from .base import CloudProbAlgorithm
+from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
 from ..core.zonal import ZonalError, write_outputs, zonal_statistics, zonal_statistics_in_process
 from .common import add_scheduler_parameter, output_path, scheduler_from_parameters
@@ -56,15 +56,18 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT_RASTER, self.tr("Cloud probability raster (%)")))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.ZONES, self.tr("Small areas (polygons)"), [QgsProcessing.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterField(self.ZONE_ID_FIELD, self.tr("Area id field"), parentLayerParameterName=self.ZONES))
-        self.addParameter(QgsProcessingParameterRasterLayer(
-            self.VALID, self.tr("Valid observations (acquisition count; optional)"), optional=True))
-        self.addParameter(QgsProcessingParameterRasterLayer(
-            self.SPREAD, self.tr("Spread of one observation (%; optional, for the interval)"), optional=True))
+            self.ZONES, self.tr("Small areas (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterField(
+            self.ZONE_ID_FIELD, self.tr("Area id field"), parentLayerParameterName=self.ZONES))
+        self.addParameter(with_help(QgsProcessingParameterRasterLayer(
+            self.VALID, self.tr("Valid observations (count)"), optional=True),
+            self.tr("The acquisition count from 'Per-pixel cloud probability': adds its statistics and the interval.")))
+        self.addParameter(with_help(QgsProcessingParameterRasterLayer(
+            self.SPREAD, self.tr("Spread of one observation (%)"), optional=True),
+            self.tr("From 'Per-pixel cloud probability'; the interval of the mean is built on it.")))
         add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, self.tr("Small areas with cloud probability"), QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT, self.tr("Small areas with cloud probability"), QgsProcessing.SourceType.TypeVectorPolygon))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT_CSV, self.tr("CSV table"), self.tr("CSV files (*.csv)"), optional=True))
 

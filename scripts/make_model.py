@@ -59,22 +59,29 @@ def build():
     param(QgsProcessingParameterString("STAC_URL", "STAC API URL", "https://earth-search.aws.element84.com/v1"), 120, 60)
     param(QgsProcessingParameterString("COLLECTION", "Collection", "sentinel-2-c1-l2a"), 120, 120)
     param(QgsProcessingParameterExtent("AOI", "Area of interest"), 120, 180)
-    param(QgsProcessingParameterDateTime("START_DATE", "Start date", QgsProcessingParameterDateTime.Date, QDate(2024, 1, 1)), 120, 240)
-    param(QgsProcessingParameterDateTime("END_DATE", "End date", QgsProcessingParameterDateTime.Date, QDate(2024, 12, 31)), 120, 300)
-    param(QgsProcessingParameterFeatureSource("ZONES", "Small areas", [QgsProcessing.TypeVectorPolygon]), 120, 360)
+    date = QgsProcessingParameterDateTime.Type.Date
+    param(QgsProcessingParameterDateTime("START_DATE", "Start date", date, QDate(2024, 1, 1)), 120, 240)
+    param(QgsProcessingParameterDateTime("END_DATE", "End date", date, QDate(2024, 12, 31)), 120, 300)
+    param(QgsProcessingParameterFeatureSource("ZONES", "Small areas", [QgsProcessing.SourceType.TypeVectorPolygon]),
+          120, 360)
     param(QgsProcessingParameterField("ZONE_ID_FIELD", "Area id field", "code", "ZONES"), 120, 420)
     param(QgsProcessingParameterCrs("TARGET_CRS", "Target CRS", QgsCoordinateReferenceSystem("EPSG:27700")), 120, 480)
-    param(QgsProcessingParameterNumber("RESOLUTION", "Resolution (metres)", QgsProcessingParameterNumber.Double, 20.0,
+    param(QgsProcessingParameterNumber("RESOLUTION", "Resolution (metres)", QgsProcessingParameterNumber.Type.Double, 20.0,
                                        False, 1.0, 10000.0), 120, 540)
-    param(QgsProcessingParameterEnum("MEASURE", "Measure", [
-        "Cloud frequency (SCL cloudy / valid observations)",
-        "Mean cloud probability (the 'cloud' asset; the reference product)"], defaultValue=1), 120, 600)
-    param(QgsProcessingParameterEnum("METHOD", "Adjustment", [
-        "Smoothed counts, regression on the smoothed count",
-        "Reference: deviation from the acquisition-weighted neighbourhood"], defaultValue=1), 120, 660)
-    scheduler = QgsProcessingParameterString(
-        "DASK_SCHEDULER", "Dask scheduler address (e.g. tcp://10.0.0.5:8786; empty: this computer)", "", optional=True)
-    scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    # labels short enough to be read whole in the dialog (tests/test_dialogs.py); the rest in the help
+    measure = QgsProcessingParameterEnum("MEASURE", "Measure", ["Cloud frequency (SCL)", "Mean cloud probability"],
+                                         defaultValue=1)
+    measure.setHelp("Cloud frequency: SCL cloudy / valid observations. Mean cloud probability: the mean of the 'cloud' "
+                    "asset over the observations with data (the reference product's).")
+    param(measure, 120, 600)
+    method = QgsProcessingParameterEnum("METHOD", "Adjustment", ["Smoothed counts", "Reference adjustment"],
+                                        defaultValue=1)
+    method.setHelp("Smoothed counts: regression on the smoothed count. Reference adjustment: each pixel's deviation "
+                   "from its acquisition-weighted neighbourhood (the reference product's).")
+    param(method, 120, 660)
+    scheduler = QgsProcessingParameterString("DASK_SCHEDULER", "Dask scheduler address", "", optional=True)
+    scheduler.setHelp("A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786; empty: run on this computer.")
+    scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
     param(scheduler, 120, 720)
 
     def child(alg_id, child_id, description, x, y, sources, outputs=None):
@@ -119,7 +126,7 @@ def build():
         "KERNEL_SIZE": Source.fromStaticValue(21), "KERNEL_SHAPE": Source.fromStaticValue(0),
         "ADJUST": Source.fromStaticValue(True), "METHOD": p("METHOD"), "DEVIATION_THRESHOLD": Source.fromStaticValue(5.0),
         "DASK_SCHEDULER": p("DASK_SCHEDULER"),
-    }, {"OUTPUT_SMOOTHED": ("SMOOTHED", "Smoothed or neighbourhood cloud probability (%)"),
+    }, {"OUTPUT_SMOOTHED": ("SMOOTHED", "Smoothed cloud probability (%)"),
         "OUTPUT_ADJUSTED": ("ADJUSTED", "Adjusted cloud probability (%)")})
     child("cloudprob:zonalstatistics", "zonal", "Cloud probability per small area", 420, 540, {
         "INPUT_RASTER": Source.fromChildOutput("smoothing", "OUTPUT_ADJUSTED"), "ZONES": p("ZONES"),

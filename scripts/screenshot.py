@@ -29,7 +29,7 @@ plugin = plugins["cloud_probability"]
 dock = plugin.dock
 dock.show()
 dock.raise_()
-iface.mainWindow().resizeDocks([dock], [640], Qt.Horizontal)
+iface.mainWindow().resizeDocks([dock], [640], Qt.Orientation.Horizontal)
 dock.catalogue.setCurrentIndex(2)
 dock.url.setText(CONFIG["stac_url"])
 dock.start.setDate(QDate(2024, 1, 1))
@@ -60,7 +60,7 @@ def done(ok):
     dock.add_selected_scene()
     iface.mapCanvas().setExtent(QgsRectangle(x0 - 600, y0 - 600, x1 + 600, y1 + 600))
     iface.mapCanvas().refresh()
-    iface.mainWindow().resizeDocks([dock], [640], Qt.Horizontal)
+    iface.mainWindow().resizeDocks([dock], [640], Qt.Orientation.Horizontal)
     QTimer.singleShot(6000, shoot)
 
 dock.finished.connect(done)

@@ -57,7 +57,7 @@ def test_scenes_without_the_bands_are_refused(sample_servers, sample_archive, tm
 
 
 def test_processing_clearcomposite_loads_as_rgb(provider, sample_servers, sample_archive, tmp_path):
-    import processing
+    from qgis import processing
     from qgis.core import (
         QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputLayerDefinition, QgsProject,
         QgsRasterLayer,

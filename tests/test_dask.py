@@ -139,7 +139,7 @@ def test_a_worker_killed_mid_run_changes_nothing(cluster, sample_servers, grid, 
 
 def test_processing_runs_on_a_scheduler_on_loopback(cluster, provider, sample_servers, sample_archive, grid, here,
                                                      tmp_path):
-    import processing
+    from qgis import processing
 
     address = cluster.scheduler.address
     assert address.startswith("tcp://127.0.0.1:")

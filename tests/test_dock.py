@@ -49,7 +49,7 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
     kept = [o for o in expected.observations if o.cloud_pct is not None and o.cloud_pct <= 30 and o.fractions.valid_pct >= 50]
     assert dock.table.rowCount() == len(kept) > 3
     areas = sorted(o.cloud_pct for o in kept)
-    dock.table.sortItems(4, Qt.AscendingOrder)
+    dock.table.sortItems(4, Qt.SortOrder.AscendingOrder)
     shown = [dock.table.item(r, 4).value for r in range(dock.table.rowCount())]
     assert shown == pytest.approx(areas, abs=1e-9)
     assert dock.progress.value() == 100 and dock.search_button.isEnabled()

@@ -564,7 +564,7 @@ def test_url_without_scheme_is_caught_before_any_work(url, expected):
 
 
 def _run_search(faults, tmp_path, feedback=None, **params):
-    import processing
+    from qgis import processing
 
     out = tmp_path / "scenes.gpkg"
     west, south, east, north = BBOX
@@ -710,7 +710,7 @@ def _frequency_outputs(tmp_path) -> dict:
     ("533000,533000,172000,184000 [EPSG:27700]", r"has no area \(zero width or height\)"),
 ])
 def test_cloudfrequency_refuses_the_extent_before_any_work(provider, scenes_gpkg, tmp_path, aoi, message):
-    import processing
+    from qgis import processing
     from qgis.core import QgsProcessingException
 
     outputs = _frequency_outputs(tmp_path)
@@ -724,7 +724,7 @@ def test_cloudfrequency_refuses_the_extent_before_any_work(provider, scenes_gpkg
 
 
 def test_screenscenes_refuses_a_zero_area_extent(provider, scenes_gpkg, tmp_path):
-    import processing
+    from qgis import processing
     from qgis.core import QgsProcessingException
 
     out = tmp_path / "screened.gpkg"

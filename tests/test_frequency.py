@@ -228,7 +228,7 @@ def test_utm_zone_choice():
 
 @pytest.fixture(scope="module")
 def scenes_gpkg(qgis_processing, sample_servers, sample_archive, tmp_path_factory):
-    import processing
+    from qgis import processing
     from conftest import ensure_provider
 
     ensure_provider()
@@ -242,7 +242,7 @@ def scenes_gpkg(qgis_processing, sample_servers, sample_archive, tmp_path_factor
 
 
 def test_processing_cloudfrequency_monthly_and_styled(provider, scenes_gpkg, sample_archive, truth_counts, tmp_path):
-    import processing
+    from qgis import processing
     from qgis.core import (
         QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputLayerDefinition, QgsProject,
         QgsRasterLayer,
@@ -282,13 +282,14 @@ def test_processing_cloudfrequency_monthly_and_styled(provider, scenes_gpkg, sam
 
 
 def test_processing_rejects_a_geographic_target(provider, scenes_gpkg, tmp_path):
-    import processing
-    from qgis.core import QgsProcessingException
+    from qgis import processing
+    from qgis.core import QgsProcessing, QgsProcessingException
 
     with pytest.raises(QgsProcessingException, match="must be projected"):
         processing.run("cloudprob:cloudfrequency", {
             "SCENES": str(scenes_gpkg), "AOI": "0,1,51,52 [EPSG:4326]", "TARGET_CRS": "EPSG:4326",
-            "OUTPUT_PROBABILITY": "TEMPORARY_OUTPUT", "OUTPUT_VALID": "TEMPORARY_OUTPUT", "OUTPUT_CLOUDY": "TEMPORARY_OUTPUT"})
+            "OUTPUT_PROBABILITY": QgsProcessing.TEMPORARY_OUTPUT, "OUTPUT_VALID": QgsProcessing.TEMPORARY_OUTPUT,
+            "OUTPUT_CLOUDY": QgsProcessing.TEMPORARY_OUTPUT})
 
 
 def test_mean_of_fractional_and_whole_percents_mixed_in_one_tile(tmp_path):

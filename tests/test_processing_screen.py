@@ -19,7 +19,7 @@ def _aoi_27700(archive, shrink=0.0) -> str:
 
 @pytest.fixture(scope="module")
 def scenes_layer(qgis_processing, sample_servers, sample_archive, tmp_path_factory):
-    import processing
+    from qgis import processing
     from conftest import ensure_provider
 
     ensure_provider()
@@ -33,7 +33,7 @@ def scenes_layer(qgis_processing, sample_servers, sample_archive, tmp_path_facto
 
 
 def test_screen_ranks_filters_and_combines(provider, scenes_layer, sample_archive, tmp_path):
-    import processing
+    from qgis import processing
     from qgis.core import QgsVectorLayer
 
     out = tmp_path / "screened.gpkg"
@@ -55,7 +55,7 @@ def test_screen_ranks_filters_and_combines(provider, scenes_layer, sample_archiv
 
 def test_screen_with_polygon_area_and_processing_truth(provider, scenes_layer, sample_archive, tmp_path):
     """AOI_LAYER polygons inside one tile: aoi_* equal the generator's own counts."""
-    import processing
+    from qgis import processing
     from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
     from shapely import vectorized
     from test_screening_core import _interior_area
@@ -87,12 +87,12 @@ def test_screen_with_polygon_area_and_processing_truth(provider, scenes_layer, s
 
 
 def test_count_shadows_and_buffer_raise_the_cloud_share(provider, scenes_layer, sample_archive, tmp_path):
-    import processing
-    from qgis.core import QgsVectorLayer
+    from qgis import processing
+    from qgis.core import QgsProcessing, QgsVectorLayer
 
     def run(**extra):
         result = processing.run("cloudprob:screenscenes", {
-            "SCENES": scenes_layer, "AOI": _aoi_27700(sample_archive, shrink=1500), "OUTPUT": "TEMPORARY_OUTPUT", **extra})
+            "SCENES": scenes_layer, "AOI": _aoi_27700(sample_archive, shrink=1500), "OUTPUT": QgsProcessing.TEMPORARY_OUTPUT, **extra})
         layer = result["OUTPUT"] if not isinstance(result["OUTPUT"], str) else QgsVectorLayer(result["OUTPUT"])
         return {f["datatake_id"]: f["aoi_cloud_pct"] for f in layer.getFeatures() if f["aoi_cloud_pct"] is not None}
 
@@ -102,21 +102,21 @@ def test_count_shadows_and_buffer_raise_the_cloud_share(provider, scenes_layer, 
 
 
 def test_screen_errors(provider, scenes_layer, tmp_path):
-    import processing
-    from qgis.core import QgsProcessingException, QgsVectorLayer
+    from qgis import processing
+    from qgis.core import QgsProcessing, QgsProcessingException, QgsVectorLayer
 
     with pytest.raises(QgsProcessingException, match="area of interest"):
-        processing.run("cloudprob:screenscenes", {"SCENES": scenes_layer, "OUTPUT": "TEMPORARY_OUTPUT"})
+        processing.run("cloudprob:screenscenes", {"SCENES": scenes_layer, "OUTPUT": QgsProcessing.TEMPORARY_OUTPUT})
     with pytest.raises(QgsProcessingException, match="not an SCL class"):
         processing.run("cloudprob:screenscenes", {
-            "SCENES": scenes_layer, "AOI": "0,1,51,52 [EPSG:4326]", "CLOUD_CLASSES": "8,99", "OUTPUT": "TEMPORARY_OUTPUT"})
+            "SCENES": scenes_layer, "AOI": "0,1,51,52 [EPSG:4326]", "CLOUD_CLASSES": "8,99", "OUTPUT": QgsProcessing.TEMPORARY_OUTPUT})
     plain = QgsVectorLayer("Polygon?crs=EPSG:4326&field=name:string", "plain", "memory")
     with pytest.raises(QgsProcessingException, match="stac_item"):
-        processing.run("cloudprob:screenscenes", {"SCENES": plain, "AOI": "0,1,51,52 [EPSG:4326]", "OUTPUT": "TEMPORARY_OUTPUT"})
+        processing.run("cloudprob:screenscenes", {"SCENES": plain, "AOI": "0,1,51,52 [EPSG:4326]", "OUTPUT": QgsProcessing.TEMPORARY_OUTPUT})
 
 
 def test_cloudmask_of_one_scene_matches_its_scl(provider, scenes_layer, sample_servers, sample_archive, tmp_path):
-    import processing
+    from qgis import processing
     from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProject, QgsRasterLayer
 
     scene = next(s for s in served_scenes(sample_servers) if s.mgrs_tile == "30UYC" and 20 < (s.scene_cloud or 0) < 60)
@@ -156,7 +156,7 @@ def test_cloudmask_of_one_scene_matches_its_scl(provider, scenes_layer, sample_s
 def test_cloudmask_s2cloudless_on_real_l1c(provider, l1c_servers, realdata, tmp_path):
     """s2cloudless on the five real L1C reference scenes served as COGs: equal to the detector
     run directly on the reflectances, for baseline 05.09 (DN offset 1000) and 03.01 (none)."""
-    import processing
+    from qgis import processing
     import realdata_archives
     from qgis.core import QgsVectorLayer
     from s2cloudless import S2PixelCloudDetector
@@ -196,8 +196,8 @@ def test_cloudmask_s2cloudless_on_real_l1c(provider, l1c_servers, realdata, tmp_
 
 
 def test_s2cloudless_on_l2a_scene_says_what_is_missing(provider, scenes_layer):
-    import processing
-    from qgis.core import QgsProcessingException
+    from qgis import processing
+    from qgis.core import QgsProcessing, QgsProcessingException
 
     with pytest.raises(QgsProcessingException, match="no L1C band"):
-        processing.run("cloudprob:cloudmask", {"SCENES": scenes_layer, "MASK_SOURCE": 4, "OUTPUT": "TEMPORARY_OUTPUT"})
+        processing.run("cloudprob:cloudmask", {"SCENES": scenes_layer, "MASK_SOURCE": 4, "OUTPUT": QgsProcessing.TEMPORARY_OUTPUT})

@@ -38,7 +38,7 @@ def test_provider_and_algorithm_are_registered(provider):
 
 
 def test_search_writes_one_footprint_per_scene(provider, sample_servers, sample_archive, tmp_path):
-    import processing
+    from qgis import processing
     from qgis.core import QgsVectorLayer
 
     out = tmp_path / "scenes.gpkg"
@@ -75,7 +75,7 @@ def test_search_writes_one_footprint_per_scene(provider, sample_servers, sample_
 
 
 def test_bad_input_fails_clearly_and_writes_nothing(provider, sample_servers, sample_archive, tmp_path):
-    import processing
+    from qgis import processing
     from qgis.core import QgsProcessingException
 
     out = tmp_path / "never.gpkg"
@@ -90,7 +90,7 @@ def test_bad_input_fails_clearly_and_writes_nothing(provider, sample_servers, sa
 
 
 def test_cancel_writes_nothing(provider, sample_servers, sample_archive, tmp_path):
-    import processing
+    from qgis import processing
     from qgis.core import QgsProcessingFeedback
 
     class CancelOnFirstPage(QgsProcessingFeedback):

@@ -229,7 +229,7 @@ def grid_like(c1_archive, layers, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frequency_run(qgis_processing, c1_servers, layers, grid_like, tmp_path_factory):
-    import processing
+    from qgis import processing
     from conftest import ensure_provider
 
     ensure_provider()
@@ -249,7 +249,7 @@ def frequency_run(qgis_processing, c1_servers, layers, grid_like, tmp_path_facto
 
 @pytest.fixture(scope="module")
 def smoothing_run(frequency_run):
-    import processing
+    from qgis import processing
 
     folder = frequency_run["folder"]
     result = processing.run("cloudprob:smoothprobability", {
@@ -369,7 +369,7 @@ def test_zonal_reference_statistics_on_grid_aligned_boxes(smoothing_run, frequen
     import csv
 
     import geopandas as gpd
-    import processing
+    from qgis import processing
 
     folder = frequency_run["folder"]
     result = processing.run("cloudprob:zonalstatistics", {
@@ -409,7 +409,7 @@ def test_zonal_reference_statistics_on_grid_aligned_boxes(smoothing_run, frequen
 def test_nodata_classes_override_the_measures_rule(frequency_run, layers, truth):
     """NODATA_CLASSES="0,1": the dates whose SCL says defective (1) on rows 50–52 are no
     observation there either; every other pixel keeps its count."""
-    import processing
+    from qgis import processing
 
     folder = frequency_run["folder"]
     result = processing.run("cloudprob:cloudfrequency", {

@@ -176,7 +176,7 @@ def test_adjusted_is_closer_to_the_truth_and_the_artefacts_shrink(year_products,
 
 
 def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_servers, sample_archive, tmp_path):
-    import processing
+    from qgis import processing
     from qgis.core import (
         QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputLayerDefinition, QgsProject,
         QgsVectorLayer,

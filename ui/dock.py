@@ -105,7 +105,7 @@ class CloudProbabilityDock(QgsDockWidget):
         self.draw_button = QPushButton("Draw…")
         self.draw_button.clicked.connect(self.start_drawing)
         self.layer_combo = QgsMapLayerComboBox()
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         row = QHBoxLayout()
         row.addWidget(self.area_drawn)
         row.addWidget(self.draw_button)
@@ -164,9 +164,9 @@ class CloudProbabilityDock(QgsDockWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setSortingEnabled(True)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.itemSelectionChanged.connect(self._selection_changed)
         self.table.setMinimumHeight(180)
         layout.addWidget(self.table, 2)
@@ -381,7 +381,7 @@ class CloudProbabilityDock(QgsDockWidget):
         self.table.setRowCount(len(self.rows))
         for r, row in enumerate(self.rows):
             date = QTableWidgetItem(row["date"])
-            date.setData(Qt.UserRole, r)
+            date.setData(Qt.ItemDataRole.UserRole, r)
             self.table.setItem(r, 0, date)
             self.table.setItem(r, 1, QTableWidgetItem(row["platform"] or ""))
             self.table.setItem(r, 2, QTableWidgetItem(row["tile"] or ""))
@@ -397,12 +397,12 @@ class CloudProbabilityDock(QgsDockWidget):
         items = self.table.selectedItems()
         if not items:
             return None
-        return self.rows[self.table.item(items[0].row(), 0).data(Qt.UserRole)]
+        return self.rows[self.table.item(items[0].row(), 0).data(Qt.ItemDataRole.UserRole)]
 
     def select_row(self, index: int) -> None:
         """Select the table row of ``self.rows[index]`` (the chart calls this on a click)."""
         for r in range(self.table.rowCount()):
-            if self.table.item(r, 0).data(Qt.UserRole) == index:
+            if self.table.item(r, 0).data(Qt.ItemDataRole.UserRole) == index:
                 self.table.selectRow(r)
                 return
 
@@ -487,7 +487,7 @@ class CloudProbabilityDock(QgsDockWidget):
         return params
 
     def open_annual_model(self) -> None:
-        import processing
+        from qgis import processing
 
         try:
             params = self.model_parameters()
@@ -511,7 +511,7 @@ def _parse_extent(text: str):
 
 def _selected_copy(layer: QgsVectorLayer) -> str:
     """The selected polygons written to a temporary GeoPackage (tasks run in another thread)."""
-    import processing
+    from qgis import processing
 
     path = QgsProcessingUtils.generateTempFilename("area.gpkg")
     processing.run("native:saveselectedfeatures", {"INPUT": layer, "OUTPUT": path})
@@ -536,7 +536,8 @@ def _rgb_layer(scene) -> QgsRasterLayer:
         for band, setter in ((1, renderer.setRedContrastEnhancement), (2, renderer.setGreenContrastEnhancement),
                              (3, renderer.setBlueContrastEnhancement)):
             enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
-            enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+            enhancement.setContrastEnhancementAlgorithm(
+                QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
             enhancement.setMinimumValue(offset)
             enhancement.setMaximumValue(offset + 2500)
             setter(enhancement)
@@ -553,7 +554,7 @@ class _Chart(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         try:
-            from matplotlib.backends.backend_qt5agg import FigureCanvasQTAgg
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg  # Qt5 or Qt6, as QGIS loaded
             from matplotlib.figure import Figure
         except ImportError:  # matplotlib is optional: the table says it all
             self.canvas = None
