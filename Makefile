@@ -10,7 +10,7 @@ APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-scipy 
                 python3-matplotlib python3-venv python3-pip nginx-light xvfb openssl
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all deps system test demo bench bench-national zip clean screenshot
+.PHONY: all deps system test demo bench bench-national bench-dask zip wheel clean screenshot
 
 all: test
 
@@ -38,8 +38,20 @@ bench: deps
 bench-national: deps
 	$(PY) benchmarks/bench_national.py $(if $(FRACTION),--fraction $(FRACTION))
 
+# The same chain on a 2-worker LocalCluster against in-process threads, the cores held equal, on the
+# national benchmark's year: FRACTION=1/64 (or 1/256, 1/16); without it 1/64.
+bench-dask: deps
+	$(PY) benchmarks/bench_dask.py $(if $(FRACTION),--fraction $(FRACTION))
+
 zip:
 	scripts/make_zip.sh
+
+# dist/cloud_probability_core-<version>-py3-none-any.whl: cloud_probability.core for Dask workers and
+# cluster nodes (no QGIS side); its dependencies are pip's to resolve there, with -c constraints.txt
+wheel: deps
+	rm -f dist/cloud_probability_core-*.whl
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w dist .
+	@ls dist/cloud_probability_core-*.whl
 
 clean:
 	rm -rf .build demo_out bench_out dist .qgis-settings
