@@ -38,18 +38,11 @@ WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 def scene_fields() -> QgsFields:
     """Fields of the scene footprints layer; later stages read ``stac_item`` back."""
     fields = QgsFields()
-    fields.append(QgsField("item_id", field_type("string")))
-    fields.append(QgsField("collection", field_type("string")))
-    fields.append(QgsField("datetime", field_type("datetime")))
-    fields.append(QgsField("platform", field_type("string")))
-    fields.append(QgsField("mgrs_tile", field_type("string")))
-    fields.append(QgsField("epsg", field_type("int")))
-    fields.append(QgsField("relative_orbit", field_type("int")))
-    fields.append(QgsField("scene_cloud", field_type("double")))
-    fields.append(QgsField("nodata_pct", field_type("double")))
-    fields.append(QgsField("processing_baseline", field_type("string")))
-    fields.append(QgsField("datatake_id", field_type("string")))
-    fields.append(QgsField("stac_item", field_type("string")))
+    for name, kind in (("item_id", "string"), ("collection", "string"), ("datetime", "datetime"),
+                       ("platform", "string"), ("mgrs_tile", "string"), ("epsg", "int"), ("relative_orbit", "int"),
+                       ("scene_cloud", "double"), ("nodata_pct", "double"), ("processing_baseline", "string"),
+                       ("datatake_id", "string"), ("stac_item", "string")):
+        fields.append(QgsField(name, field_type(kind)))
     return fields
 
 
