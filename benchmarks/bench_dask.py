@@ -345,6 +345,9 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the outputs under .build/dask-runs/run-*/")
     args = parser.parse_args(argv)
     fractions = [float(Fraction(f)) for f in (args.fraction or ["1/64"])]
+    import national_archive as na
+
+    na.allow_loopback_assets()  # before the cluster's workers start: they inherit it
     OUT.mkdir(exist_ok=True)
     path = OUT / "bench_dask.json"
     data = json.loads(path.read_text()) if path.exists() else {}

@@ -143,6 +143,9 @@ def _probe_finished_unconsumed() -> dict | None:
 
 def child(stage: str, config_path: str) -> None:
     ensure_plugin_importable()
+    import national_archive as na
+
+    na.allow_loopback_assets()
     cfg = json.loads(Path(config_path).read_text())
     out = Path(cfg["out"])
     paths = {k: str(out / f"{k}.tif") for k in ("probability", "valid", "cloudy", "stdev", "smoothed", "adjusted")}
@@ -168,6 +171,8 @@ def child(stage: str, config_path: str) -> None:
             measure="mean_probability", probability_asset="cloud", tile_px=cfg["tile_px"],
             concurrency=cfg["concurrency"], cache_dir=cfg["cache"], progress=progress,
         )
+        if r.unreadable:  # every product of the year is served: a left-out one is a fault of the run
+            raise SystemExit(f"{len(r.unreadable)} acquisitions unreadable, e.g. {next(iter(r.unreadable.values()))}")
         result.update(seconds=time.monotonic() - t0, cpu_seconds=_cpu_s() - c0, bytes=r.bytes_fetched,
                       pixel_observations=r.pixel_observations, acquisitions=r.acquisitions, scenes=r.scenes,
                       tiles=r.tiles, unreadable=len(r.unreadable), grid_shape=list(grid.shape), stats=r.stats)

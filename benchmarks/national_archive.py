@@ -855,3 +855,12 @@ def describe(spec: NationalSpec | None = None) -> dict:
 
 if __name__ == "__main__":
     print(json.dumps(describe(), indent=1))
+
+
+def allow_loopback_assets() -> None:
+    """The year's items are Earth Search's (their links say so), their COGs served on loopback:
+    core refuses assets a web catalogue places on this machine (issue 14) unless told otherwise,
+    as a user would tell it, with ``CLOUDPROB_ALLOW_LOCAL_ASSETS``. Set before any worker starts."""
+    import os
+
+    os.environ["CLOUDPROB_ALLOW_LOCAL_ASSETS"] = "YES"
