@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsFeature,
     QgsFeatureSink,
     QgsField,
+    QgsFields,
     QgsGeometry,
     QgsProcessing,
     QgsProcessingException,
@@ -13,26 +15,79 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
+from qgis.PyQt.QtCore import QDateTime, Qt, QVariant
 
 from .base import CloudProbAlgorithm
 from ..core.progress import Cancelled
 from ..core.screening import passes, screen_scenes
 from .common import add_mask_parameters, area_from_parameters, mask_spec, scenes_from_source
 from .feedback import FeedbackProgress, core_logging_to
-from .search_scenes import WGS84, scene_feature, scene_fields
+from .search_scenes import WGS84, footprint_geometry
 from .styling import StylePostProcessor
 
-AOI_FIELDS = [
-    ("aoi_cloud_pct", QVariant.Double),
-    ("aoi_shadow_pct", QVariant.Double),
-    ("aoi_snow_pct", QVariant.Double),
-    ("aoi_valid_pct", QVariant.Double),
-    ("aoi_status", QVariant.String),
-    ("aoi_rank", QVariant.Int),
-    ("n_products", QVariant.Int),
-    ("items", QVariant.String),
+# One row per acquisition (datatake): every field describes all of its products together.
+ACQUISITION_FIELDS = [
+    ("datatake_id", QVariant.String, "Acquisition (datatake) id"),
+    ("datetime", QVariant.DateTime, "Acquired (UTC, the earliest product's time)"),
+    ("platform", QVariant.String, "Platform"),
+    ("relative_orbit", QVariant.Int, "Relative orbit"),
+    ("collection", QVariant.String, "STAC collection"),
+    ("n_products", QVariant.Int, "Products of the acquisition (count)"),
+    ("item_ids", QVariant.String, "STAC item ids of all the acquisition's products (comma-separated)"),
+    ("mgrs_tiles", QVariant.String, "MGRS tiles of the acquisition (comma-separated)"),
+    ("epsg_codes", QVariant.String, "EPSG codes of the products' grids (comma-separated)"),
+    ("processing_baselines", QVariant.String, "Processing baselines (comma-separated)"),
+    ("scene_cloud", QVariant.Double,
+     "Scene cloud cover, eo:cloud_cover of the products weighted by their area with data (% of the acquisition's "
+     "pixels with data, not of your area)"),
+    ("scene_cloud_min", QVariant.Double, "Scene cloud cover, lowest product (%)"),
+    ("scene_cloud_max", QVariant.Double, "Scene cloud cover, highest product (%)"),
+    ("nodata_pct", QVariant.Double, "No valid data in the area from any of the products (% of the area)"),
+    ("aoi_cloud_pct", QVariant.Double, "Cloud in the area (% of the area's pixels with valid data)"),
+    ("aoi_shadow_pct", QVariant.Double, "Cloud shadow in the area (% of the area's pixels with valid data)"),
+    ("aoi_snow_pct", QVariant.Double, "Snow and ice in the area (% of the area's pixels with valid data)"),
+    ("aoi_valid_pct", QVariant.Double, "Valid data in the area (% of the area)"),
+    ("aoi_status", QVariant.String, "Screening status"),
+    ("aoi_rank", QVariant.Int, "Rank, clearest in the area first"),
+    ("stac_items", QVariant.String, "STAC items of all the products (JSON array)"),
 ]
+FIELD_ALIASES = {name: alias for name, _, alias in ACQUISITION_FIELDS}
+
+
+def acquisition_fields() -> QgsFields:
+    """Fields of the screened layer, their units in the aliases."""
+    fields = QgsFields()
+    for name, kind, alias in ACQUISITION_FIELDS:
+        field = QgsField(name, kind)
+        field.setAlias(alias)
+        fields.append(field)
+    return fields
+
+
+def acquisition_feature(obs, fields: QgsFields) -> QgsFeature:
+    """One acquisition's row: its products named, product-level figures over all of them, the
+    area's figures from all its products' pixels together, and the union of their footprints."""
+    summary = obs.summary()
+    first = summary.products[0]
+    feature = QgsFeature(fields)
+    geometry = QgsGeometry.unaryUnion([footprint_geometry(s) for s in summary.products])
+    geometry.convertToMultiType()
+    feature.setGeometry(geometry)
+    when = QDateTime.fromString(summary.datetime.replace("Z", ""), Qt.ISODateWithMs)
+    when.setTimeSpec(Qt.UTC)
+    values = {
+        "datatake_id": summary.datatake_id, "datetime": when, "platform": first.platform,
+        "relative_orbit": first.relative_orbit, "collection": first.collection, "n_products": len(summary.products),
+        "item_ids": ",".join(summary.item_ids), "mgrs_tiles": ",".join(summary.mgrs_tiles),
+        "epsg_codes": ",".join(str(c) for c in summary.epsg_codes),
+        "processing_baselines": ",".join(summary.processing_baselines), "scene_cloud": summary.scene_cloud_pct,
+        "scene_cloud_min": summary.scene_cloud_min_pct, "scene_cloud_max": summary.scene_cloud_max_pct,
+        "nodata_pct": obs.nodata_pct,
+        "stac_items": "[" + ",".join(s.item_json() for s in summary.products) + "]",
+    }
+    for name, value in values.items():
+        feature[name] = value
+    return feature
 
 
 class ScreenScenesAlgorithm(CloudProbAlgorithm):
@@ -60,7 +115,12 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             "pixels with valid data) and aoi_valid_pct (percent of the area with valid data). This is the "
             "cloud cover of *your* area, which the scene-level eo:cloud_cover is not.\n\n"
             "Products of one acquisition (neighbouring MGRS tiles, split datastrips, reprocessed "
-            "duplicates) are combined into one observation; items lists them. Acquisitions are filtered "
+            "duplicates) are combined into one observation, one row per acquisition: item_ids and mgrs_tiles "
+            "name all its products and tiles, stac_items holds their STAC items, the geometry is the union of "
+            "their footprints. scene_cloud is the products' eo:cloud_cover weighted by each product's area with "
+            "data (a reprocessed duplicate counted once), with the products' range in scene_cloud_min and "
+            "scene_cloud_max; nodata_pct is the share of the area that none of the products covers with valid "
+            "data. Later stages given this layer read all the products of each acquisition. Acquisitions are filtered "
             "by the two thresholds and ranked clearest first. An acquisition that cannot be read is kept, "
             "marked in aoi_status and named in the log — never dropped or counted as clear.\n\n"
             "Resolution 20 m reads the SCL at full resolution; coarser values read the COG overviews "
@@ -123,9 +183,7 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             feedback.pushWarning(self.tr("Screening cancelled; nothing was written."))
             return {}
 
-        fields = scene_fields()
-        for name, kind in AOI_FIELDS:
-            fields.append(QgsField(name, kind))
+        fields = acquisition_fields()
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.MultiPolygon, WGS84)
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
@@ -136,10 +194,7 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             if not passes(obs, max_cloud, min_valid):
                 dropped += 1
                 continue
-            feature = scene_feature(obs.scene, fields)
-            geometry = QgsGeometry.unaryUnion([scene_feature(s, fields).geometry() for s in obs.scenes])
-            geometry.convertToMultiType()
-            feature.setGeometry(geometry)
+            feature = acquisition_feature(obs, fields)
             if obs.error is None:
                 rank += 1
                 status = "ok" if f.valid_pct > 0 else "no data in the area"
@@ -151,8 +206,6 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             else:
                 status = f"read error: {obs.error}"
             feature["aoi_status"] = status
-            feature["n_products"] = len(obs.scenes)
-            feature["items"] = ",".join(s.item_id for s in obs.scenes)
             if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
                 raise QgsProcessingException(f"Could not write {obs.datatake_id}: {sink.lastError()}")
             kept += 1
@@ -161,5 +214,6 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             f"valid data in the area dropped; {result.errors} unreadable (kept, marked). "
             f"Fetched {result.bytes_fetched / 1e6:.2f} MB over HTTP."
         )
-        StylePostProcessor.attach(context, dest_id, "screened_scenes.qml", name="Scenes screened over the area")
+        StylePostProcessor.attach(context, dest_id, "screened_scenes.qml", FIELD_ALIASES,
+                                  name="Scenes screened over the area")
         return {self.OUTPUT: dest_id}

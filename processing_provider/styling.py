@@ -29,11 +29,13 @@ class KeptPostProcessor(QgsProcessingLayerPostProcessorInterface):
 
 
 class StylePostProcessor(KeptPostProcessor):
-    """Loads a .qml style from ``ui/styles`` onto the output layer."""
+    """Loads a .qml style from ``ui/styles`` onto the output layer, and optionally field aliases
+    (``{field: alias with unit}``: GeoPackages written through GDAL 3.6 keep none)."""
 
-    def __init__(self, qml: str):
+    def __init__(self, qml: str, aliases: dict | None = None):
         super().__init__()
         self.qml = qml
+        self.aliases = dict(aliases or {})
 
     def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext, feedback) -> None:  # noqa: N802
         path = STYLES / self.qml
@@ -42,7 +44,16 @@ class StylePostProcessor(KeptPostProcessor):
         message, ok = layer.loadNamedStyle(str(path))
         if not ok and feedback is not None:
             feedback.pushWarning(f"Could not apply the style {path.name}: {message}")
+        set_aliases(layer, self.aliases)
         layer.triggerRepaint()
+
+
+def set_aliases(layer, aliases: dict) -> None:
+    """Each field's alias (its meaning and unit) where the layer has that field."""
+    for name, alias in aliases.items():
+        index = layer.fields().indexOf(name)
+        if index >= 0:
+            layer.setFieldAlias(index, alias)
 
 
 class GraduatedPostProcessor(KeptPostProcessor):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 from conftest import served_scenes
 
@@ -71,6 +72,73 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
     scl = next(layer for layer in added if layer.name().endswith("SCL"))
     assert scl.isValid() and scl.renderer().type() == "paletted" and len(scl.renderer().classes()) == 11
     assert all(layer.id() in QgsProject.instance().mapLayers() for layer in added), names
+
+
+def test_the_whole_acquisition_is_added_and_covers_the_area(dock, qtbot, sample_archive):
+    """*Add acquisition to map* adds every product of a multi-tile acquisition (one group), and
+    together their SCL layers have data wherever the generator's swath puts the acquisition over
+    the area, which no single product does."""
+    import json
+
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProject, QgsRectangle
+    from shapely.geometry import box
+
+    from cloud_probability.core import sample_archive as sa
+
+    # the sample archive's whole area, which both orbits' swath edges cross
+    x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
+    dock.set_drawn_extent(QgsRectangle(x0, y0, x1, y1), QgsCoordinateReferenceSystem("EPSG:27700"))
+    dock.max_area_cloud.setValue(100.0)
+    dock.min_valid.setValue(0.0)
+    with qtbot.waitSignal(dock.finished, timeout=180_000) as blocker:
+        dock.search()
+    assert blocker.args == [True], dock.status.text()
+    # the most products (a split datastrip's acquisition has five)
+    index = max(range(len(dock.rows)), key=lambda i: (dock.rows[i]["n_products"], dock.rows[i]["valid"]))
+    row = dock.rows[index]
+    dock.select_row(index)
+    added = dock.add_selected_scene()
+    scl = [layer for layer in added if layer.name().endswith(" SCL")]
+
+    # the products the generator wrote for this acquisition (a reprocessed duplicate once)
+    truth = json.loads((sample_archive / "truth" / "scenes.json").read_text())
+    datatake = next(t["datatake"] for i, t in truth.items() if i in row["item_ids"].split(","))
+    products = {i: t for i, t in truth.items() if t["datatake"] == datatake}
+    newest = {t["tile"]: max(x["baseline"] for x in products.values() if x["tile"] == t["tile"]) for t in products.values()}
+    expected = sorted(i for i, t in products.items() if t["baseline"] == newest[t["tile"]])
+    assert sorted(layer.name()[: -len(" SCL")] for layer in scl) == expected
+    assert len({t["tile"] for t in products.values()}) >= 4 and {layer.crs().authid() for layer in scl} == {"EPSG:32630", "EPSG:32631"}
+    group_ids = {node.layerId() for node in dock.added_group.findLayers()}
+    assert group_ids == {layer.id() for layer in added} and all(lyr.id() in QgsProject.instance().mapLayers() for lyr in added)
+
+    # extents: together the layers span the area (one tile alone does not)
+    bng = QgsCoordinateReferenceSystem("EPSG:27700")
+    aoi = box(x0, y0, x1, y1)
+    extents = []
+    for layer in scl:
+        e = QgsCoordinateTransform(layer.crs(), bng, QgsProject.instance()).transformBoundingBox(layer.extent())
+        extents.append(box(e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()))
+    from shapely.ops import unary_union
+
+    assert unary_union(extents).contains(aoi) and not any(e.contains(aoi) for e in extents)
+
+    # pixels: data wherever the acquisition's swath covers the area (the generator's truth)
+    layout = sa.make_layout(sa.SampleSpec.small())
+    orbit = next(d.orbit for d in layout.datatakes if d.datatake_id == datatake)
+    xs, ys = np.meshgrid(np.arange(x0 + 30, x1, 80.0), np.arange(y0 + 30, y1, 80.0))
+    xs, ys = xs.ravel(), ys.ravel()
+    inside = sa.in_swath(layout, orbit, xs, ys)
+    far = np.abs(xs - sa.swath_edge_x(layout, orbit, ys)) > 40  # clear of the edge's 20 m pixels
+    covered = np.zeros((len(scl), xs.size), bool)
+    for k, layer in enumerate(scl):
+        to_layer = QgsCoordinateTransform(bng, layer.crs(), QgsProject.instance())
+        provider = layer.dataProvider()
+        for n, (x, y) in enumerate(zip(xs, ys)):
+            value, ok = provider.sample(to_layer.transform(QgsPointXY(x, y)), 1)
+            covered[k, n] = ok and value == value and value != 0
+    assert 100 < inside[far].sum() < far.sum()  # the swath's edge crosses the area
+    np.testing.assert_array_equal(covered.any(axis=0)[far], inside[far])
+    assert not any(c[far & inside].all() for c in covered)  # no single product covers it
 
 
 def test_cancel_midway(dock, qtbot):

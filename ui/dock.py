@@ -54,15 +54,15 @@ CATALOGUES = [
     ("Microsoft Planetary Computer", "https://planetarycomputer.microsoft.com/api/stac/v1", "sentinel-2-l2a"),
     ("Custom STAC API", "", "sentinel-2-c1-l2a"),
 ]
-COLUMNS = ["date", "platform", "tile", "scene cloud %", "area cloud %", "valid %", "items"]
+COLUMNS = ["date", "platform", "tiles", "scene cloud %", "area cloud %", "valid %", "products"]
 SETTINGS = "cloud_probability/dock"
 
 
 class _NumericItem(QTableWidgetItem):
     """Sorts by number, shows a rounded value."""
 
-    def __init__(self, value):
-        super().__init__("" if value is None else f"{value:.1f}")
+    def __init__(self, value, form: str = "{:.1f}"):
+        super().__init__("" if value is None else form.format(value))
         self.value = float("inf") if value is None else float(value)
 
     def __lt__(self, other):  # noqa: D105
@@ -88,6 +88,7 @@ class CloudProbabilityDock(QgsDockWidget):
         self.rows: list[dict] = []
         self.highlight = None
         self.highlighted_fid = None
+        self.added_group = None
         self._build()
         self.load_settings()
 
@@ -175,7 +176,7 @@ class CloudProbabilityDock(QgsDockWidget):
         layout.addWidget(self.chart, 1)
 
         actions = QHBoxLayout()
-        self.add_button = QPushButton("Add scene to map")
+        self.add_button = QPushButton("Add acquisition to map")
         self.zoom_button = QPushButton("Zoom to area")
         self.model_button = QPushButton("Annual model…")
         self.add_button.clicked.connect(self.add_selected_scene)
@@ -357,8 +358,9 @@ class CloudProbabilityDock(QgsDockWidget):
         for f in layer.getFeatures(QgsFeatureRequest().addOrderBy("datetime")):
             self.rows.append({
                 "fid": f.id(), "date": f["datetime"].toString("yyyy-MM-dd") if f["datetime"] else "",
-                "platform": f["platform"], "tile": f["mgrs_tile"], "scene": f["scene_cloud"], "area": f["aoi_cloud_pct"],
-                "valid": f["aoi_valid_pct"], "items": f["items"], "stac_item": f["stac_item"],
+                "platform": f["platform"], "tiles": f["mgrs_tiles"], "scene": f["scene_cloud"], "area": f["aoi_cloud_pct"],
+                "valid": f["aoi_valid_pct"], "n_products": f["n_products"], "item_ids": f["item_ids"],
+                "stac_items": f["stac_items"],
             })
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(self.rows))
@@ -366,12 +368,15 @@ class CloudProbabilityDock(QgsDockWidget):
             date = QTableWidgetItem(row["date"])
             date.setData(Qt.UserRole, r)
             self.table.setItem(r, 0, date)
-            self.table.setItem(r, 1, QTableWidgetItem(row["platform"] or ""))
-            self.table.setItem(r, 2, QTableWidgetItem(row["tile"] or ""))
+            self.table.setItem(r, 1, QTableWidgetItem(_short_platform(row["platform"])))
+            tiles = QTableWidgetItem(" ".join((row["tiles"] or "").split(",")))
+            self.table.setItem(r, 2, tiles)
             self.table.setItem(r, 3, _NumericItem(row["scene"]))
             self.table.setItem(r, 4, _NumericItem(row["area"]))
             self.table.setItem(r, 5, _NumericItem(row["valid"]))
-            self.table.setItem(r, 6, QTableWidgetItem(row["items"] or ""))
+            products = _NumericItem(row["n_products"], "{:.0f}")
+            products.setToolTip("\n".join((row["item_ids"] or "").split(",")))
+            self.table.setItem(r, 6, products)
         self.table.setSortingEnabled(True)
         self.table.resizeColumnsToContents()
         self.chart.plot(self.rows)
@@ -418,33 +423,54 @@ class CloudProbabilityDock(QgsDockWidget):
         self.highlighted_fid = fid
 
     def add_selected_scene(self) -> list:
-        """True colour (visual, or red/green/blue) and the SCL of the selected scene, as layers."""
+        """Every product of the selected acquisition on the map, in one layer group: each
+        product's true colour (visual, or red/green/blue) above its SCL (class palette). A
+        reprocessed duplicate gives way to the newest processing baseline; split datastrips and
+        neighbouring tiles are all added, so the layers cover what the acquisition covers."""
         row = self.selected_row()
         if row is None:
-            self.status.setText("Select a scene in the table first.")
+            self.status.setText("Select an acquisition in the table first.")
             return []
-        from ..core.stac import scene_from_json
-        from ..core.reading import vsi_path
+        import json
 
-        scene = scene_from_json(row["stac_item"])
+        from ..core.reading import vsi_path
+        from ..core.screening import acquisition
+        from ..core.stac import normalise_item
+
+        summary = acquisition([normalise_item(item) for item in json.loads(row["stac_items"])])
+        project = QgsProject.instance()
+        first = summary.distinct[0]
+        orbit = f" R{first.relative_orbit:03d}" if first.relative_orbit else ""
+        group = project.layerTreeRoot().insertGroup(
+            0, f"{row['date']} {_short_platform(first.platform)}{orbit}: {len(summary.distinct)} products")
+        colour_group = group.addGroup("True colour")
+        scl_group = group.addGroup("Scene classification (SCL)")
         added = []
-        scl = scene.asset_href("scl")
-        if scl:
-            layer = QgsRasterLayer(vsi_path(scl), f"{scene.item_id} SCL")
-            if layer.isValid():
-                layer.loadNamedStyle(str(STYLES / "scl.qml"))
-                QgsProject.instance().addMapLayer(layer)
+        for scene in summary.distinct:
+            scl = scene.asset_href("scl")
+            if scl:
+                layer = QgsRasterLayer(vsi_path(scl), f"{scene.item_id} SCL")
+                if layer.isValid():
+                    layer.loadNamedStyle(str(STYLES / "scl.qml"))
+                    project.addMapLayer(layer, False)
+                    scl_group.addLayer(layer)
+                    added.append(layer)
+            if scene.asset_href("visual"):
+                layer = QgsRasterLayer(vsi_path(scene.asset_href("visual")), f"{scene.item_id} true colour")
+            elif all(scene.asset_href(b) for b in ("red", "green", "blue")):
+                layer = _rgb_layer(scene)
+            else:
+                layer = None
+            if layer is not None and layer.isValid():
+                project.addMapLayer(layer, False)
+                colour_group.addLayer(layer)
                 added.append(layer)
-        if scene.asset_href("visual"):  # true colour above the SCL
-            layer = QgsRasterLayer(vsi_path(scene.asset_href("visual")), f"{scene.item_id} true colour")
-        elif all(scene.asset_href(b) for b in ("red", "green", "blue")):
-            layer = _rgb_layer(scene)
-        else:
-            layer = None
-        if layer is not None and layer.isValid():
-            QgsProject.instance().addMapLayer(layer)
-            added.append(layer)
-        self.status.setText(f"Added {len(added)} layers of {scene.item_id}.")
+        for child in (colour_group, scl_group):
+            if not child.children():
+                group.removeChildNode(child)
+        self.added_group = group
+        self.status.setText(f"Added {len(added)} layers of the acquisition {summary.datatake_id} "
+                            f"({len(summary.distinct)} products: {', '.join(summary.mgrs_tiles)}).")
         self.zoom_to_area()
         return added
 
@@ -478,6 +504,12 @@ class CloudProbabilityDock(QgsDockWidget):
             self.status.setText(str(exc))
             return
         processing.execAlgorithmDialog("cloudprob:annualcloudprobability", params)
+
+
+def _short_platform(platform: str | None) -> str:
+    """``sentinel-2b`` → ``S2B`` (the table stays narrow)."""
+    text = (platform or "").lower()
+    return "S2" + text[-1].upper() if text.startswith("sentinel-2") and len(text) == 11 else (platform or "")
 
 
 def _extent_text(extent: QgsRectangle, crs) -> str:
