@@ -214,7 +214,12 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
     assert rows[0].startswith("code,name,probability_mean,probability_median") and len(rows) == 301
     details = context.layersToLoadOnCompletion()[results["OUTPUT"]]
     details.postProcessor().postProcessLayer(layer, context, feedback)
-    assert layer.renderer().type() == "graduatedSymbol" and len(layer.renderer().ranges()) == 7
+    ranges = layer.renderer().ranges()
+    assert layer.renderer().type() == "graduatedSymbol" and len(ranges) >= 3
+    widths = {round(r.upperValue() - r.lowerValue(), 9) for r in ranges}  # equal intervals, stated in the name
+    assert len(widths) == 1 and f"equal intervals of {widths.pop():g} percentage points" in layer.name()
+    means = [f["probability_mean"] for f in layer.getFeatures() if isinstance(f["probability_mean"], float)]
+    assert ranges[0].lowerValue() <= min(means) and max(means) <= ranges[-1].upperValue()
     assert layer.attributeDisplayName(layer.fields().indexOf("probability_mean")) == "Cloud probability, area-weighted mean (%)"
 
     x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
