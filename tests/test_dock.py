@@ -38,10 +38,23 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
     from qgis.core import QgsProject
     from qgis.PyQt.QtCore import Qt
 
-    with qtbot.waitSignal(dock.finished, timeout=180_000) as blocker:
-        dock.search()
-        assert not dock.search_button.isEnabled() and dock.cancel_button.isEnabled()  # it runs in the background
+    import gc
+    import warnings
+
+    dock.resize(460, 1000)
+    dock.show()
+    with warnings.catch_warnings(record=True) as caught:  # QGIS logs each one with a traceback
+        warnings.simplefilter("always")
+        with qtbot.waitSignal(dock.finished, timeout=180_000) as blocker:
+            dock.search()
+            assert not dock.search_button.isEnabled() and dock.cancel_button.isEnabled()  # it runs in the background
+        for height in (1000, 500, 240, 0, 1000):  # the chart drawn at any size the dock is given
+            dock.resize(460, height)
+            dock.chart.canvas.draw()
+            qtbot.wait(10)
+        gc.collect()  # an HTTP connection left open would warn (ResourceWarning) when collected
     assert blocker.args == [True], dock.status.text()
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
     # the same screening straight through core
     from shapely.geometry import box
 
@@ -55,6 +68,30 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
     assert shown == pytest.approx(areas, abs=1e-9)
     assert dock.progress.value() == 100 and dock.search_button.isEnabled()
     assert dock.screened_layer is not None and dock.screened_layer.id() in QgsProject.instance().mapLayers()
+    assert dock.screened_layer.featureCount() == len(kept)  # the map shows what the table lists
+
+    # the chart: every acquisition, the kept ones highlighted, tall enough, its axis label inside
+    assert len(dock.all_rows) == len(expected.observations) > len(kept)
+    lines = dock.chart.axes.get_lines()
+    grey = next(line for line in lines if line.get_label() == "other acquisitions")
+    blue = next(line for line in lines if line.get_label() == "kept by the thresholds")
+    assert len(blue.get_xdata()) == len(kept)
+    assert len(grey.get_xdata()) == sum(1 for o in expected.observations if o.cloud_pct is not None) - len(kept)
+    assert dock.chart.canvas.height() >= 220
+    renderer = dock.chart.figure.canvas.get_renderer()
+    box = dock.chart.axes.yaxis.label.get_window_extent(renderer)
+    assert 0 <= box.x0 and box.y0 >= 0 and box.y1 <= dock.chart.figure.bbox.height  # not clipped
+    for tick in dock.chart.axes.get_xticklabels():
+        assert tick.get_window_extent(renderer).y0 >= 0
+
+    # the thresholds filter the screened acquisitions again, without a new search
+    dock.max_area_cloud.setValue(10.0)
+    fewer = [o for o in kept if o.cloud_pct <= 10]
+    assert dock.table.rowCount() == len(fewer) < len(kept) and dock.screened_layer.featureCount() == len(fewer)
+    assert len(dock.chart.axes.get_lines()[1].get_xdata()) == len(fewer)
+    dock.max_area_cloud.setValue(30.0)
+    assert dock.table.rowCount() == len(kept)
+    dock.table.sortItems(4, Qt.AscendingOrder)
 
     # a click on the chart selects the nearest acquisition, and its footprint on the map
     from matplotlib.dates import date2num
@@ -160,16 +197,45 @@ def test_cancel_midway(dock, qtbot):
 
 
 def test_settings_are_remembered_and_model_prefilled(dock, qtbot, sample_servers, qgis_iface):
+    from qgis.PyQt.QtCore import QDate
+
     from cloud_probability.ui.dock import CloudProbabilityDock
 
     dock.max_area_cloud.setValue(12.5)
+    dock.start.setDate(QDate(2023, 3, 1))
+    dock.end.setDate(QDate(2023, 9, 30))
     dock.save_settings()
     again = CloudProbabilityDock(qgis_iface)
     qtbot.addWidget(again)
     assert again.max_area_cloud.value() == 12.5 and again.url.text() == sample_servers.stac.url
+    assert (again.start.date(), again.end.date()) == (QDate(2023, 3, 1), QDate(2023, 9, 30))  # not reset to last year
+    dock.start.setDate(QDate(2024, 1, 1))
+    dock.end.setDate(QDate(2024, 12, 31))
     params = dock.model_parameters()
     assert params["STAC_URL"] == sample_servers.stac.url and params["START_DATE"] == "2024-01-01"
     assert params["AOI"].endswith("[EPSG:27700]")
+
+
+def test_the_drawn_area_is_outlined_on_the_map(dock, qgis_iface):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject, QgsRectangle
+
+    canvas = qgis_iface.mapCanvas()
+    for crs in ("EPSG:4326", "EPSG:3857"):  # drawn in the map's CRS whatever it is, and again when it changes
+        canvas.setDestinationCrs(QgsCoordinateReferenceSystem(crs))
+        band = dock.area_band
+        assert band is not None and band.isVisible()
+        expected = QgsCoordinateTransform(dock.drawn_crs, canvas.mapSettings().destinationCrs(),
+                                          QgsProject.instance()).transformBoundingBox(dock.drawn_extent)
+        got = band.asGeometry().boundingBox()
+        for a, b in ((got.xMinimum(), expected.xMinimum()), (got.yMaximum(), expected.yMaximum()),
+                     (got.width(), expected.width()), (got.height(), expected.height())):
+            assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
+    dock.set_drawn_extent(QgsRectangle(538_000, 177_000, 539_000, 178_000), QgsCoordinateReferenceSystem("EPSG:27700"))
+    assert dock.area_band.asGeometry().boundingBox().width() < expected.width()  # a new rectangle replaces it
+    dock.area_canvas.setChecked(True)
+    assert not dock.area_band.isVisible()  # shown only while it is the chosen area
+    dock.area_drawn.setChecked(True)
+    assert dock.area_band.isVisible()
 
 
 def test_bad_input_is_said_not_searched(dock):
