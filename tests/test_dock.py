@@ -211,6 +211,7 @@ def test_settings_are_remembered_and_model_prefilled(dock, qtbot, sample_servers
     assert (again.start.date(), again.end.date()) == (QDate(2023, 3, 1), QDate(2023, 9, 30))  # not reset to last year
     dock.start.setDate(QDate(2024, 1, 1))
     dock.end.setDate(QDate(2024, 12, 31))
+    assert "fitted over this area" in dock.model_button.toolTip() and "FIT_FROM" in dock.model_button.toolTip()
     params = dock.model_parameters()
     assert params["STAC_URL"] == sample_servers.stac.url and params["START_DATE"] == "2024-01-01"
     assert params["AOI"].endswith("[EPSG:27700]")

@@ -203,6 +203,11 @@ class CloudProbabilityDock(QgsDockWidget):
         self.add_button.clicked.connect(self.add_selected_scene)
         self.zoom_button.clicked.connect(self.zoom_to_area)
         self.model_button.clicked.connect(self.open_annual_model)
+        extent_note = ("The annual model's adjustment is fitted over this area: another area gives another fit and "
+                       "slightly different adjusted values. To compare runs, reuse one fit (FIT_FROM of 'Smooth and "
+                       "adjust the cloud probability').")
+        self.model_button.setToolTip(extent_note)
+        area.setToolTip(extent_note)
         for b in (self.add_button, self.zoom_button, self.model_button):
             actions.addWidget(b)
         layout.addLayout(actions)
