@@ -55,7 +55,8 @@ def load_fit(fit_from, method: str) -> dict:
             "counts": ("names", "coefficients", "intercept", "means")}[method]
     other = "counts" if method == "reference" else "reference"
     if not isinstance(fit, dict) or not all(k in fit for k in keys):
-        if isinstance(fit, dict) and all(k in fit for k in {"reference": ("slope",), "counts": ("coefficients",)}[other]):
+        marker = {"reference": "slope", "counts": "coefficients"}[other]
+        if isinstance(fit, dict) and marker in fit:
             raise FitError(f"{where} holds a fit of the other method ('{_METHOD_NAMES[other]}'); this run uses "
                            f"'{_METHOD_NAMES[method]}': reuse a fit made with the same method.")
         raise FitError(f"{where} is not a .regression.json of the '{_METHOD_NAMES[method]}' method "
@@ -578,7 +579,7 @@ def reference_adjustment(
     if not threshold_pct >= 0:
         raise ValueError("The deviation threshold must be 0 or more (percent).")
     fixed = None if fit_from is None else load_fit(fit_from, "reference")
-    if fixed is not None and (int(fixed["kernel_size"]) != size or float(fixed["threshold_pct"]) != float(threshold_pct)):
+    if fixed is not None and (int(fixed["kernel_size"]), float(fixed["threshold_pct"])) != (size, float(threshold_pct)):
         raise FitError(f"The fit to reuse was made with a {int(fixed['kernel_size'])}-pixel kernel and a "
                        f"{float(fixed['threshold_pct']):g} % threshold; this run asks for {size} pixels and "
                        f"{threshold_pct:g} %: use the same, or no fit to reuse.")

@@ -91,7 +91,8 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             QgsProcessingParameterNumber.Double, 5.0, False, 0.0, 1000.0))
         self.addParameter(QgsProcessingParameterBoolean(self.ADJUST, self.tr("Adjust with regression residuals"), True))
         self.addParameter(QgsProcessingParameterFile(
-            self.FIT_FROM, self.tr("Reuse the fit of a previous run (its .regression.json; empty: fit over this extent)"),
+            self.FIT_FROM,
+            self.tr("Reuse the fit of a previous run (its .regression.json; empty: fit over this extent)"),
             extension="json", optional=True))
         add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterRasterDestination(  # optional: see cloud_frequency.py

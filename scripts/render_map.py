@@ -44,7 +44,8 @@ def attribution(start: date, end: date) -> str:
 def title_text(measure: str, place: str, start: date, end: date) -> str:
     name = MEASURES[measure][0]
     annual = (start.month, start.day, end.month, end.day) == (1, 1, 12, 31) and start.year == end.year
-    return f"{'Annual ' + name[0].lower() + name[1:] if annual else name} per small area, {place}, {period_text(start, end)}"
+    measure_name = "Annual " + name[0].lower() + name[1:] if annual else name
+    return f"{measure_name} per small area, {place}, {period_text(start, end)}"
 
 
 def is_null(value) -> bool:
@@ -90,8 +91,8 @@ def build_layout(project, layer, place: str, start: date, end: date, measure: st
     """The print layout of ``layer`` (small areas with ``field`` in percent), styled here."""
     from qgis.core import (
         QgsApplication, QgsFillSymbol, QgsLayoutItemLegend, QgsLayoutItemMap,
-        QgsLayoutItemPicture, QgsLayoutItemScaleBar, QgsLayoutSize, QgsLegendRenderer, QgsLegendStyle, QgsMapLayerLegendUtils,
-        QgsPrintLayout,
+        QgsLayoutItemPicture, QgsLayoutItemScaleBar, QgsLayoutSize, QgsLegendRenderer, QgsLegendStyle,
+        QgsMapLayerLegendUtils, QgsPrintLayout,
         QgsSingleSymbolRenderer, QgsUnitTypes, QgsVectorLayer,
     )
 

@@ -131,7 +131,8 @@ def _end_group(proc: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Screenshots of QGIS with the dock after a search on the sample archive.")
+    parser = argparse.ArgumentParser(
+        description="Screenshots of QGIS with the dock after a search on the sample archive.")
     parser.add_argument("--update", action="store_true", help=f"write into {TRACKED.relative_to(ROOT)} (the README's)")
     parser.add_argument("--out", type=Path, help=f"folder to write into (default {BUILD_OUT.relative_to(ROOT)})")
     args = parser.parse_args(argv)
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     log = ""
     with servers.SampleServers(archive, ROOT / ".build" / "screenshot-servers") as running:
         config = json.dumps({"stac_url": running.stac.url, "area": [gx - 1200, gy - 1200, gx + 1200, gy + 1200],
-                             "zones": f"{archive / 'zones' / 'small_areas.gpkg'}|layername=small_areas", "out": str(out),
+                             "zones": f"{archive / 'zones' / 'small_areas.gpkg'}|layername=small_areas",
+                             "out": str(out),
                              "screen": list(SCREEN), "dock_width": 800})
         startup = ROOT / ".build" / "screenshot_startup.py"
         startup.write_text(STARTUP.format(config=config))
