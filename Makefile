@@ -56,5 +56,6 @@ wheel: deps
 clean:
 	rm -rf .build demo_out bench_out dist .qgis-settings
 
+# Screenshots into .build/screenshots/; UPDATE=1 writes the README's, docs/screenshots/.
 screenshot: deps
-	$(PY) scripts/screenshot.py
+	$(PY) scripts/screenshot.py $(if $(UPDATE),--update)

@@ -41,6 +41,89 @@ class Observation:
         """The product that stands for the observation (the first read)."""
         return self.scenes[0]
 
+    @property
+    def nodata_pct(self) -> float | None:
+        """Percent of the area without valid data in any of the acquisition's products (None when
+        unreadable): the acquisition's own figure, not one product's share of its tile."""
+        if self.error is not None or self.fractions is None:
+            return None
+        return 100.0 - self.fractions.valid_pct
+
+    def summary(self) -> "Acquisition":
+        """The acquisition's products and product-level figures together (:func:`acquisition`)."""
+        return acquisition(self.scenes)
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """What one acquisition's products say together.
+
+    ``products`` are every product of the acquisition, tile by tile; ``distinct`` keeps one
+    product per tile and datastrip (a reprocessed duplicate gives way to the newest processing
+    baseline), which is what ``scene_cloud_pct`` is computed over and what is added to a map.
+    ``scene_cloud_pct`` is eo:cloud_cover (percent of a product's pixels with data) over all the
+    acquisition's pixels with data: the products' values weighted by each product's area with
+    data, i.e. by (100 − its no-data percent); min and max are the products' own extremes.
+    """
+
+    datatake_id: str
+    datetime: str  # the earliest product's, ISO 8601 UTC
+    products: tuple[Scene, ...]
+    distinct: tuple[Scene, ...]
+    scene_cloud_pct: float | None
+    scene_cloud_min_pct: float | None
+    scene_cloud_max_pct: float | None
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [s.item_id for s in self.products]
+
+    @property
+    def mgrs_tiles(self) -> list[str]:
+        return sorted({s.mgrs_tile for s in self.products if s.mgrs_tile})
+
+    @property
+    def epsg_codes(self) -> list[int]:
+        return sorted({s.epsg for s in self.products if s.epsg})
+
+    @property
+    def processing_baselines(self) -> list[str]:
+        return sorted({s.processing_baseline for s in self.products if s.processing_baseline})
+
+
+def distinct_products(products: list[Scene]) -> list[Scene]:
+    """One product per MGRS tile and datastrip: where a tile comes in several processing
+    baselines (a reprocessed duplicate), only the newest baseline's products; split datastrips
+    of one tile (same baseline, parts of the tile) are all kept. Sorted by tile, then item id."""
+    newest: dict[str | None, float] = {}
+    for scene in products:
+        newest[scene.mgrs_tile] = max(newest.get(scene.mgrs_tile, -1.0), _baseline_number(scene))
+    kept = [s for s in products if s.mgrs_tile is None or _baseline_number(s) == newest[s.mgrs_tile]]
+    return sorted(kept, key=lambda s: (s.mgrs_tile or "", s.item_id))
+
+
+def acquisition(products: list[Scene]) -> Acquisition:
+    """The acquisition-level figures of one datatake's products (see :class:`Acquisition`)."""
+    if not products:
+        raise ValueError("An acquisition needs at least one product.")
+    ordered = tuple(sorted(products, key=lambda s: (s.mgrs_tile or "", -_baseline_number(s), s.item_id)))
+    distinct = tuple(distinct_products(list(products)))
+    weighted = [(s.scene_cloud, max(0.0, 100.0 - (s.nodata_pct if s.nodata_pct is not None else 0.0)))
+                for s in distinct if s.scene_cloud is not None]
+    total = sum(w for _, w in weighted)
+    if total > 0:
+        cloud = sum(c * w for c, w in weighted) / total
+    elif weighted:  # every product says it has no data: their plain mean
+        cloud = sum(c for c, _ in weighted) / len(weighted)
+    else:
+        cloud = None
+    values = [c for c, _ in weighted]
+    first = min(products, key=lambda s: s.when)
+    return Acquisition(
+        first.datatake_id, first.datetime, ordered, distinct, cloud,
+        min(values) if values else None, max(values) if values else None,
+    )
+
 
 def group_by_datatake(scenes: list[Scene]) -> list[list[Scene]]:
     """Scenes grouped by datatake, oldest acquisition first; within a group the newest
@@ -311,14 +394,21 @@ def screen_scenes(
 def passes(obs: Observation, max_cloud_pct: float = 100.0, min_valid_pct: float = 0.0) -> bool:
     """Whether an observation is kept by the thresholds. Unreadable ones always are (marked,
     never dropped or counted as clear); one without valid data only when nothing is asked of it."""
-    if obs.error is not None:
-        return True
     f = obs.fractions
-    if f is None or f.valid_pct < min_valid_pct:
+    return passes_values(None if f is None else f.cloud_pct, None if f is None else f.valid_pct, obs.error is not None,
+                         max_cloud_pct, min_valid_pct)
+
+
+def passes_values(cloud_pct: float | None, valid_pct: float | None, unreadable: bool = False,
+                  max_cloud_pct: float = 100.0, min_valid_pct: float = 0.0) -> bool:
+    """:func:`passes` on an acquisition's figures (percent), e.g. read back from a layer."""
+    if unreadable:
+        return True
+    if valid_pct is None or valid_pct < min_valid_pct:
         return False
-    if f.cloud_pct is None:
+    if cloud_pct is None:
         return max_cloud_pct >= 100.0
-    return f.cloud_pct <= max_cloud_pct
+    return cloud_pct <= max_cloud_pct
 
 
 def _rank(obs: Observation):

@@ -718,18 +718,31 @@ def open_client(request: SearchRequest, progress: Progress | None = None):
     """Open the API and check it offers item search; raise :class:`SearchError` otherwise."""
     from pystac_client import Client
 
+    stac_io = make_stac_io(request, progress)
     try:
-        client = Client.open(request.url.strip(), stac_io=make_stac_io(request, progress))
-    except (SearchError, Cancelled):
+        try:
+            client = Client.open(request.url.strip(), stac_io=stac_io)
+        except (SearchError, Cancelled):
+            raise
+        except Exception as exc:  # pystac and JSON errors all mean the same to the user
+            raise _explain(request.url, exc) from exc
+        conforms = client.to_dict().get("conformsTo") or []
+        if not any("item-search" in c for c in conforms):
+            raise SearchError(
+                f"{request.url} is not a STAC API with item search (it declares no 'item-search' conformance class)."
+            )
+    except BaseException:
+        stac_io.session.close()
         raise
-    except Exception as exc:  # pystac and JSON errors all mean the same to the user
-        raise _explain(request.url, exc) from exc
-    conforms = client.to_dict().get("conformsTo") or []
-    if not any("item-search" in c for c in conforms):
-        raise SearchError(
-            f"{request.url} is not a STAC API with item search (it declares no 'item-search' conformance class)."
-        )
     return client
+
+
+def close_client(client: Any) -> None:
+    """Close the connections a client of :func:`open_client` keeps open (its requests session),
+    so none is left for the garbage collector (an unclosed-socket ResourceWarning)."""
+    session = getattr(getattr(client, "_stac_io", None), "session", None)
+    if session is not None:
+        session.close()
 
 
 def conforms(client: Any, name: str) -> bool:
@@ -845,6 +858,13 @@ def search_scenes(request: SearchRequest, progress: Progress | None = None) -> S
     progress = progress or NullProgress()
     validate(request)
     client = open_client(request, progress)
+    try:
+        return _search(client, request, progress)
+    finally:
+        close_client(client)
+
+
+def _search(client: Any, request: SearchRequest, progress: Progress) -> SearchResult:
     check_collection(client, request)
     check_cancel(progress)
 

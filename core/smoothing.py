@@ -11,6 +11,12 @@ The adjustment regresses the smoothed probability on artefact covariates — the
 valid-observation count (which carries the orbit-overlap pattern) and optional user rasters
 such as an urban fraction — by ordinary least squares, and removes the explained part while
 keeping the mean: adjusted = smoothed − (X − mean X)·β, clipped to 0–100.
+
+Both adjustments fit their regression over every pixel of the rasters they are given, i.e. over
+the extent of the run that made the counts: another extent gives another fit, and moves every
+adjusted value a little. ``fit_from`` (a previous run's ``.regression.json``) applies that run's
+fit instead of fitting, so runs over different extents adjust the same way and agree where their
+neighbourhoods overlap.
 """
 from __future__ import annotations
 
@@ -21,9 +27,45 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .progress import NullProgress, Progress, check_cancel
+from .progress import NullProgress, Progress
 
 NODATA = -9999.0
+
+
+class FitError(ValueError):
+    """A fit to reuse (``fit_from``) that cannot be used here; the message says why."""
+
+
+def load_fit(fit_from, method: str) -> dict:
+    """A previous run's fit from its ``.regression.json`` (a path, or the dict already read), checked
+    to be of ``method`` ("reference": intercept, slope, median_deviation_pct, kernel_size,
+    threshold_pct; "counts": names, coefficients, intercept, means)."""
+    if isinstance(fit_from, dict):
+        fit, where = fit_from, "the fit given"
+    else:
+        where = os.path.basename(str(fit_from))
+        try:
+            with open(fit_from) as fh:
+                fit = json.load(fh)
+        except OSError as exc:
+            raise FitError(f"Cannot read the fit to reuse, {fit_from}: {exc.strerror or exc}.") from exc
+        except ValueError as exc:
+            raise FitError(f"The fit to reuse, {fit_from}, is not JSON ({exc}).") from exc
+    keys = {"reference": ("intercept", "slope", "median_deviation_pct", "kernel_size", "threshold_pct"),
+            "counts": ("names", "coefficients", "intercept", "means")}[method]
+    other = "counts" if method == "reference" else "reference"
+    if not isinstance(fit, dict) or not all(k in fit for k in keys):
+        marker = {"reference": "slope", "counts": "coefficients"}[other]
+        if isinstance(fit, dict) and marker in fit:
+            raise FitError(f"{where} holds a fit of the other method ('{_METHOD_NAMES[other]}'); this run uses "
+                           f"'{_METHOD_NAMES[method]}': reuse a fit made with the same method.")
+        raise FitError(f"{where} is not a .regression.json of the '{_METHOD_NAMES[method]}' method "
+                       f"(it needs {', '.join(keys)}).")
+    return fit
+
+
+_METHOD_NAMES = {"reference": "Reference: deviation from the acquisition-weighted neighbourhood",
+                 "counts": "Smoothed counts, regression on covariates"}
 
 
 @dataclass
@@ -39,6 +81,7 @@ class Regression:
     mean_before: float
     mean_after: float = float("nan")
     extra: dict = field(default_factory=dict)
+    fit_from: str | None = None  # the .regression.json whose fit was applied instead of fitting
 
 
 # strips worked at once in this process: SciPy's filters and NumPy's arithmetic release the GIL,
@@ -117,6 +160,7 @@ def smooth_probability(
     progress: Progress | None = None,
     memory_mb: float = 400.0,
     scheduler=None,
+    fit_from=None,
 ) -> Regression | None:
     """Smooth the counts of cloudprob:cloudfrequency and, with ``adjust``, remove the part of
     the smoothed probability explained by the covariates. Writes GeoTIFFs (float32 percent,
@@ -125,6 +169,12 @@ def smooth_probability(
     Covariates must be on the counts' grid (same size, transform and CRS). ``scheduler`` runs
     the strips as Dask tasks (reading the rasters by path); the sums are added in strip order,
     so the outputs are the same bit for bit.
+
+    The fit is made over every pixel of these rasters (the extent of the run that made them).
+    ``fit_from``, a previous run's ``.regression.json`` of this method, applies its intercept,
+    coefficients and covariate means instead (the covariates must be the same, by name); the
+    mean is then kept only as far as this extent resembles that one. R² is that fit's on these
+    pixels.
     """
     import rasterio
     from rasterio.windows import Window
@@ -144,6 +194,13 @@ def smooth_probability(
     strip_rows = max(strip_rows, 4 * reach) if strip_rows else _strip_rows_for(width, reach, memory_mb)
     strips = list(_strips(height, strip_rows, reach))
     names = ["smoothed_valid_obs"] + [os.path.splitext(os.path.basename(p))[0] for p in covariates]
+    fixed = None
+    if fit_from is not None and adjust:
+        fixed = load_fit(fit_from, "counts")
+        if list(fixed["names"]) != names:
+            raise FitError(f"The fit to reuse was made on the covariates {', '.join(fixed['names'])}; this run has "
+                           f"{', '.join(names)}: give the same covariate rasters (by name), or no fit to reuse.")
+        fixed = dict(fixed, fit_from=None if isinstance(fit_from, dict) else str(fit_from))
     k = len(names)
     xtx = np.zeros((k + 1, k + 1))
     xty = np.zeros(k + 1)
@@ -171,7 +228,7 @@ def smooth_probability(
         result = None
         if adjust and out_adjusted:
             result = _adjust(tmp_smoothed, tmp_kv, covariates, names, xtx, xty, yty, total, out_adjusted, profile,
-                             strips, executor, progress)
+                             strips, executor, progress, fixed)
         os.replace(tmp_smoothed, out_smoothed)
         written.remove(tmp_smoothed)
         progress.set_progress(100.0)
@@ -238,14 +295,19 @@ def _counts_adjusted(job, progress=None):
 
 
 def _adjust(smoothed_path, kv_path, covariates, names, xtx, xty, yty, total, out_adjusted, profile, strips,
-            executor, progress) -> Regression:
+            executor, progress, fixed: dict | None = None) -> Regression:
     import rasterio
     from rasterio.windows import Window
 
-    if total <= len(names) + 1:
+    if total <= len(names) + 1 and fixed is None:
         raise ValueError("Too few pixels with data to fit the adjustment.")
-    beta, *_ = np.linalg.lstsq(xtx, xty, rcond=None)
-    means = xtx[0, 1:] / total
+    if fixed is None:
+        beta, *_ = np.linalg.lstsq(xtx, xty, rcond=None)
+        means = xtx[0, 1:] / total
+    else:  # a previous run's fit: its coefficients and the covariate means it removed the effect around
+        beta = np.array([float(fixed["intercept"])] + [float(c) for c in fixed["coefficients"]])
+        means = np.array([float(v) for v in fixed["means"]])
+    total = max(total, 1)
     mean_y = xty[0] / total
     ss_tot = yty - total * mean_y**2
     ss_res = yty - 2 * beta @ xty + beta @ xtx @ beta
@@ -266,7 +328,7 @@ def _adjust(smoothed_path, kv_path, covariates, names, xtx, xty, yty, total, out
         if os.path.exists(tmp):
             os.remove(tmp)
     result = Regression(names, [float(b) for b in beta[1:]], float(beta[0]), r2, int(total), [float(m) for m in means],
-                        float(mean_y), total_after / total)
+                        float(mean_y), total_after / total, fit_from=fixed.get("fit_from") if fixed else None)
     with open(os.path.splitext(out_adjusted)[0] + ".regression.json", "w") as fh:
         json.dump(asdict(result), fh, indent=1)
     return result
@@ -292,6 +354,7 @@ class ReferenceAdjustment:
     kernel_size: int
     mean_before: float
     mean_after: float
+    fit_from: str | None = None  # the .regression.json whose a, b and m were applied instead of fitting
 
 
 def neighbourhood_deviation(cloudy: np.ndarray, valid: np.ndarray, size: int = 21):
@@ -480,6 +543,7 @@ def reference_adjustment(
     memory_mb: float = 400.0,
     progress: Progress | None = None,
     scheduler=None,
+    fit_from=None,
 ) -> ReferenceAdjustment:
     """The reference product's adjustment of the counts of cloudprob:cloudfrequency.
 
@@ -501,6 +565,12 @@ def reference_adjustment(
     follow from the sums over the others and the counts. ``scheduler`` runs the strips as Dask
     tasks (they read the counts by path: a file system the workers share); the partial sums are
     added in strip order either way, so the outputs are bit for bit the same.
+
+    The fit (a, b and the median m) is made over every pixel of these rasters, i.e. over the
+    extent of the run that made the counts. ``fit_from``, a previous run's ``.regression.json`` of
+    this method (same kernel size and threshold), applies its a, b and m instead of fitting (no
+    median passes): runs over different extents then give the same adjusted value wherever a
+    pixel's neighbourhood lies inside both. R² is then that fit's on these pixels.
     """
     import rasterio
     from rasterio.windows import Window
@@ -512,6 +582,11 @@ def reference_adjustment(
         raise ValueError("The kernel size must be an odd number of pixels, at least 3 (e.g. 21).")
     if not threshold_pct >= 0:
         raise ValueError("The deviation threshold must be 0 or more (percent).")
+    fixed = None if fit_from is None else load_fit(fit_from, "reference")
+    if fixed is not None and (int(fixed["kernel_size"]), float(fixed["threshold_pct"])) != (size, float(threshold_pct)):
+        raise FitError(f"The fit to reuse was made with a {int(fixed['kernel_size'])}-pixel kernel and a "
+                       f"{float(fixed['threshold_pct']):g} % threshold; this run asks for {size} pixels and "
+                       f"{threshold_pct:g} %: use the same, or no fit to reuse.")
     profile = _output_profile(cloudy_path, valid_path)
     height, width = profile["height"], profile["width"]
     reach = size // 2
@@ -564,12 +639,12 @@ def reference_adjustment(
             return below, u, np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64)).astype(np.int64)
 
         middle = []
-        for rank in sorted({(n_fit - 1) // 2, n_fit // 2}):
+        for rank in ([] if fixed else sorted({(n_fit - 1) // 2, n_fit // 2})):
             hist = first
             if rank >= first.below + int(first.counts.sum()):  # the middle lies beyond 1000 %
                 hist = histogram_of(FIRST_BINS[1], float(np.nextafter(d_max, np.inf)), FIRST_BINS[2])
             middle.append(_exact_order_statistic(rank, hist, histogram_of, collect))
-        m = float(sum(middle) / len(middle))
+        m = float(fixed["median_deviation_pct"]) if fixed else float(sum(middle) / len(middle))
         steps[0] = 2 * len(strips)
 
         # the fit, from pass 1's sums: over the pixels within the threshold d' = m
@@ -582,6 +657,8 @@ def reference_adjustment(
             a, b = s["p"] / n_fit, 0.0  # every deviation within the threshold: nothing to regress on
         else:
             a, b = (float(v) for v in np.linalg.solve(xtx, xty))
+        if fixed:  # the previous run's fit, not this extent's
+            a, b = float(fixed["intercept"]), float(fixed["slope"])
         mean_p = s["p"] / n_fit
         ss_tot = s["pp"] - n_fit * mean_p * mean_p
         ss_res = s["pp"] - 2 * (a * s["p"] + b * sum_pd) + (a * a * n_fit + 2 * a * b * sum_d + b * b * sum_dd)
@@ -604,6 +681,7 @@ def reference_adjustment(
             threshold_pct=float(threshold_pct), kernel_size=int(size),
             mean_before=s["p_sum"] / p_count if p_count else float("nan"),
             mean_after=(after_sum / p_count if (p_count and out_adjusted) else float("nan")),
+            fit_from=None if fixed is None or isinstance(fit_from, dict) else str(fit_from),
         )
         os.replace(tmp_smoothed, out_smoothed)
         written.remove(tmp_smoothed)

@@ -16,7 +16,7 @@ from qgis.core import (
 )
 
 from ..core.masks import PRESET_LABELS, PRESETS, MaskError, MaskSpec, parse_classes, preset
-from ..core.stac import ItemError, Scene, scene_from_json
+from ..core.stac import ItemError, Scene, normalise_item, scene_from_json
 from .base import with_help
 
 MASK_SOURCE = "MASK_SOURCE"
@@ -74,10 +74,15 @@ def mask_spec(alg, parameters, context) -> MaskSpec:
 
 
 def scenes_from_source(source, feedback, selected_ids=None) -> list[tuple[Scene, object]]:
-    """(Scene, feature) for each feature of a scenes layer made by cloudprob:searchscenes."""
+    """(Scene, feature) for each product of a scenes layer: one per feature of the output of
+    cloudprob:searchscenes (``stac_item``), every product of each acquisition of the output of
+    cloudprob:screenscenes (``stac_items``, a JSON array)."""
+    import json
+
     if source is None:
         raise QgsProcessingException("No scenes layer given.")
-    if source.fields().indexOf("stac_item") < 0:
+    many = source.fields().indexOf("stac_items") >= 0
+    if not many and source.fields().indexOf("stac_item") < 0:
         raise QgsProcessingException(
             "The scenes layer has no 'stac_item' field: use the output of 'Search Sentinel-2 scenes' "
             "(cloudprob:searchscenes)."
@@ -87,9 +92,14 @@ def scenes_from_source(source, feedback, selected_ids=None) -> list[tuple[Scene,
     if selected_ids:
         request.setFilterFids(list(selected_ids))
     for feature in source.getFeatures(request):
-        text = feature["stac_item"]
         try:
-            out.append((scene_from_json(text), feature))
+            if many:
+                items = json.loads(feature["stac_items"])
+                if not isinstance(items, list):
+                    raise ValueError("'stac_items' is not a list of STAC items")
+                out.extend((normalise_item(item), feature) for item in items)
+            else:
+                out.append((scene_from_json(feature["stac_item"]), feature))
         except (ItemError, ValueError, TypeError) as exc:
             feedback.pushWarning(f"Feature {feature.id()} does not hold a readable STAC item ({exc}); skipped.")
     return out

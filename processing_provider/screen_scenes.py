@@ -1,9 +1,12 @@
 """``cloudprob:screenscenes`` — Cloud cover inside the area (adapter over core.screening)."""
 from __future__ import annotations
 
+from qgis.PyQt.QtCore import QDateTime, Qt
 from qgis.core import (
+    QgsFeature,
     QgsFeatureSink,
     QgsField,
+    QgsFields,
     QgsGeometry,
     QgsProcessing,
     QgsProcessingException,
@@ -20,19 +23,72 @@ from ..core.screening import passes, screen_scenes
 from .common import add_mask_parameters, area_from_parameters, mask_spec, scenes_from_source
 from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
-from .search_scenes import WGS84, scene_feature, scene_fields
+from .search_scenes import WGS84, footprint_geometry
 from .styling import StylePostProcessor
 
-AOI_FIELDS = [
-    ("aoi_cloud_pct", field_type("double")),
-    ("aoi_shadow_pct", field_type("double")),
-    ("aoi_snow_pct", field_type("double")),
-    ("aoi_valid_pct", field_type("double")),
-    ("aoi_status", field_type("string")),
-    ("aoi_rank", field_type("int")),
-    ("n_products", field_type("int")),
-    ("items", field_type("string")),
+# One row per acquisition (datatake): every field describes all of its products together.
+ACQUISITION_FIELDS = [
+    ("datatake_id", field_type("string"), "Acquisition (datatake) id"),
+    ("datetime", field_type("datetime"), "Acquired (UTC, the earliest product's time)"),
+    ("platform", field_type("string"), "Platform"),
+    ("relative_orbit", field_type("int"), "Relative orbit"),
+    ("collection", field_type("string"), "STAC collection"),
+    ("n_products", field_type("int"), "Products of the acquisition (count)"),
+    ("item_ids", field_type("string"), "STAC item ids of all the acquisition's products (comma-separated)"),
+    ("mgrs_tiles", field_type("string"), "MGRS tiles of the acquisition (comma-separated)"),
+    ("epsg_codes", field_type("string"), "EPSG codes of the products' grids (comma-separated)"),
+    ("processing_baselines", field_type("string"), "Processing baselines (comma-separated)"),
+    ("scene_cloud", field_type("double"),
+     "Scene cloud cover, eo:cloud_cover of the products weighted by their area with data (% of the acquisition's "
+     "pixels with data, not of your area)"),
+    ("scene_cloud_min", field_type("double"), "Scene cloud cover, lowest product (%)"),
+    ("scene_cloud_max", field_type("double"), "Scene cloud cover, highest product (%)"),
+    ("nodata_pct", field_type("double"), "No valid data in the area from any of the products (% of the area)"),
+    ("aoi_cloud_pct", field_type("double"), "Cloud in the area (% of the area's pixels with valid data)"),
+    ("aoi_shadow_pct", field_type("double"), "Cloud shadow in the area (% of the area's pixels with valid data)"),
+    ("aoi_snow_pct", field_type("double"), "Snow and ice in the area (% of the area's pixels with valid data)"),
+    ("aoi_valid_pct", field_type("double"), "Valid data in the area (% of the area)"),
+    ("aoi_status", field_type("string"), "Screening status"),
+    ("aoi_rank", field_type("int"), "Rank, clearest in the area first"),
+    ("stac_items", field_type("string"), "STAC items of all the products (JSON array)"),
 ]
+FIELD_ALIASES = {name: alias for name, _, alias in ACQUISITION_FIELDS}
+
+
+def acquisition_fields() -> QgsFields:
+    """Fields of the screened layer, their units in the aliases."""
+    fields = QgsFields()
+    for name, kind, alias in ACQUISITION_FIELDS:
+        field = QgsField(name, kind)
+        field.setAlias(alias)
+        fields.append(field)
+    return fields
+
+
+def acquisition_feature(obs, fields: QgsFields) -> QgsFeature:
+    """One acquisition's row: its products named, product-level figures over all of them, the
+    area's figures from all its products' pixels together, and the union of their footprints."""
+    summary = obs.summary()
+    first = summary.products[0]
+    feature = QgsFeature(fields)
+    geometry = QgsGeometry.unaryUnion([footprint_geometry(s) for s in summary.products])
+    geometry.convertToMultiType()
+    feature.setGeometry(geometry)
+    when = QDateTime.fromString(summary.datetime.replace("Z", ""), Qt.DateFormat.ISODateWithMs)
+    when.setTimeSpec(Qt.TimeSpec.UTC)
+    values = {
+        "datatake_id": summary.datatake_id, "datetime": when, "platform": first.platform,
+        "relative_orbit": first.relative_orbit, "collection": first.collection, "n_products": len(summary.products),
+        "item_ids": ",".join(summary.item_ids), "mgrs_tiles": ",".join(summary.mgrs_tiles),
+        "epsg_codes": ",".join(str(c) for c in summary.epsg_codes),
+        "processing_baselines": ",".join(summary.processing_baselines), "scene_cloud": summary.scene_cloud_pct,
+        "scene_cloud_min": summary.scene_cloud_min_pct, "scene_cloud_max": summary.scene_cloud_max_pct,
+        "nodata_pct": obs.nodata_pct,
+        "stac_items": "[" + ",".join(s.item_json() for s in summary.products) + "]",
+    }
+    for name, value in values.items():
+        feature[name] = value
+    return feature
 
 
 class ScreenScenesAlgorithm(CloudProbAlgorithm):
@@ -61,7 +117,12 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             "pixels with valid data) and aoi_valid_pct (percent of the area with valid data). This is the "
             "cloud cover of the area itself, which the scene-level eo:cloud_cover is not.\n\n"
             "Products of one acquisition (neighbouring MGRS tiles, split datastrips, reprocessed "
-            "duplicates) are combined into one observation; items lists them. Acquisitions are filtered "
+            "duplicates) are combined into one observation, one row per acquisition: item_ids and mgrs_tiles "
+            "name all its products and tiles, stac_items holds their STAC items, the geometry is the union of "
+            "their footprints. scene_cloud is the products' eo:cloud_cover weighted by each product's area with "
+            "data (a reprocessed duplicate counted once), with the products' range in scene_cloud_min and "
+            "scene_cloud_max; nodata_pct is the share of the area that none of the products covers with valid "
+            "data. Later stages given this layer read all the products of each acquisition. Acquisitions are filtered "
             "by the two thresholds and ranked clearest first. An acquisition that cannot be read is kept, "
             "marked in aoi_status and named in the log — never dropped or counted as clear.\n\n"
             "Resolution 20 m reads the SCL at full resolution; coarser values read the COG overviews "
@@ -124,9 +185,7 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             feedback.pushWarning(self.tr("Screening cancelled; nothing was written."))
             return {}
 
-        fields = scene_fields()
-        for name, kind in AOI_FIELDS:
-            fields.append(QgsField(name, kind))
+        fields = acquisition_fields()
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.Type.MultiPolygon,
                                              WGS84)
         if sink is None:
@@ -138,10 +197,7 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             if not passes(obs, max_cloud, min_valid):
                 dropped += 1
                 continue
-            feature = scene_feature(obs.scene, fields)
-            geometry = QgsGeometry.unaryUnion([scene_feature(s, fields).geometry() for s in obs.scenes])
-            geometry.convertToMultiType()
-            feature.setGeometry(geometry)
+            feature = acquisition_feature(obs, fields)
             if obs.error is None:
                 rank += 1
                 status = "ok" if f.valid_pct > 0 else "no data in the area"
@@ -153,8 +209,6 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             else:
                 status = f"read error: {obs.error}"
             feature["aoi_status"] = status
-            feature["n_products"] = len(obs.scenes)
-            feature["items"] = ",".join(s.item_id for s in obs.scenes)
             if not sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert):
                 raise QgsProcessingException(f"Could not write {obs.datatake_id}: {sink.lastError()}")
             kept += 1
@@ -163,5 +217,6 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             f"valid data in the area dropped; {result.errors} unreadable (kept, marked). "
             f"Fetched {result.bytes_fetched / 1e6:.2f} MB over HTTP."
         )
-        StylePostProcessor.attach(context, dest_id, "screened_scenes.qml", name="Scenes screened over the area")
+        StylePostProcessor.attach(context, dest_id, "screened_scenes.qml", FIELD_ALIASES,
+                                  name="Scenes screened over the area")
         return {self.OUTPUT: dest_id}

@@ -6,6 +6,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -39,6 +40,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
     ADJUST = "ADJUST"
     METHOD = "METHOD"
     DEVIATION_THRESHOLD = "DEVIATION_THRESHOLD"
+    FIT_FROM = "FIT_FROM"
     OUTPUT_SMOOTHED = "OUTPUT_SMOOTHED"
     OUTPUT_ADJUSTED = "OUTPUT_ADJUSTED"
 
@@ -61,7 +63,15 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             "carries the orbit-overlap pattern) and the optional covariate rasters (e.g. an urban fraction, on "
             "the same grid); the explained part is removed while the mean is kept, clipped to 0–100 %. "
             "Coefficients, R² and the pixel count are written to the log and to a .regression.json file beside "
-            "the adjusted raster."
+            "the adjusted raster.\n\n"
+            "The extent matters. Both adjustments are fitted over the extent of the counts, i.e. the extent "
+            "chosen for the run that made them (in the annual model, its area of interest): the same small areas "
+            "run over another extent get another fit, and every adjusted value moves a little (in the README's "
+            "example, by up to several points). To compare runs, or to work a large area piece by piece, give "
+            "FIT_FROM, the .regression.json of a previous run of the same method (same kernel size and threshold, "
+            "same covariates): its fit is applied instead of fitting this extent, so runs agree exactly wherever a "
+            "pixel's neighbourhood lies inside both. The JSON then names the fit it reused; R² is that fit's on "
+            "these pixels."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -86,6 +96,10 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             QgsProcessingParameterNumber.Type.Double, 5.0, False, 0.0, 1000.0),
             self.tr("Reference adjustment: pixels within this many percent of their neighbourhood are unchanged.")))
         self.addParameter(QgsProcessingParameterBoolean(self.ADJUST, self.tr("Adjust with regression residuals"), True))
+        self.addParameter(QgsProcessingParameterFile(
+            self.FIT_FROM,
+            self.tr("Reuse the fit of a previous run (its .regression.json; empty: fit over this extent)"),
+            extension="json", optional=True))
         add_scheduler_parameter(self)
         self.addParameter(with_help(QgsProcessingParameterRasterDestination(  # optional: see cloud_frequency.py
             self.OUTPUT_SMOOTHED, self.tr("Smoothed probability (%)"), optional=True),
@@ -106,15 +120,19 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         out_smoothed = output_path(self, parameters, self.OUTPUT_SMOOTHED, context, "tif")
         out_adjusted = output_path(self, parameters, self.OUTPUT_ADJUSTED, context, "tif") if adjust else None
         executor = scheduler_from_parameters(self, parameters, context, feedback)
+        fit_from = (self.parameterAsFile(parameters, self.FIT_FROM, context) or "").strip() or None
+        if fit_from and not adjust:
+            feedback.pushWarning(self.tr("No adjustment asked for: the fit to reuse is not used."))
         if self.parameterAsEnum(parameters, self.METHOD, context) == 1:
             return self._reference(parameters, context, feedback, cloudy.source(), valid.source(), size, out_smoothed,
-                                   out_adjusted, executor)
+                                   out_adjusted, executor, fit_from)
         try:
             with core_logging_to(feedback):
                 result = smooth_probability(
                     cloudy.source(), valid.source(), out_smoothed, out_adjusted, size=size,
                     shape=SHAPES[self.parameterAsEnum(parameters, self.KERNEL_SHAPE, context)],
                     covariates=covariates, adjust=adjust, progress=FeedbackProgress(feedback), scheduler=executor,
+                    fit_from=fit_from,
                 )
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; nothing was written."))
@@ -125,6 +143,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         StylePostProcessor.attach(context, out_smoothed, "cloud_probability.qml", name="Smoothed cloud probability (%)")
         if result is not None:
             terms = ", ".join(f"{n} {c:+.4g}" for n, c in zip(result.names, result.coefficients))
+            feedback.pushInfo(_fit_origin(result.fit_from))
             feedback.pushInfo(
                 f"Adjustment: probability = {result.intercept:.3f} + {terms} (percent per unit); R² {result.r2:.3f} "
                 f"over {result.pixels} pixels; mean {result.mean_before:.2f} % kept ({result.mean_after:.2f} % after "
@@ -134,7 +153,8 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             StylePostProcessor.attach(context, out_adjusted, "cloud_probability.qml", name="Adjusted cloud probability (%)")
         return outputs
 
-    def _reference(self, parameters, context, feedback, cloudy, valid, size, out_smoothed, out_adjusted, executor):
+    def _reference(self, parameters, context, feedback, cloudy, valid, size, out_smoothed, out_adjusted, executor,
+                   fit_from=None):
         threshold = self.parameterAsDouble(parameters, self.DEVIATION_THRESHOLD, context)
         if self.parameterAsEnum(parameters, self.KERNEL_SHAPE, context) != 0 or \
                 self.parameterAsLayerList(parameters, self.COVARIATES, context):
@@ -144,12 +164,13 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             with core_logging_to(feedback):
                 result = reference_adjustment(cloudy, valid, out_smoothed, out_adjusted, size=size,
                                               threshold_pct=threshold, progress=FeedbackProgress(feedback),
-                                              scheduler=executor)
+                                              scheduler=executor, fit_from=fit_from if out_adjusted else None)
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; nothing was written."))
             return {}
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from exc
+        feedback.pushInfo(_fit_origin(result.fit_from))
         feedback.pushInfo(
             f"Reference adjustment: p = {result.intercept:.4f} + {result.slope:+.6f} × d' (percent per percent of "
             f"deviation); median deviation m = {result.median_deviation_pct:.4f} %; R² {result.r2:.4f} over "
@@ -163,3 +184,11 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             StylePostProcessor.attach(context, out_adjusted, "cloud_probability.qml", name="Adjusted cloud probability (%)")
             outputs[self.OUTPUT_ADJUSTED] = out_adjusted
         return outputs
+
+
+def _fit_origin(fit_from: str | None) -> str:
+    """Where the adjustment's fit came from, for the log."""
+    if fit_from:
+        return f"The fit of {fit_from} was applied (not fitted over this extent)."
+    return ("The fit was made over this run's extent (every pixel of the counts): another extent gives another "
+            "fit; FIT_FROM reuses one.")

@@ -165,7 +165,9 @@ def main() -> int:
     print("  (the bias is the archive's designed orbit-overlap artefact, uniform over 46 % of the areas, plus this"
           " year's clouds: see the README's 'The sample archive')")
     render = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_map.py"), str(OUT / "small_areas.gpkg"),
-                             str(OUT / "small_areas.png")], capture_output=True, text=True)
+                             str(OUT / "small_areas.png"), "--place", "Greenwich, London (sample archive)",
+                             "--start", "2024-01-01", "--end", "2024-12-31", "--measure", "mean"],
+                            capture_output=True, text=True)
     if render.returncode != 0:
         print(render.stderr[-2000:], file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 from conftest import served_scenes
 
@@ -37,10 +38,23 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
     from qgis.core import QgsProject
     from qgis.PyQt.QtCore import Qt
 
-    with qtbot.waitSignal(dock.finished, timeout=180_000) as blocker:
-        dock.search()
-        assert not dock.search_button.isEnabled() and dock.cancel_button.isEnabled()  # it runs in the background
+    import gc
+    import warnings
+
+    dock.resize(460, 1000)
+    dock.show()
+    with warnings.catch_warnings(record=True) as caught:  # QGIS logs each one with a traceback
+        warnings.simplefilter("always")
+        with qtbot.waitSignal(dock.finished, timeout=180_000) as blocker:
+            dock.search()
+            assert not dock.search_button.isEnabled() and dock.cancel_button.isEnabled()  # it runs in the background
+        for height in (1000, 500, 240, 0, 1000):  # the chart drawn at any size the dock is given
+            dock.resize(460, height)
+            dock.chart.canvas.draw()
+            qtbot.wait(10)
+        gc.collect()  # an HTTP connection left open would warn (ResourceWarning) when collected
     assert blocker.args == [True], dock.status.text()
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
     # the same screening straight through core
     from shapely.geometry import box
 
@@ -54,6 +68,30 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
     assert shown == pytest.approx(areas, abs=1e-9)
     assert dock.progress.value() == 100 and dock.search_button.isEnabled()
     assert dock.screened_layer is not None and dock.screened_layer.id() in QgsProject.instance().mapLayers()
+    assert dock.screened_layer.featureCount() == len(kept)  # the map shows what the table lists
+
+    # the chart: every acquisition, the kept ones highlighted, tall enough, its axis label inside
+    assert len(dock.all_rows) == len(expected.observations) > len(kept)
+    lines = dock.chart.axes.get_lines()
+    grey = next(line for line in lines if line.get_label() == "other acquisitions")
+    blue = next(line for line in lines if line.get_label() == "kept by the thresholds")
+    assert len(blue.get_xdata()) == len(kept)
+    assert len(grey.get_xdata()) == sum(1 for o in expected.observations if o.cloud_pct is not None) - len(kept)
+    assert dock.chart.canvas.height() >= 220
+    renderer = dock.chart.figure.canvas.get_renderer()
+    box = dock.chart.axes.yaxis.label.get_window_extent(renderer)
+    assert 0 <= box.x0 and box.y0 >= 0 and box.y1 <= dock.chart.figure.bbox.height  # not clipped
+    for tick in dock.chart.axes.get_xticklabels():
+        assert tick.get_window_extent(renderer).y0 >= 0
+
+    # the thresholds filter the screened acquisitions again, without a new search
+    dock.max_area_cloud.setValue(10.0)
+    fewer = [o for o in kept if o.cloud_pct <= 10]
+    assert dock.table.rowCount() == len(fewer) < len(kept) and dock.screened_layer.featureCount() == len(fewer)
+    assert len(dock.chart.axes.get_lines()[1].get_xdata()) == len(fewer)
+    dock.max_area_cloud.setValue(30.0)
+    assert dock.table.rowCount() == len(kept)
+    dock.table.sortItems(4, Qt.SortOrder.AscendingOrder)
 
     # a click on the chart selects the nearest acquisition, and its footprint on the map
     from matplotlib.dates import date2num
@@ -71,6 +109,76 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
     scl = next(layer for layer in added if layer.name().endswith("SCL"))
     assert scl.isValid() and scl.renderer().type() == "paletted" and len(scl.renderer().classes()) == 11
     assert all(layer.id() in QgsProject.instance().mapLayers() for layer in added), names
+
+
+def test_the_whole_acquisition_is_added_and_covers_the_area(dock, qtbot, sample_archive):
+    """*Add acquisition to map* adds every product of a multi-tile acquisition (one group), and
+    together their SCL layers have data wherever the generator's swath puts the acquisition over
+    the area, which no single product does."""
+    import json
+
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProject, QgsRectangle
+    from shapely.geometry import box
+
+    from cloud_probability.core import sample_archive as sa
+
+    # the sample archive's whole area, which both orbits' swath edges cross
+    x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
+    dock.set_drawn_extent(QgsRectangle(x0, y0, x1, y1), QgsCoordinateReferenceSystem("EPSG:27700"))
+    dock.max_area_cloud.setValue(100.0)
+    dock.min_valid.setValue(0.0)
+    with qtbot.waitSignal(dock.finished, timeout=180_000) as blocker:
+        dock.search()
+    assert blocker.args == [True], dock.status.text()
+    # the most products (a split datastrip's acquisition has five)
+    index = max(range(len(dock.rows)), key=lambda i: (dock.rows[i]["n_products"], dock.rows[i]["valid"]))
+    row = dock.rows[index]
+    dock.select_row(index)
+    added = dock.add_selected_scene()
+    scl = [layer for layer in added if layer.name().endswith(" SCL")]
+
+    # the products the generator wrote for this acquisition (a reprocessed duplicate once)
+    truth = json.loads((sample_archive / "truth" / "scenes.json").read_text())
+    datatake = next(t["datatake"] for i, t in truth.items() if i in row["item_ids"].split(","))
+    products = {i: t for i, t in truth.items() if t["datatake"] == datatake}
+    newest = {}
+    for t in products.values():
+        newest[t["tile"]] = max(newest.get(t["tile"], ""), t["baseline"])
+    expected = sorted(i for i, t in products.items() if t["baseline"] == newest[t["tile"]])
+    assert sorted(layer.name()[: -len(" SCL")] for layer in scl) == expected
+    assert len({t["tile"] for t in products.values()}) >= 4
+    assert {layer.crs().authid() for layer in scl} == {"EPSG:32630", "EPSG:32631"}
+    group_ids = {node.layerId() for node in dock.added_group.findLayers()}
+    assert group_ids == {layer.id() for layer in added} and all(lyr.id() in QgsProject.instance().mapLayers() for lyr in added)
+
+    # extents: together the layers span the area (one tile alone does not)
+    bng = QgsCoordinateReferenceSystem("EPSG:27700")
+    aoi = box(x0, y0, x1, y1)
+    extents = []
+    for layer in scl:
+        e = QgsCoordinateTransform(layer.crs(), bng, QgsProject.instance()).transformBoundingBox(layer.extent())
+        extents.append(box(e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()))
+    from shapely.ops import unary_union
+
+    assert unary_union(extents).contains(aoi) and not any(e.contains(aoi) for e in extents)
+
+    # pixels: data wherever the acquisition's swath covers the area (the generator's truth)
+    layout = sa.make_layout(sa.SampleSpec.small())
+    orbit = next(d.orbit for d in layout.datatakes if d.datatake_id == datatake)
+    xs, ys = np.meshgrid(np.arange(x0 + 30, x1, 80.0), np.arange(y0 + 30, y1, 80.0))
+    xs, ys = xs.ravel(), ys.ravel()
+    inside = sa.in_swath(layout, orbit, xs, ys)
+    far = np.abs(xs - sa.swath_edge_x(layout, orbit, ys)) > 40  # clear of the edge's 20 m pixels
+    covered = np.zeros((len(scl), xs.size), bool)
+    for k, layer in enumerate(scl):
+        to_layer = QgsCoordinateTransform(bng, layer.crs(), QgsProject.instance())
+        provider = layer.dataProvider()
+        for n, (x, y) in enumerate(zip(xs, ys)):
+            value, ok = provider.sample(to_layer.transform(QgsPointXY(x, y)), 1)
+            covered[k, n] = ok and value == value and value != 0
+    assert 100 < inside[far].sum() < far.sum()  # the swath's edge crosses the area
+    np.testing.assert_array_equal(covered.any(axis=0)[far], inside[far])
+    assert not any(c[far & inside].all() for c in covered)  # no single product covers it
 
 
 def test_cancel_midway(dock, qtbot):
@@ -92,16 +200,46 @@ def test_cancel_midway(dock, qtbot):
 
 
 def test_settings_are_remembered_and_model_prefilled(dock, qtbot, sample_servers, qgis_iface):
+    from qgis.PyQt.QtCore import QDate
+
     from cloud_probability.ui.dock import CloudProbabilityDock
 
     dock.max_area_cloud.setValue(12.5)
+    dock.start.setDate(QDate(2023, 3, 1))
+    dock.end.setDate(QDate(2023, 9, 30))
     dock.save_settings()
     again = CloudProbabilityDock(qgis_iface)
     qtbot.addWidget(again)
     assert again.max_area_cloud.value() == 12.5 and again.url.text() == sample_servers.stac.url
+    assert (again.start.date(), again.end.date()) == (QDate(2023, 3, 1), QDate(2023, 9, 30))  # not reset to last year
+    dock.start.setDate(QDate(2024, 1, 1))
+    dock.end.setDate(QDate(2024, 12, 31))
+    assert "fitted over this area" in dock.model_button.toolTip() and "FIT_FROM" in dock.model_button.toolTip()
     params = dock.model_parameters()
     assert params["STAC_URL"] == sample_servers.stac.url and params["START_DATE"] == "2024-01-01"
     assert params["AOI"].endswith("[EPSG:27700]")
+
+
+def test_the_drawn_area_is_outlined_on_the_map(dock, qgis_iface):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject, QgsRectangle
+
+    canvas = qgis_iface.mapCanvas()
+    for crs in ("EPSG:4326", "EPSG:3857"):  # drawn in the map's CRS whatever it is, and again when it changes
+        canvas.setDestinationCrs(QgsCoordinateReferenceSystem(crs))
+        band = dock.area_band
+        assert band is not None and band.isVisible()
+        expected = QgsCoordinateTransform(dock.drawn_crs, canvas.mapSettings().destinationCrs(),
+                                          QgsProject.instance()).transformBoundingBox(dock.drawn_extent)
+        got = band.asGeometry().boundingBox()
+        for a, b in ((got.xMinimum(), expected.xMinimum()), (got.yMaximum(), expected.yMaximum()),
+                     (got.width(), expected.width()), (got.height(), expected.height())):
+            assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
+    dock.set_drawn_extent(QgsRectangle(538_000, 177_000, 539_000, 178_000), QgsCoordinateReferenceSystem("EPSG:27700"))
+    assert dock.area_band.asGeometry().boundingBox().width() < expected.width()  # a new rectangle replaces it
+    dock.area_canvas.setChecked(True)
+    assert not dock.area_band.isVisible()  # shown only while it is the chosen area
+    dock.area_drawn.setChecked(True)
+    assert dock.area_band.isVisible()
 
 
 def test_bad_input_is_said_not_searched(dock):

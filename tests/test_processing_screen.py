@@ -48,9 +48,52 @@ def test_screen_ranks_filters_and_combines(provider, scenes_layer, sample_archiv
     clouds = [f["aoi_cloud_pct"] for f in rows]
     assert clouds == sorted(clouds) and [f["aoi_rank"] for f in rows] == list(range(1, len(rows) + 1))
     assert len({f["datatake_id"] for f in rows}) == len(rows)  # one row per acquisition
-    assert all(f["n_products"] == len(f["items"].split(",")) >= 2 for f in rows)  # the area straddles 0° E
+    # every product of the acquisition named, from the generator's own list of products
+    truth = json.loads((sample_archive / "truth" / "scenes.json").read_text())
+    for f in rows:
+        products = {i: t for i, t in truth.items() if t["datatake"].startswith("G" + f["datatake_id"])}
+        assert sorted(f["item_ids"].split(",")) == sorted(products) and f["n_products"] == len(products) >= 4
+        assert f["mgrs_tiles"].split(",") == sorted({t["tile"] for t in products.values()})
+        assert set(f["epsg_codes"].split(",")) == {"32630", "32631"}  # the area straddles 0° E
+        assert sorted(i["id"] for i in json.loads(f["stac_items"])) == sorted(products)
+        assert f["nodata_pct"] == pytest.approx(100 - f["aoi_valid_pct"])
+        assert f["scene_cloud_min"] <= f["scene_cloud"] <= f["scene_cloud_max"]
     # the scene-level figure is not the area's: they differ
     assert any(abs(f["aoi_cloud_pct"] - f["scene_cloud"]) > 5 for f in rows)
+
+    # a later stage given this layer reads all the products of each acquisition
+    from qgis.core import QgsProcessingFeedback
+
+    from cloud_probability.processing_provider.common import scenes_from_source
+
+    scenes = scenes_from_source(layer, QgsProcessingFeedback())
+    assert sorted(s.item_id for s, _ in scenes) == sorted(i for f in rows for i in f["item_ids"].split(","))
+
+
+def test_screened_layer_says_what_its_fields_are(provider, scenes_layer, sample_archive, tmp_path):
+    """Loaded by QGIS, each acquisition-level field says how it was made and its unit."""
+    from qgis.core import (
+        QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputLayerDefinition, QgsProject,
+        QgsVectorLayer,
+    )
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById("cloudprob:screenscenes")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = QgsProcessingFeedback()
+    results, ok = alg.run({
+        "SCENES": scenes_layer, "AOI": _aoi_27700(sample_archive, shrink=1800),
+        "OUTPUT": QgsProcessingOutputLayerDefinition(str(tmp_path / "s.gpkg"), QgsProject.instance())}, context, feedback)
+    assert ok, feedback.textLog()
+    layer = QgsVectorLayer(results["OUTPUT"], "s", "ogr")
+    context.layersToLoadOnCompletion()[results["OUTPUT"]].postProcessor().postProcessLayer(layer, context, feedback)
+
+    def alias(name):
+        return layer.attributeDisplayName(layer.fields().indexOf(name))
+
+    assert "weighted by their area with data" in alias("scene_cloud") and "(%" in alias("scene_cloud")
+    assert alias("nodata_pct") == "No valid data in the area from any of the products (% of the area)"
+    assert alias("item_ids").startswith("STAC item ids of all") and "comma-separated" in alias("mgrs_tiles")
 
 
 def test_screen_with_polygon_area_and_processing_truth(provider, scenes_layer, sample_archive, tmp_path):

@@ -185,6 +185,42 @@ def test_area_across_the_utm_boundary_counts_each_pixel_once(sample_servers, sam
     assert zones == {32630, 32631}
 
 
+def test_acquisition_figures_cover_all_its_products(sample_servers, sample_archive):
+    """An acquisition's products are named together and its scene cloud is the generator's own
+    class counts over all its products' pixels with data (the reprocessed duplicate once)."""
+    from collections import defaultdict
+
+    from cloud_probability.core.screening import acquisition, group_by_datatake
+
+    truth = json.loads((sample_archive / "truth" / "scenes.json").read_text())
+    by_datatake = defaultdict(list)
+    for item_id, t in truth.items():
+        by_datatake[t["datatake"]].append((item_id, t))
+    groups = group_by_datatake(served_scenes(sample_servers))
+    assert len(groups) == len(by_datatake) and all(len(g) >= 4 for g in groups)
+    seen = {"split": 0, "reprocessed": 0}
+    for group in groups:
+        summary = acquisition(group)
+        products = by_datatake[truth[group[0].item_id]["datatake"]]
+        assert sorted(summary.item_ids) == sorted(i for i, _ in products)
+        assert summary.mgrs_tiles == sorted({t["tile"] for _, t in products})
+        assert summary.datetime == min(s.datetime for s in group)
+        newest = {}
+        for _, t in products:
+            newest[t["tile"]] = max(newest.get(t["tile"], ""), t["baseline"])
+        kept = [(i, t) for i, t in products if t["baseline"] == newest[t["tile"]]]
+        assert sorted(s.item_id for s in summary.distinct) == sorted(i for i, _ in kept)
+        seen["split"] += any(t["part"] != "all" for _, t in kept)
+        seen["reprocessed"] += len(kept) < len(products)
+        cloudy = sum(t["class_counts"][str(c)] for _, t in kept for c in (8, 9, 10))
+        data = sum(n for _, t in kept for c, n in t["class_counts"].items() if c != "0")
+        assert summary.scene_cloud_pct == pytest.approx(100 * cloudy / data, abs=1e-5), summary.datatake_id
+        own = [100 * sum(t["class_counts"][str(c)] for c in (8, 9, 10)) /
+               sum(n for c, n in t["class_counts"].items() if c != "0") for _, t in kept]
+        assert (summary.scene_cloud_min_pct, summary.scene_cloud_max_pct) == pytest.approx((min(own), max(own)), abs=1e-5)
+    assert seen == {"split": 1, "reprocessed": 1}
+
+
 def test_unreadable_scene_is_marked_not_dropped_nor_clear(sample_servers):
     scenes = served_scenes(sample_servers)[:12]
     broken = scenes[3]
@@ -255,6 +291,8 @@ def test_thresholds_keep_errors_and_drop_what_is_asked():
     assert not passes(obs(10.0, 40.0), 20, 50)
     assert passes(obs(None, None, error="404"), 0, 100)  # unreadable: kept and marked
     assert passes(obs(None, 0.0)) and not passes(obs(None, 0.0), 99, 0)  # no data is not clear
+    o = obs(12.5, 80.0)
+    assert o.nodata_pct == pytest.approx(20.0) and obs(None, None, error="404").nodata_pct is None
 
 
 @pytest.mark.parametrize("epsg, centre", [(27700, sa.GREENWICH_27700), (3857, (0.0, 6_711_000.0)), (3035, (3_620_000.0, 3_200_000.0))])

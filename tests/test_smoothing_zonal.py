@@ -214,7 +214,12 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
     assert rows[0].startswith("code,name,probability_mean,probability_median") and len(rows) == 301
     details = context.layersToLoadOnCompletion()[results["OUTPUT"]]
     details.postProcessor().postProcessLayer(layer, context, feedback)
-    assert layer.renderer().type() == "graduatedSymbol" and len(layer.renderer().ranges()) == 7
+    ranges = layer.renderer().ranges()
+    assert layer.renderer().type() == "graduatedSymbol" and len(ranges) >= 3
+    widths = {round(r.upperValue() - r.lowerValue(), 9) for r in ranges}  # equal intervals, stated in the name
+    assert len(widths) == 1 and f"equal intervals of {widths.pop():g} percentage points" in layer.name()
+    means = [f["probability_mean"] for f in layer.getFeatures() if isinstance(f["probability_mean"], float)]
+    assert ranges[0].lowerValue() <= min(means) and max(means) <= ranges[-1].upperValue()
     assert layer.attributeDisplayName(layer.fields().indexOf("probability_mean")) == "Cloud probability, area-weighted mean (%)"
 
     x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
@@ -315,3 +320,126 @@ def test_geographic_grid_weights_cells_by_their_area(tmp_path):
     north, south = np.sin(np.radians(80)) - np.sin(np.radians(40)), np.sin(np.radians(40))
     assert mean == pytest.approx((10 * north + 90 * south) / (north + south), rel=0.01)
     assert mean > 55  # an unweighted mean would say 50
+
+
+# --- a fit that does not depend on the run's extent (FIT_FROM) -------------------------------
+
+@pytest.fixture(scope="module")
+def two_runs(sample_servers, sample_archive, tmp_path_factory):
+    """The mean cloud probability's counts of the sample year over two overlapping extents (as two
+    users' runs would be), and the rows and columns of each that lie over both."""
+    from conftest import served_scenes
+
+    from cloud_probability.core.frequency import cloud_frequency, grid_for_area
+    from cloud_probability.core.masks import PRESETS
+
+    folder = tmp_path_factory.mktemp("two_runs")
+    x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
+    extents = {"west": (x0, y0, x0 + 3200, y1 - 600), "east": (x0 + 1400, y0 + 800, x1, y1)}
+    runs = {}
+    scenes = served_scenes(sample_servers)
+    for name, extent in extents.items():
+        counts = {k: str(folder / f"{name}_{k}.tif") for k in ("probability", "valid", "cloudy")}
+        grid = grid_for_area(extent, "EPSG:27700", 20.0)
+        cloud_frequency(scenes, grid, PRESETS["scl"], counts, measure="mean_probability", cache_dir=folder / name)
+        runs[name] = dict(counts, transform=grid.transform, shape=grid.shape)
+    # the common box, and each run's window over it shrunk by the kernel's reach (10 pixels): the
+    # pixels whose 21 × 21 neighbourhood lies inside both extents
+    left = max(r["transform"].c for r in runs.values())
+    top = min(r["transform"].f for r in runs.values())
+    right = min(r["transform"].c + 20 * r["shape"][1] for r in runs.values())
+    bottom = max(r["transform"].f - 20 * r["shape"][0] for r in runs.values())
+    for r in runs.values():
+        c0, r0 = round((left - r["transform"].c) / 20), round((r["transform"].f - top) / 20)
+        c1, r1 = round((right - r["transform"].c) / 20), round((r["transform"].f - bottom) / 20)
+        r["common"] = (slice(r0, r1), slice(c0, c1))
+        r["interior"] = (slice(r0 + 10, r1 - 10), slice(c0 + 10, c1 - 10))
+    west, east = runs["west"], runs["east"]
+    for key in ("valid", "cloudy"):  # the same observations where the runs overlap: only the fit can differ
+        np.testing.assert_array_equal(rasterio.open(west[key]).read(1)[west["common"]],
+                                      rasterio.open(east[key]).read(1)[east["common"]])
+    assert rasterio.open(west["valid"]).read(1)[west["interior"]].size > 5000
+    return runs, folder
+
+
+def _adjust(method, run, out, **kwargs):
+    from cloud_probability.core.smoothing import reference_adjustment
+
+    adjusted = str(out) + ".tif"
+    if method == "reference":
+        reference_adjustment(run["cloudy"], run["valid"], str(out) + "_lag.tif", adjusted, **kwargs)
+    else:
+        smooth_probability(run["cloudy"], run["valid"], str(out) + "_smoothed.tif", adjusted, **kwargs)
+    return rasterio.open(adjusted).read(1), json.loads(open(str(out) + ".regression.json").read())
+
+
+@pytest.mark.parametrize("method", ["reference", "counts"])
+def test_a_reused_fit_makes_overlapping_runs_agree(two_runs, method):
+    """Each run fitted over its own extent adjusts the pixels both runs share differently; with the
+    fit taken from one run's JSON, the two agree exactly wherever a pixel's neighbourhood lies
+    inside both extents."""
+    runs, folder = two_runs
+    west, east = runs["west"], runs["east"]
+    a, fit_a = _adjust(method, west, folder / f"{method}_west")
+    b, fit_b = _adjust(method, east, folder / f"{method}_east")
+    inner_a, inner_b = a[west["interior"]], b[east["interior"]]
+    assert (inner_a != NODATA).all()
+    differ = np.abs(inner_a - inner_b) > 0.01
+    assert differ.sum() > 50, "the two extents' fits should differ"  # the problem FIT_FROM solves
+    key = "slope" if method == "reference" else "coefficients"
+    assert fit_a[key] != fit_b[key]
+
+    reused, fit_reused = _adjust(method, east, folder / f"{method}_east_reused", fit_from=str(folder / f"{method}_west.regression.json"))
+    np.testing.assert_array_equal(reused[east["interior"]], inner_a)  # bit for bit
+    assert fit_reused["fit_from"] == str(folder / f"{method}_west.regression.json")
+    for name in (("intercept", "slope", "median_deviation_pct") if method == "reference" else ("coefficients", "means")):
+        assert fit_reused[name] == fit_a[name]
+    # the west run given its own fit back is the west run
+    again, _ = _adjust(method, west, folder / f"{method}_west_again", fit_from=str(folder / f"{method}_west.regression.json"))
+    np.testing.assert_array_equal(again, a)
+
+
+def test_a_fit_that_cannot_be_reused_is_refused(two_runs, tmp_path):
+    from cloud_probability.core.smoothing import FitError, reference_adjustment
+
+    runs, folder = two_runs
+    east = runs["east"]
+    reference = folder / "reference_west.regression.json"
+    counts = folder / "counts_west.regression.json"
+    if not reference.exists() or not counts.exists():
+        _adjust("reference", runs["west"], folder / "reference_west")
+        _adjust("counts", runs["west"], folder / "counts_west")
+    out = (str(tmp_path / "lag.tif"), str(tmp_path / "adj.tif"))
+    with pytest.raises(FitError, match="made with a 21-pixel kernel and a 5 % threshold; this run asks for 11 pixels"):
+        reference_adjustment(east["cloudy"], east["valid"], *out, size=11, fit_from=str(reference))
+    with pytest.raises(FitError, match="holds a fit of the other method"):
+        reference_adjustment(east["cloudy"], east["valid"], *out, fit_from=str(counts))
+    with pytest.raises(FitError, match="holds a fit of the other method"):
+        smooth_probability(east["cloudy"], east["valid"], *out, fit_from=str(reference))
+    with pytest.raises(FitError, match="made on the covariates smoothed_valid_obs; this run has smoothed_valid_obs, east_prob"):
+        smooth_probability(east["cloudy"], east["valid"], *out, covariates=[east["probability"]], fit_from=str(counts))
+    with pytest.raises(FitError, match="Cannot read the fit to reuse"):
+        reference_adjustment(east["cloudy"], east["valid"], *out, fit_from=str(tmp_path / "missing.json"))
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_processing_fit_from(provider, two_runs, tmp_path):
+    from qgis import processing
+    from qgis.core import QgsApplication, QgsProcessing, QgsProcessingException
+
+    runs, folder = two_runs
+    east = runs["east"]
+    fit = folder / "reference_west.regression.json"
+    if not fit.exists():
+        _adjust("reference", runs["west"], folder / "reference_west")
+    processing.run("cloudprob:smoothprobability", {
+        "CLOUDY": east["cloudy"], "VALID": east["valid"], "METHOD": 1, "FIT_FROM": str(fit),
+        "OUTPUT_SMOOTHED": str(tmp_path / "lag.tif"), "OUTPUT_ADJUSTED": str(tmp_path / "adj.tif")})
+    core, _ = _adjust("reference", east, tmp_path / "core", fit_from=str(fit))
+    np.testing.assert_array_equal(rasterio.open(tmp_path / "adj.tif").read(1), core)
+    with pytest.raises(QgsProcessingException, match="other method"):
+        processing.run("cloudprob:smoothprobability", {
+            "CLOUDY": east["cloudy"], "VALID": east["valid"], "METHOD": 0, "FIT_FROM": str(fit),
+            "OUTPUT_SMOOTHED": QgsProcessing.TEMPORARY_OUTPUT, "OUTPUT_ADJUSTED": QgsProcessing.TEMPORARY_OUTPUT})
+    help_text = QgsApplication.processingRegistry().algorithmById("cloudprob:smoothprobability").shortHelpString()
+    assert "fitted over the extent of the counts" in help_text and "FIT_FROM" in help_text

@@ -26,7 +26,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox, QgsMapToolExtent
-from qgis.PyQt.QtCore import QDate, Qt, pyqtSignal
+from qgis.PyQt.QtCore import QDate, Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -42,6 +42,7 @@ from qgis.PyQt.QtWidgets import (
     QRadioButton,
     QScrollArea,
     QSpinBox,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -49,20 +50,28 @@ from qgis.PyQt.QtWidgets import (
 )
 
 STYLES = Path(__file__).resolve().parent / "styles"
+try:  # QGIS ≥ 3.30 (and QGIS 4) name the geometry types in Qgis
+    from qgis.core import Qgis
+
+    _POLYGON = Qgis.GeometryType.Polygon
+except AttributeError:
+    from qgis.core import QgsWkbTypes
+
+    _POLYGON = QgsWkbTypes.GeometryType.PolygonGeometry
 CATALOGUES = [
     ("Earth Search v1 (Element 84)", "https://earth-search.aws.element84.com/v1", "sentinel-2-c1-l2a"),
     ("Microsoft Planetary Computer", "https://planetarycomputer.microsoft.com/api/stac/v1", "sentinel-2-l2a"),
     ("Custom STAC API", "", "sentinel-2-c1-l2a"),
 ]
-COLUMNS = ["date", "platform", "tile", "scene cloud %", "area cloud %", "valid %", "items"]
+COLUMNS = ["date", "platform", "MGRS tiles", "scene\ncloud %", "area\ncloud %", "area\nvalid %", "products"]
 SETTINGS = "cloud_probability/dock"
 
 
 class _NumericItem(QTableWidgetItem):
     """Sorts by number, shows a rounded value."""
 
-    def __init__(self, value):
-        super().__init__("" if value is None else f"{value:.1f}")
+    def __init__(self, value, form: str = "{:.1f}"):
+        super().__init__("" if value is None else form.format(value))
         self.value = float("inf") if value is None else float(value)
 
     def __lt__(self, other):  # noqa: D105
@@ -85,9 +94,12 @@ class CloudProbabilityDock(QgsDockWidget):
         self.drawn_extent: QgsRectangle | None = None
         self.drawn_crs = None
         self.screened_layer: QgsVectorLayer | None = None
-        self.rows: list[dict] = []
+        self.rows: list[dict] = []  # the acquisitions the thresholds keep (the table)
+        self.all_rows: list[dict] = []  # every acquisition screened (the chart)
+        self.area_band = None  # the drawn area's outline on the map
         self.highlight = None
         self.highlighted_fid = None
+        self.added_group = None
         self._build()
         self.load_settings()
 
@@ -111,8 +123,10 @@ class CloudProbabilityDock(QgsDockWidget):
         row.addWidget(self.draw_button)
         area_layout.addWidget(self.area_canvas)
         area_layout.addLayout(row)
-        area_layout.addWidget(self.area_layer)
-        area_layout.addWidget(self.layer_combo)
+        row = QHBoxLayout()
+        row.addWidget(self.area_layer)
+        row.addWidget(self.layer_combo, 1)
+        area_layout.addLayout(row)
         layout.addWidget(area)
 
         search = QGroupBox("Search")
@@ -137,12 +151,11 @@ class CloudProbabilityDock(QgsDockWidget):
         form.addRow("Catalogue", self.catalogue)
         form.addRow("STAC API URL", self.url)
         form.addRow("Collection", self.collection)
-        form.addRow("From", self.start)
-        form.addRow("To", self.end)
-        form.addRow("Max scene cloud %", self.max_scene_cloud)
-        form.addRow("Max cloud in the area %", self.max_area_cloud)
-        form.addRow("Min valid data in the area %", self.min_valid)
-        form.addRow("Scenes read at once", self.concurrency)
+        form.addRow("Period (UTC days)", _row(self.start, QLabel("to"), self.end))
+        self.max_scene_cloud.setToolTip("eo:cloud_cover: percent of each whole product, not of your area")
+        form.addRow("Max cloud %", _row(QLabel("scene"), self.max_scene_cloud, QLabel("in the area"), self.max_area_cloud))
+        form.addRow("Min valid data in the area %",
+                    _row(self.min_valid, QLabel("scenes read at once"), self.concurrency))
         layout.addWidget(search)
 
         buttons = QHBoxLayout()
@@ -168,19 +181,33 @@ class CloudProbabilityDock(QgsDockWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.itemSelectionChanged.connect(self._selection_changed)
-        self.table.setMinimumHeight(180)
-        layout.addWidget(self.table, 2)
+        self.table.setMinimumHeight(160)
+        self.table.verticalHeader().setDefaultSectionSize(self.table.fontMetrics().height() + 8)
+        self.table.verticalHeader().hide()  # row numbers mean nothing once sorted
 
         self.chart = _Chart(self)
-        layout.addWidget(self.chart, 1)
+        results = QSplitter(Qt.Orientation.Vertical)  # the user shares the height between the table and the chart
+        results.addWidget(self.table)
+        results.addWidget(self.chart)
+        results.setStretchFactor(0, 3)
+        results.setStretchFactor(1, 2)
+        results.setChildrenCollapsible(False)
+        layout.addWidget(results, 1)
+        for spin in (self.max_area_cloud, self.min_valid):
+            spin.valueChanged.connect(self._refilter)
 
         actions = QHBoxLayout()
-        self.add_button = QPushButton("Add scene to map")
+        self.add_button = QPushButton("Add acquisition to map")
         self.zoom_button = QPushButton("Zoom to area")
         self.model_button = QPushButton("Annual model…")
         self.add_button.clicked.connect(self.add_selected_scene)
         self.zoom_button.clicked.connect(self.zoom_to_area)
         self.model_button.clicked.connect(self.open_annual_model)
+        extent_note = ("The annual model's adjustment is fitted over this area: another area gives another fit and "
+                       "slightly different adjusted values. To compare runs, reuse one fit (FIT_FROM of 'Smooth and "
+                       "adjust the cloud probability').")
+        self.model_button.setToolTip(extent_note)
+        area.setToolTip(extent_note)
         for b in (self.add_button, self.zoom_button, self.model_button):
             actions.addWidget(b)
         layout.addLayout(actions)
@@ -217,6 +244,10 @@ class CloudProbabilityDock(QgsDockWidget):
         self.max_area_cloud.setValue(float(s.value(f"{SETTINGS}/max_area_cloud", 30.0)))
         self.min_valid.setValue(float(s.value(f"{SETTINGS}/min_valid", 50.0)))
         self.concurrency.setValue(int(s.value(f"{SETTINGS}/concurrency", 32)))
+        for edit, key in ((self.start, "start"), (self.end, "end")):
+            saved = QDate.fromString(str(s.value(f"{SETTINGS}/{key}", "")), "yyyy-MM-dd")
+            if saved.isValid():
+                edit.setDate(saved)
 
     def save_settings(self) -> None:
         s = QgsSettings()
@@ -227,6 +258,8 @@ class CloudProbabilityDock(QgsDockWidget):
         s.setValue(f"{SETTINGS}/max_area_cloud", self.max_area_cloud.value())
         s.setValue(f"{SETTINGS}/min_valid", self.min_valid.value())
         s.setValue(f"{SETTINGS}/concurrency", self.concurrency.value())
+        s.setValue(f"{SETTINGS}/start", self.start.date().toString("yyyy-MM-dd"))
+        s.setValue(f"{SETTINGS}/end", self.end.date().toString("yyyy-MM-dd"))
 
     # ------------------------------------------------------------------ area
     def start_drawing(self) -> None:
@@ -244,6 +277,26 @@ class CloudProbabilityDock(QgsDockWidget):
     def set_drawn_extent(self, extent: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> None:
         self.drawn_extent, self.drawn_crs = QgsRectangle(extent), crs
         self.area_drawn.setChecked(True)
+        self._outline_area()
+
+    def _outline_area(self, *_) -> None:
+        """The drawn rectangle outlined on the map (in the map's CRS, redrawn when that changes),
+        shown while the drawn rectangle is the chosen area."""
+        from qgis.core import QgsGeometry
+        from qgis.gui import QgsRubberBand
+        from qgis.PyQt.QtGui import QColor
+
+        if self.drawn_extent is None:
+            return
+        if self.area_band is None:
+            self.area_band = QgsRubberBand(self.canvas, _POLYGON)
+            self.area_band.setStrokeColor(QColor(255, 127, 0))
+            self.area_band.setFillColor(QColor(255, 127, 0, 0))
+            self.area_band.setWidth(2)
+            self.canvas.destinationCrsChanged.connect(self._outline_area)
+            self.area_drawn.toggled.connect(self._outline_area)
+        self.area_band.setToGeometry(QgsGeometry.fromRect(self.drawn_extent), self.drawn_crs)
+        self.area_band.setVisible(self.area_drawn.isChecked())
 
     def area(self):
         """(extent string for AOI, polygon layer or None) of the chosen area."""
@@ -285,8 +338,8 @@ class CloudProbabilityDock(QgsDockWidget):
             "MAX_SCENE_CLOUD": self.max_scene_cloud.value(), "MAX_ITEMS": 0, "OUTPUT": self.scenes_path,
         }
         self.table.setRowCount(0)
-        self.rows = []
-        self.chart.plot([])
+        self.rows, self.all_rows = [], []
+        self.chart.plot([], [])
         self._run("cloudprob:searchscenes", params, self._searched, "Searching the catalogue…", 0, 30)
 
     def packages_ready(self, *algorithm_ids: str) -> bool:
@@ -321,9 +374,10 @@ class CloudProbabilityDock(QgsDockWidget):
         if not ok or self.feedback.isCanceled():
             self._stopped(self._failure("The search"))
             return
+        # every acquisition screened (the chart shows them all); the thresholds filter here
         screen = {
-            "SCENES": self.scenes_path, "AOI": self.aoi, "MAX_AOI_CLOUD": self.max_area_cloud.value(),
-            "MIN_AOI_VALID": self.min_valid.value(), "CONCURRENCY": self.concurrency.value(),
+            "SCENES": self.scenes_path, "AOI": self.aoi, "MAX_AOI_CLOUD": 100.0, "MIN_AOI_VALID": 0.0,
+            "CONCURRENCY": self.concurrency.value(),
             "OUTPUT": QgsProcessingUtils.generateTempFilename("screened.gpkg"),
         }
         if self.polygons is not None:
@@ -344,7 +398,11 @@ class CloudProbabilityDock(QgsDockWidget):
         self.screened_layer = layer
         self.fill(layer)
         self.progress.setValue(100)
-        self._stopped(f"{len(self.rows)} acquisitions with at most {self.max_area_cloud.value():g} % cloud in the area.", True)
+        self._stopped(self._summary(), True)
+
+    def _summary(self) -> str:
+        return (f"{len(self.rows)} of {len(self.all_rows)} acquisitions with at most {self.max_area_cloud.value():g} % "
+                f"cloud and at least {self.min_valid.value():g} % valid data in the area.")
 
     def _failure(self, what: str) -> str:
         if self.feedback is not None and self.feedback.isCanceled():
@@ -369,29 +427,51 @@ class CloudProbabilityDock(QgsDockWidget):
 
     # ------------------------------------------------------------------ results
     def fill(self, layer: QgsVectorLayer) -> None:
-        """The table and the chart from a screened-scenes layer."""
-        self.rows = []
+        """The table (the acquisitions the thresholds keep) and the chart (all of them, the kept
+        ones highlighted) from a screened-scenes layer."""
+        self.all_rows = []
         for f in layer.getFeatures(QgsFeatureRequest().addOrderBy("datetime")):
-            self.rows.append({
+            self.all_rows.append({
                 "fid": f.id(), "date": f["datetime"].toString("yyyy-MM-dd") if f["datetime"] else "",
-                "platform": f["platform"], "tile": f["mgrs_tile"], "scene": f["scene_cloud"], "area": f["aoi_cloud_pct"],
-                "valid": f["aoi_valid_pct"], "items": f["items"], "stac_item": f["stac_item"],
+                "platform": f["platform"], "tiles": _text(f["mgrs_tiles"]), "scene": _number(f["scene_cloud"]),
+                "area": _number(f["aoi_cloud_pct"]), "valid": _number(f["aoi_valid_pct"]),
+                "unreadable": _text(f["aoi_status"]).startswith("read error"), "n_products": f["n_products"],
+                "item_ids": _text(f["item_ids"]), "stac_items": f["stac_items"],
             })
+        self._refilter()
+
+    def _refilter(self, *_) -> None:
+        """Apply the thresholds to the screened acquisitions: the table, the chart's highlight and
+        the screened layer's filter on the map."""
+        from ..core.screening import passes_values
+
+        if not self.all_rows:
+            return
+        self.rows = [r for r in self.all_rows if passes_values(r["area"], r["valid"], r["unreadable"],
+                                                               self.max_area_cloud.value(), self.min_valid.value())]
         self.table.setSortingEnabled(False)
+        self.table.clearContents()
         self.table.setRowCount(len(self.rows))
         for r, row in enumerate(self.rows):
             date = QTableWidgetItem(row["date"])
             date.setData(Qt.ItemDataRole.UserRole, r)
             self.table.setItem(r, 0, date)
-            self.table.setItem(r, 1, QTableWidgetItem(row["platform"] or ""))
-            self.table.setItem(r, 2, QTableWidgetItem(row["tile"] or ""))
+            self.table.setItem(r, 1, QTableWidgetItem(_short_platform(row["platform"])))
+            self.table.setItem(r, 2, QTableWidgetItem(" ".join(t for t in row["tiles"].split(",") if t)))
             self.table.setItem(r, 3, _NumericItem(row["scene"]))
             self.table.setItem(r, 4, _NumericItem(row["area"]))
             self.table.setItem(r, 5, _NumericItem(row["valid"]))
-            self.table.setItem(r, 6, QTableWidgetItem(row["items"] or ""))
+            products = _NumericItem(row["n_products"], "{:.0f}")
+            products.setToolTip("\n".join(row["item_ids"].split(",")))
+            self.table.setItem(r, 6, products)
         self.table.setSortingEnabled(True)
         self.table.resizeColumnsToContents()
-        self.chart.plot(self.rows)
+        if self.screened_layer is not None and self.screened_layer.id() in QgsProject.instance().mapLayers():
+            fids = ",".join(str(r["fid"]) for r in self.rows) or "-1"
+            self.screened_layer.setSubsetString(f"fid IN ({fids})")  # the map shows what the table lists
+        self.chart.plot(self.all_rows, self.rows)
+        if self.task is None and self.all_rows:
+            self.status.setText(self._summary())
 
     def selected_row(self) -> dict | None:
         items = self.table.selectedItems()
@@ -435,33 +515,65 @@ class CloudProbabilityDock(QgsDockWidget):
         self.highlighted_fid = fid
 
     def add_selected_scene(self) -> list:
-        """True colour (visual, or red/green/blue) and the SCL of the selected scene, as layers."""
+        """Every product of the selected acquisition on the map, in one layer group: each
+        product's true colour (visual, or red/green/blue) above its SCL (class palette). A
+        reprocessed duplicate gives way to the newest processing baseline; split datastrips and
+        neighbouring tiles are all added, so the layers cover what the acquisition covers."""
         row = self.selected_row()
         if row is None:
-            self.status.setText("Select a scene in the table first.")
+            self.status.setText("Select an acquisition in the table first.")
             return []
-        from ..core.stac import scene_from_json
-        from ..core.reading import vsi_path
+        import json
 
-        scene = scene_from_json(row["stac_item"])
+        from ..core.reading import vsi_path
+        from ..core.screening import acquisition
+        from ..core.stac import normalise_item
+
+        summary = acquisition([normalise_item(item) for item in json.loads(row["stac_items"])])
+        project = QgsProject.instance()
+        first = summary.distinct[0]
+        orbit = f" R{first.relative_orbit:03d}" if first.relative_orbit else ""
+        root = project.layerTreeRoot()
+        index = 0  # below the screened footprints, so their outlines stay visible
+        node = root.findLayer(self.screened_layer.id()) if self.screened_layer is not None else None
+        if node is not None and node.parent() is root:
+            index = root.children().index(node) + 1
+        group = root.insertGroup(
+            index, f"{row['date']} {_short_platform(first.platform)}{orbit}: {len(summary.distinct)} products")
+        colour_group = group.addGroup("True colour")
+        scl_group = group.addGroup("Scene classification (SCL)")
         added = []
-        scl = scene.asset_href("scl")
-        if scl:
-            layer = QgsRasterLayer(vsi_path(scl), f"{scene.item_id} SCL")
-            if layer.isValid():
-                layer.loadNamedStyle(str(STYLES / "scl.qml"))
-                QgsProject.instance().addMapLayer(layer)
+        for scene in summary.distinct:
+            scl = scene.asset_href("scl")
+            if scl:
+                layer = QgsRasterLayer(vsi_path(scl), f"{scene.item_id} SCL")
+                if layer.isValid():
+                    layer.loadNamedStyle(str(STYLES / "scl.qml"))
+                    project.addMapLayer(layer, False)
+                    scl_group.addLayer(layer)
+                    added.append(layer)
+            if scene.asset_href("visual"):
+                layer = QgsRasterLayer(vsi_path(scene.asset_href("visual")), f"{scene.item_id} true colour")
+            elif all(scene.asset_href(b) for b in ("red", "green", "blue")):
+                layer = _rgb_layer(scene)
+            else:
+                layer = None
+            if layer is not None and layer.isValid():
+                project.addMapLayer(layer, False)
+                colour_group.addLayer(layer)
                 added.append(layer)
-        if scene.asset_href("visual"):  # true colour above the SCL
-            layer = QgsRasterLayer(vsi_path(scene.asset_href("visual")), f"{scene.item_id} true colour")
-        elif all(scene.asset_href(b) for b in ("red", "green", "blue")):
-            layer = _rgb_layer(scene)
-        else:
-            layer = None
-        if layer is not None and layer.isValid():
-            QgsProject.instance().addMapLayer(layer)
-            added.append(layer)
-        self.status.setText(f"Added {len(added)} layers of {scene.item_id}.")
+        for child in (colour_group, scl_group):
+            if not child.children():
+                group.removeChildNode(child)
+        def fold() -> None:  # the products listed, their bands and classes folded
+            for node in group.findLayers():
+                node.setExpanded(False)
+
+        fold()
+        QTimer.singleShot(0, fold)  # again once the layer tree view has shown the new layers
+        self.added_group = group
+        self.status.setText(f"Added {len(added)} layers of the acquisition {summary.datatake_id} "
+                            f"({len(summary.distinct)} products: {', '.join(summary.mgrs_tiles)}).")
         self.zoom_to_area()
         return added
 
@@ -497,6 +609,32 @@ class CloudProbabilityDock(QgsDockWidget):
         if not self.packages_ready("cloudprob:annualcloudprobability"):
             return
         processing.execAlgorithmDialog("cloudprob:annualcloudprobability", params)
+
+
+def _row(*widgets) -> QWidget:
+    """Widgets side by side in one form row."""
+    holder = QWidget()
+    row = QHBoxLayout(holder)
+    row.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        row.addWidget(widget, 0 if isinstance(widget, QLabel) else 1)
+    return holder
+
+
+def _text(value) -> str:
+    """A text attribute, '' for NULL (a null QVariant in QGIS 3, None in QGIS 4)."""
+    return value if isinstance(value, str) else ""
+
+
+def _number(value) -> float | None:
+    """A numeric attribute, None for NULL."""
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _short_platform(platform: str | None) -> str:
+    """``sentinel-2b`` → ``S2B`` (the table stays narrow)."""
+    text = (platform or "").lower()
+    return "S2" + text[-1].upper() if text.startswith("sentinel-2") and len(text) == 11 else (platform or "")
 
 
 def _extent_text(extent: QgsRectangle, crs) -> str:
@@ -546,44 +684,87 @@ def _rgb_layer(scene) -> QgsRasterLayer:
 
 
 class _Chart(QWidget):
-    """Area cloud % over time (matplotlib); a click selects the nearest acquisition."""
+    """The area's cloud share (%) of every screened acquisition over time (matplotlib on its Qt
+    canvas, never pyplot): the acquisitions the thresholds keep in blue, the others grey, the
+    cloud threshold dashed; a click selects the nearest kept acquisition in the table.
+
+    Margins are fixed in pixels and set on every resize (tight or constrained layouts warn, and
+    QGIS logs every warning with a traceback, when a dock is small); nothing is drawn while the
+    canvas is too small to hold the axes.
+    """
+
+    MARGINS = dict(left=58, right=12, top=10, bottom=30)  # pixels: the y label and the dates fit
+    MIN_HEIGHT = 220
 
     def __init__(self, dock: CloudProbabilityDock):
         super().__init__()
         self.dock = dock
+        self.dates: list = []
+        self.marker = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         try:
-            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg  # Qt5 or Qt6, as QGIS loaded
+            try:  # matplotlib ≥ 3.5: the Qt binding QGIS already loaded (Qt5 or Qt6)
+                from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            except ImportError:
+                from matplotlib.backends.backend_qt5agg import FigureCanvasQTAgg
             from matplotlib.figure import Figure
         except ImportError:  # matplotlib is optional: the table says it all
             self.canvas = None
             layout.addWidget(QLabel("(install matplotlib for the chart)"))
             return
-        self.figure = Figure(figsize=(4, 1.8), tight_layout=True)
+        self.figure = Figure(figsize=(4, 2.4))
         self.axes = self.figure.add_subplot(111)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(140)
+        self.canvas.setMinimumHeight(self.MIN_HEIGHT)
         self.canvas.mpl_connect("button_press_event", self._clicked)
+        self.canvas.mpl_connect("resize_event", lambda event: self._margins())
         layout.addWidget(self.canvas)
-        self.dates: list = []
-        self.marker = None
+        self.setMinimumHeight(self.MIN_HEIGHT)
+        self._margins()
 
-    def plot(self, rows: list[dict]) -> None:
+    def _margins(self) -> None:
+        width, height = self.canvas.width(), self.canvas.height()
+        m = self.MARGINS
+        if width <= m["left"] + m["right"] + 10 or height <= m["top"] + m["bottom"] + 10:
+            return  # hidden or squeezed: keep the last layout
+        self.figure.subplots_adjust(left=m["left"] / width, right=1 - m["right"] / width,
+                                    bottom=m["bottom"] / height, top=1 - m["top"] / height)
+
+    def plot(self, rows: list[dict], kept: list[dict] | None = None) -> None:
+        """Every acquisition of ``rows``; those of ``kept`` (the table's, in its order) highlighted."""
         if self.canvas is None:
             return
         from datetime import date
 
+        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+        kept = rows if kept is None else kept
+        kept_ids = {id(r) for r in kept}
         self.axes.clear()
-        self.dates = [date.fromisoformat(r["date"]) if r["date"] else None for r in rows]
-        points = [(d, r["area"]) for d, r in zip(self.dates, rows) if d is not None and r["area"] is not None]
-        if points:
-            xs, ys = zip(*points)
-            self.axes.plot(xs, ys, "o", markersize=4, color="#2b5f8a")
-        self.axes.set_ylabel("cloud in area %")
-        self.axes.set_ylim(-2, 102)
-        self.figure.autofmt_xdate()
+        self.dates = [date.fromisoformat(r["date"]) if r["date"] else None for r in kept]
+        others = [(date.fromisoformat(r["date"]), r["area"]) for r in rows
+                  if id(r) not in kept_ids and r["date"] and r["area"] is not None]
+        shown = [(d, r["area"]) for d, r in zip(self.dates, kept) if d is not None and r["area"] is not None]
+        if others:
+            xs, ys = zip(*others)
+            self.axes.plot(xs, ys, "o", markersize=3.5, color="#b0b0b0", label="other acquisitions")
+        if shown:
+            xs, ys = zip(*shown)
+            self.axes.plot(xs, ys, "o", markersize=4.5, color="#2b5f8a", label="kept by the thresholds")
+        if others or shown:
+            self.axes.axhline(self.dock.max_area_cloud.value(), color="#2b5f8a", linewidth=0.8, linestyle="--")
+            locator = AutoDateLocator(minticks=3, maxticks=7)
+            self.axes.xaxis.set_major_locator(locator)
+            self.axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+        else:
+            self.axes.set_xticks([])
+        self.axes.set_ylabel("cloud in the area (%)")
+        self.axes.set_ylim(-3, 103)
+        self.axes.tick_params(labelsize=8)
+        self.axes.grid(axis="y", color="#e0e0e0", linewidth=0.6)
         self.marker = None
+        self._margins()
         self.canvas.draw_idle()
 
     def highlight(self, index: int) -> None:
@@ -597,7 +778,7 @@ class _Chart(QWidget):
         self.canvas.draw_idle()
 
     def _clicked(self, event) -> None:
-        if event.xdata is None or not self.dates:
+        if event.xdata is None or not any(d is not None for d in self.dates):
             return
         from matplotlib.dates import date2num
 
