@@ -96,10 +96,10 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             QgsProcessingParameterNumber.Type.Double, 5.0, False, 0.0, 1000.0),
             self.tr("Reference adjustment: pixels within this many percent of their neighbourhood are unchanged.")))
         self.addParameter(QgsProcessingParameterBoolean(self.ADJUST, self.tr("Adjust with regression residuals"), True))
-        self.addParameter(QgsProcessingParameterFile(
-            self.FIT_FROM,
-            self.tr("Reuse the fit of a previous run (its .regression.json; empty: fit over this extent)"),
-            extension="json", optional=True))
+        self.addParameter(with_help(QgsProcessingParameterFile(
+            self.FIT_FROM, self.tr("Reuse an earlier fit (JSON)"), extension="json", optional=True),
+            self.tr("The .regression.json of an earlier run: its intercept, slope and median are used instead of a "
+                    "fit over this run's extent, so overlapping runs agree. Empty: fit over this extent.")))
         add_scheduler_parameter(self)
         self.addParameter(with_help(QgsProcessingParameterRasterDestination(  # optional: see cloud_frequency.py
             self.OUTPUT_SMOOTHED, self.tr("Smoothed probability (%)"), optional=True),
