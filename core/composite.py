@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cache import remove_stale_parts
 from .masks import CLEAR, MaskError, MaskSpec
 from .progress import NullProgress, Progress, check_cancel
 from .reading import Grid, GridLookup, ReadError, gdal_http_env, read_on_grid
@@ -95,6 +96,7 @@ def clear_composite(
     from rasterio.windows import Window
 
     progress = progress or NullProgress()
+    remove_stale_parts(out_path)  # left by a run killed while writing
     groups = [g for g in group_by_datatake(scenes)]
     usable = [[s for s in g if all(s.asset_href(b) for b in bands)] for g in groups]
     usable = [g for g in usable if g]

@@ -30,8 +30,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -39,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import TileCache, remove_stale_parts
 from .masks import CLOUD, NODATA, SHADOW, MaskError, MaskSpec
 from .progress import NullProgress, Progress, check_cancel
 from .reading import (
@@ -176,22 +175,6 @@ def _tile_key(chosen) -> str:
     payload = sorted((band, sorted((s.item_id, json.dumps(s.assets, sort_keys=True)) for s in group))
                      for group, band in chosen)
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
-
-
-CACHE_DAYS = 14  # cache folders untouched this long are pruned: no run resumes from them any more
-
-
-def _prune_cache(root: Path, keep: Path) -> None:
-    """Remove cache folders (and stray partial tiles) nobody touched for :data:`CACHE_DAYS`."""
-    if not root.is_dir():
-        return
-    old = time.time() - CACHE_DAYS * 86400
-    for folder in root.iterdir():
-        try:
-            if folder != keep and folder.is_dir() and folder.stat().st_mtime < old:
-                shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def default_cache_dir() -> Path:
@@ -407,11 +390,10 @@ def cloud_frequency(
 
     measure_key = [measure, probability_asset, list(nodata_classes or ())] if mean else [measure]
     key = _cache_key(grid, spec, periods, tile_px, measure_key)
-    root = Path(cache_dir or default_cache_dir())
-    cache = root / key
-    cache.mkdir(parents=True, exist_ok=True)
-    os.utime(cache)
-    _prune_cache(root, cache)
+    remove_stale_parts(*outputs.values(), os.path.splitext(outputs["probability"])[0] + ".unreadable.csv")
+    # held until the end (core/cache.py): another run of the same key never removes this run's tiles
+    store = TileCache(Path(cache_dir or default_cache_dir()), key, progress)
+    cache = store.folder
     tiles = list(_tiles(grid, tile_px))
     halo = int(math.ceil(spec.buffer_m / grid.resolution)) if (spec.buffer_m > 0 and not mean) else 0
     grid_epsg = _epsg_of(grid.crs)
@@ -432,18 +414,7 @@ def cloud_frequency(
 
     unreadable: dict[str, str] = {}  # datatake id -> what failed
 
-    def cached(path: Path) -> int | None:
-        """The pixel-observations of a finished tile, or None (a damaged one is removed)."""
-        if not path.exists():
-            return None
-        try:
-            with np.load(path) as done:
-                done["valid"], done["cloudy"]
-                return int(done["pixel_obs"])
-        except Exception as exc:  # a truncated or foreign file: recompute, never fail on it
-            progress.warning(f"Cached tile {path} is damaged ({exc}); computing it again.")
-            path.unlink(missing_ok=True)
-            return None
+    cached = store.load  # a finished tile's pixel-observations; a damaged one is named and recomputed
 
     from .executor import LocalExecutor, executor_for
 
@@ -499,10 +470,7 @@ def cloud_frequency(
                 # still in it, so the next pass recomputes it without
                 chosen = [(g, b) for g, b in job.chosen if g[0].datatake_id not in failed]
                 path = cache / f"tile_{job.r0}_{job.c0}_{_tile_key(chosen)}.npz"
-                # a name of this run's own, then renamed: runs of the same inputs never collide
-                tmp = path.with_name(f"{path.stem}.part-{os.getpid()}-{threading.get_ident()}.npz")
-                np.savez_compressed(tmp, **arrays)
-                os.replace(tmp, path)
+                store.save(path, arrays)  # a name of this run's own, then renamed: runs never collide
                 tile_paths[(job.r0, job.c0)] = path
                 pixel_obs += int(arrays["pixel_obs"])
                 del arrays
@@ -511,25 +479,27 @@ def cloud_frequency(
             first_pass = False
             if len(unreadable) == known:
                 break
+    except BaseException:
+        store.release()  # finished tiles stay for a re-run
+        raise
     finally:
         executor.close()
-    if len(unreadable) == len(groups):
-        raise FrequencyError("No acquisition could be read: " + "; ".join(list(unreadable.values())[:3]))
-
-    check_cancel(progress)
-    tags = {"measure": measure, "unreadable_acquisitions": str(len(unreadable))}
-    if mean:
-        tags.update(probability_asset=probability_asset, nodata_classes=",".join(map(str, nodata_classes)))
-    else:
-        tags["mask"] = json.dumps({k: v for k, v in asdict(spec).items() if k != "extra"})
-    stats = _write_outputs(grid, tiles, tile_paths, periods, outputs, tags, len(groups) - len(unreadable), mean)
-    unreadable_csv = _write_unreadable(outputs["probability"], unreadable, groups)
-    for path in set(tile_paths.values()):  # this run's tiles; other runs' stay
-        path.unlink(missing_ok=True)
     try:
-        cache.rmdir()
-    except OSError:
-        pass
+        if len(unreadable) == len(groups):
+            raise FrequencyError("No acquisition could be read: " + "; ".join(list(unreadable.values())[:3]))
+
+        check_cancel(progress)
+        tags = {"measure": measure, "unreadable_acquisitions": str(len(unreadable))}
+        if mean:
+            tags.update(probability_asset=probability_asset, nodata_classes=",".join(map(str, nodata_classes)))
+        else:
+            tags["mask"] = json.dumps({k: v for k, v in asdict(spec).items() if k != "extra"})
+        stats = _write_outputs(grid, tiles, tile_paths, periods, outputs, tags, len(groups) - len(unreadable), mean)
+        unreadable_csv = _write_unreadable(outputs["probability"], unreadable, groups)
+    except BaseException:
+        store.release()
+        raise
+    store.finish(tile_paths.values())  # this run's tiles go, unless another run of the same key still uses them
     progress.set_progress(100.0)
     return FrequencyResult(
         probability=outputs["probability"], valid=outputs["valid"], cloudy=outputs["cloudy"], periods=periods,

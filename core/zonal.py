@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cache import remove_stale_parts
 from .progress import NullProgress, Progress, check_cancel
 
 # The reference product's statistics per area, coverage-weighted (exactextract), then what an
@@ -284,13 +285,14 @@ def write_outputs(result: ZonalResult, zones, id_field: str, gpkg_path: str | No
         attributes = zones[carried].reset_index(drop=True)
         attributes.columns = [f"{c}_input" if c in table.columns else c for c in carried]
         table = table.iloc[:, :1].join(attributes).join(table.iloc[:, 1:])
+    remove_stale_parts(csv_path, gpkg_path)  # left by a run killed while writing
     if csv_path:
-        tmp = f"{csv_path}.part"
+        tmp = f"{csv_path}.part-{os.getpid()}"  # this run's own: two runs never write into one file
         table.to_csv(tmp, index=False, na_rep="")
         os.replace(tmp, csv_path)
     if gpkg_path:
         out = gpd.GeoDataFrame(table, geometry=list(zones.geometry.values), crs=zones.crs)
-        tmp = f"{gpkg_path}.part.gpkg"
+        tmp = f"{gpkg_path}.part-{os.getpid()}.gpkg"
         if os.path.exists(tmp):
             os.remove(tmp)
         out.to_file(tmp, layer=layer, driver="GPKG")
