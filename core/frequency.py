@@ -39,7 +39,7 @@ import numpy as np
 
 from .cache import TileCache, remove_stale_parts
 from .masks import CLOUD, NODATA, SHADOW, MaskError, MaskSpec
-from .progress import NullProgress, Progress, check_cancel
+from .progress import NullProgress, Progress, check_cancel, finished
 from .reading import (
     Grid, GridLookup, ReadError, area_in_crs, classes_on_grid, gdal_http_env, network_bytes, network_bytes_reset,
     read_on_grid,
@@ -264,9 +264,11 @@ def compute_tile(job: TileJob, progress: Progress | None = None, report=None) ->
     lookup = GridLookup(job.grid)
     unreadable: dict[str, str] = {}
 
+    from . import http
+
     def observe(group: list[Scene]):
         check_cancel(progress)
-        with gdal_http_env():
+        with gdal_http_env(), http.owned_by(progress):  # Cancel stops this acquisition's requests in flight
             if job.mean:
                 return datatake_probability_on_grid(group, job.grid, lookup, job.probability_asset, job.nodata_classes)
             return datatake_mask_on_grid(group, job.spec, job.grid, lookup)
@@ -275,7 +277,7 @@ def compute_tile(job: TileJob, progress: Progress | None = None, report=None) ->
     with cf.ThreadPoolExecutor(max_workers=max(1, int(job.concurrency)), thread_name_prefix="cloudprob-freq") as pool:
         futures = {pool.submit(observe, g): (g, b) for g, b in job.chosen}
         try:
-            for k, future in enumerate(cf.as_completed(futures), start=1):
+            for k, future in enumerate(finished(futures, progress), start=1):  # Cancel looked at meanwhile
                 group, band = futures.pop(future)  # its arrays are released once added
                 try:
                     observed = future.result()
