@@ -154,6 +154,11 @@ def clear_composite(
                     out = np.zeros((len(bands), h, w), np.uint16)
                 dst.write(out, window=Window(c0, r0, w, h))
                 progress.set_progress(95.0 * (n + 1) / len(tiles))
+            if clear_total == 0:
+                raise CompositeError(
+                    f"None of the {len(usable)} acquisitions has a clear observation in the area ({cols} × {rows} "
+                    "pixels): the composite would be no data everywhere. Check the area, its CRS, the period and "
+                    "the scenes.")
             for i, band in enumerate(bands, start=1):
                 dst.set_band_description(i, band)
             dst.update_tags(units="reflectance x 10000", method="median of clear observations")

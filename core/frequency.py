@@ -170,6 +170,24 @@ def _cache_key(grid: Grid, spec: MaskSpec, periods: list[Period], tile_px: int, 
     return h.hexdigest()[:24]
 
 
+def _check_overlap(grid: Grid, footprints: dict) -> None:
+    """Refuse an area that no product's footprint meets: it would give rasters of no data
+    everywhere, with no word of why (products without a footprint may cover it: not refused)."""
+    if not footprints or any(f is None for f in footprints.values()):
+        return
+    epsg = _epsg_of(grid.crs)
+    if not epsg:
+        return
+    area = area_in_crs(_footprint(grid), epsg, 4326)
+    if any(f.intersects(area) for f in footprints.values()):
+        return
+    west, south, east, north = (round(v, 4) for v in area.bounds)
+    raise FrequencyError(
+        f"The area ({west}, {south}, {east}, {north} in longitude/latitude) lies outside the footprint of every one "
+        f"of the {len(footprints)} scenes: no scene covers it, so every pixel would be no data. Check the area's "
+        "coordinates and CRS, or search scenes for this area.")
+
+
 def _tile_key(chosen) -> str:
     """What one tile reads: each acquisition's products (ids and hrefs) and its band."""
     payload = sorted((band, sorted((s.item_id, json.dumps(s.assets, sort_keys=True)) for s in group))
@@ -393,6 +411,7 @@ def cloud_frequency(
     measure_key = [measure, probability_asset, list(nodata_classes or ())] if mean else [measure]
     key = _cache_key(grid, spec, periods, tile_px, measure_key)
     remove_stale_parts(*outputs.values(), os.path.splitext(outputs["probability"])[0] + ".unreadable.csv")
+    _check_overlap(grid, footprints)
     # held until the end (core/cache.py): another run of the same key never removes this run's tiles
     store = TileCache(Path(cache_dir or default_cache_dir()), key, progress)
     cache = store.folder
@@ -489,6 +508,11 @@ def cloud_frequency(
     try:
         if len(unreadable) == len(groups):
             raise FrequencyError("No acquisition could be read: " + "; ".join(list(unreadable.values())[:3]))
+        if pixel_obs == 0:
+            raise FrequencyError(
+                f"None of the {len(groups) - len(unreadable)} acquisitions has a valid observation in the area "
+                f"({grid.shape[1]} × {grid.shape[0]} pixels): every pixel would be no data. Check the area, "
+                "its CRS, the period and the scenes.")
 
         check_cancel(progress)
         tags = {"measure": measure, "unreadable_acquisitions": str(len(unreadable))}

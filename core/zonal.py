@@ -115,7 +115,7 @@ def zonal_statistics(
     if spread_path and not valid_path:
         raise ZonalError("The interval needs the acquisition counts (VALID) besides the spread.")
     with rasterio.open(raster_path) as ds:
-        crs, transform = ds.crs, ds.transform
+        crs, transform, raster_bounds = ds.crs, ds.transform, tuple(ds.bounds)
         geographic = ds.crs.is_geographic
         cell_area = abs(transform.a * transform.e)
     zones = zones.reset_index(drop=True)  # rows by position from here on
@@ -137,6 +137,8 @@ def zonal_statistics(
             repaired.append(g)
     work = gpd.GeoDataFrame({"_zone": ids.values}, geometry=repaired, crs=zones.crs)
     work = work[[g is not None and not g.is_empty for g in work.geometry]].to_crs(crs)  # index: the zones' rows
+    if len(work):
+        _check_overlap(work, raster_bounds, crs)
     check_cancel(progress)
     progress.set_progress(5.0)
     result = pd.DataFrame({id_field: ids.values}, index=zones.index)
@@ -240,6 +242,20 @@ def _cell_statistics(path: str, zones, prefix: str, geographic: bool, transform)
     out = {f"{prefix}_{name}": table.iloc[:, k].to_numpy(float) for k, name in enumerate(["mean", "min", "max", "stdev", "count"])}
     out[f"{prefix}_median"] = np.array(medians)
     return out
+
+
+def _check_overlap(work, raster_bounds: tuple, crs) -> None:
+    """Zones none of which meets the raster's extent (elsewhere, or declared in a wrong CRS)
+    would all be NULL with no word of why: an error naming both extents instead."""
+    from shapely.geometry import box
+
+    if work.intersects(box(*raster_bounds)).any():
+        return
+    span = ", ".join(f"{v:.6g}" for v in work.total_bounds)
+    raster = ", ".join(f"{v:.6g}" for v in raster_bounds)
+    raise ZonalError(
+        f"None of the {len(work)} areas meets the probability raster: the areas span ({span}) and the raster "
+        f"({raster}), in {crs.to_string()}. Check the areas' CRS and the raster.")
 
 
 def _make_valid_polygon(geometry):
