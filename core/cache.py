@@ -254,14 +254,18 @@ class TileCache:
                 pass
             return None
 
-    def save(self, path: Path, arrays: dict) -> None:
-        """Write a finished tile under a name of this process and thread, then rename it into
-        place: runs of the same inputs never write into the same file."""
+    def save(self, path: Path, arrays: dict, write=None) -> None:
+        """Write a finished tile (``write(path, arrays)``, an ``.npz`` that :func:`numpy.load`
+        reads; numpy's ``savez_compressed`` by default) under a name of this process and thread,
+        then rename it into place: runs of the same inputs never write into the same file."""
         import numpy as np
 
         tmp = path.with_name(f"{path.stem}.part-{os.getpid()}-{threading.get_ident()}.npz")
         try:
-            np.savez_compressed(tmp, **arrays)
+            if write is None:
+                np.savez_compressed(tmp, **arrays)
+            else:
+                write(tmp, arrays)
             os.replace(tmp, path)
         finally:
             if tmp.exists():
