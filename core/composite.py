@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cache import remove_stale_parts
 from .masks import CLEAR, MaskError, MaskSpec
 from .progress import NullProgress, Progress, check_cancel
 from .reading import Grid, GridLookup, ReadError, gdal_http_env, read_on_grid
@@ -95,6 +96,7 @@ def clear_composite(
     from rasterio.windows import Window
 
     progress = progress or NullProgress()
+    remove_stale_parts(out_path)  # left by a run killed while writing
     groups = [g for g in group_by_datatake(scenes)]
     usable = [[s for s in g if all(s.asset_href(b) for b in bands)] for g in groups]
     usable = [g for g in usable if g]
@@ -152,6 +154,11 @@ def clear_composite(
                     out = np.zeros((len(bands), h, w), np.uint16)
                 dst.write(out, window=Window(c0, r0, w, h))
                 progress.set_progress(95.0 * (n + 1) / len(tiles))
+            if clear_total == 0:
+                raise CompositeError(
+                    f"None of the {len(usable)} acquisitions has a clear observation in the area ({cols} × {rows} "
+                    "pixels): the composite would be no data everywhere. Check the area, its CRS, the period and "
+                    "the scenes.")
             for i, band in enumerate(bands, start=1):
                 dst.set_band_description(i, band)
             dst.update_tags(units="reflectance x 10000", method="median of clear observations")

@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import http
+from .cache import TileCache, remove_stale_parts
 from .masks import CLOUD, NODATA, SHADOW, MaskError, MaskSpec
-from .progress import NullProgress, Progress, check_cancel
+from .progress import NullProgress, Progress, check_cancel, finished
 from .reading import (
     Grid, GridLookup, ReadError, area_in_crs, classes_on_grid, gdal_http_env, network_bytes, network_bytes_reset,
     read_on_grid,
@@ -171,27 +172,29 @@ def _cache_key(grid: Grid, spec: MaskSpec, periods: list[Period], tile_px: int, 
     return h.hexdigest()[:24]
 
 
+def _check_overlap(grid: Grid, footprints: dict) -> None:
+    """Refuse an area that no product's footprint meets: it would give rasters of no data
+    everywhere, with no word of why (products without a footprint may cover it: not refused)."""
+    if not footprints or any(f is None for f in footprints.values()):
+        return
+    epsg = _epsg_of(grid.crs)
+    if not epsg:
+        return
+    area = area_in_crs(_footprint(grid), epsg, 4326)
+    if any(f.intersects(area) for f in footprints.values()):
+        return
+    west, south, east, north = (round(v, 4) for v in area.bounds)
+    raise FrequencyError(
+        f"The area ({west}, {south}, {east}, {north} in longitude/latitude) lies outside the footprint of every one "
+        f"of the {len(footprints)} scenes: no scene covers it, so every pixel would be no data. Check the area's "
+        "coordinates and CRS, or search scenes for this area.")
+
+
 def _tile_key(chosen) -> str:
     """What one tile reads: each acquisition's products (ids and hrefs) and its band."""
     payload = sorted((band, sorted((s.item_id, json.dumps(s.assets, sort_keys=True)) for s in group))
                      for group, band in chosen)
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
-
-
-CACHE_DAYS = 14  # cache folders untouched this long are pruned: no run resumes from them any more
-
-
-def _prune_cache(root: Path, keep: Path) -> None:
-    """Remove cache folders (and stray partial tiles) nobody touched for :data:`CACHE_DAYS`."""
-    if not root.is_dir():
-        return
-    old = time.time() - CACHE_DAYS * 86400
-    for folder in root.iterdir():
-        try:
-            if folder != keep and folder.is_dir() and folder.stat().st_mtime < old:
-                shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def default_cache_dir() -> Path:
@@ -358,11 +361,13 @@ def compute_tile(job: TileJob, progress: Progress | None = None, report=None) ->
 
     def observe(group: list[Scene], band: int) -> None:
         check_cancel(progress)
-        if job.mean:  # its reads that go through GDAL enter GDAL's HTTP settings themselves
-            observed = datatake_probability_on_grid(group, job.grid, lookup, job.probability_asset, job.nodata_classes)
-        else:
-            with gdal_http_env():
-                observed = datatake_mask_on_grid(group, job.spec, job.grid, lookup)
+        with http.owned_by(progress):  # Cancel stops this acquisition's requests in flight
+            if job.mean:  # its reads that go through GDAL enter GDAL's HTTP settings themselves
+                observed = datatake_probability_on_grid(group, job.grid, lookup, job.probability_asset,
+                                                        job.nodata_classes)
+            else:
+                with gdal_http_env():
+                    observed = datatake_mask_on_grid(group, job.spec, job.grid, lookup)
         mine = getattr(local, "counts", None)
         if mine is None:
             mine = local.counts = _Counts(job)
@@ -376,7 +381,7 @@ def compute_tile(job: TileJob, progress: Progress | None = None, report=None) ->
     with cf.ThreadPoolExecutor(max_workers=max(1, int(job.concurrency)), thread_name_prefix="cloudprob-freq") as pool:
         futures = {pool.submit(observe, g, b): g for g, b in job.chosen}
         try:
-            for k, future in enumerate(cf.as_completed(futures), start=1):
+            for k, future in enumerate(finished(futures, progress), start=1):  # Cancel looked at meanwhile
                 group = futures.pop(future)
                 try:
                     future.result()
@@ -474,11 +479,11 @@ def cloud_frequency(
 
     measure_key = [measure, probability_asset, list(nodata_classes or ())] if mean else [measure]
     key = _cache_key(grid, spec, periods, tile_px, measure_key)
-    root = Path(cache_dir or default_cache_dir())
-    cache = root / key
-    cache.mkdir(parents=True, exist_ok=True)
-    os.utime(cache)
-    _prune_cache(root, cache)
+    remove_stale_parts(*outputs.values(), os.path.splitext(outputs["probability"])[0] + ".unreadable.csv")
+    _check_overlap(grid, footprints)
+    # held until the end (core/cache.py): another run of the same key never removes this run's tiles
+    store = TileCache(Path(cache_dir or default_cache_dir()), key, progress)
+    cache = store.folder
     tiles = list(_tiles(grid, tile_px))
     halo = int(math.ceil(spec.buffer_m / grid.resolution)) if (spec.buffer_m > 0 and not mean) else 0
     grid_epsg = _epsg_of(grid.crs)
@@ -499,18 +504,7 @@ def cloud_frequency(
 
     unreadable: dict[str, str] = {}  # datatake id -> what failed
 
-    def cached(path: Path) -> int | None:
-        """The pixel-observations of a finished tile, or None (a damaged one is removed)."""
-        if not path.exists():
-            return None
-        try:
-            with np.load(path) as done:
-                done["valid"], done["cloudy"]
-                return int(done["pixel_obs"])
-        except Exception as exc:  # a truncated or foreign file: recompute, never fail on it
-            progress.warning(f"Cached tile {path} is damaged ({exc}); computing it again.")
-            path.unlink(missing_ok=True)
-            return None
+    cached = store.load  # a finished tile's pixel-observations; a damaged one is named and recomputed
 
     from .executor import LocalExecutor, executor_for
 
@@ -566,10 +560,7 @@ def cloud_frequency(
                 # still in it, so the next pass recomputes it without
                 chosen = [(g, b) for g, b in job.chosen if g[0].datatake_id not in failed]
                 path = cache / f"tile_{job.r0}_{job.c0}_{_tile_key(chosen)}.npz"
-                # a name of this run's own, then renamed: runs of the same inputs never collide
-                tmp = path.with_name(f"{path.stem}.part-{os.getpid()}-{threading.get_ident()}.npz")
-                _save_tile(tmp, arrays)
-                os.replace(tmp, path)
+                store.save(path, arrays, _save_tile)  # a name of this run's own, then renamed: runs never collide
                 tile_paths[(job.r0, job.c0)] = path
                 pixel_obs += int(arrays["pixel_obs"])
                 del arrays
@@ -578,25 +569,32 @@ def cloud_frequency(
             first_pass = False
             if len(unreadable) == known:
                 break
+    except BaseException:
+        store.release()  # finished tiles stay for a re-run
+        raise
     finally:
         executor.close()
-    if len(unreadable) == len(groups):
-        raise FrequencyError("No acquisition could be read: " + "; ".join(list(unreadable.values())[:3]))
-
-    check_cancel(progress)
-    tags = {"measure": measure, "unreadable_acquisitions": str(len(unreadable))}
-    if mean:
-        tags.update(probability_asset=probability_asset, nodata_classes=",".join(map(str, nodata_classes)))
-    else:
-        tags["mask"] = json.dumps({k: v for k, v in asdict(spec).items() if k != "extra"})
-    stats = _write_outputs(grid, tiles, tile_paths, periods, outputs, tags, len(groups) - len(unreadable), mean)
-    unreadable_csv = _write_unreadable(outputs["probability"], unreadable, groups)
-    for path in set(tile_paths.values()):  # this run's tiles; other runs' stay
-        path.unlink(missing_ok=True)
     try:
-        cache.rmdir()
-    except OSError:
-        pass
+        if len(unreadable) == len(groups):
+            raise FrequencyError("No acquisition could be read: " + "; ".join(list(unreadable.values())[:3]))
+        if pixel_obs == 0:
+            raise FrequencyError(
+                f"None of the {len(groups) - len(unreadable)} acquisitions has a valid observation in the area "
+                f"({grid.shape[1]} × {grid.shape[0]} pixels): every pixel would be no data. Check the area, "
+                "its CRS, the period and the scenes.")
+
+        check_cancel(progress)
+        tags = {"measure": measure, "unreadable_acquisitions": str(len(unreadable))}
+        if mean:
+            tags.update(probability_asset=probability_asset, nodata_classes=",".join(map(str, nodata_classes)))
+        else:
+            tags["mask"] = json.dumps({k: v for k, v in asdict(spec).items() if k != "extra"})
+        stats = _write_outputs(grid, tiles, tile_paths, periods, outputs, tags, len(groups) - len(unreadable), mean)
+        unreadable_csv = _write_unreadable(outputs["probability"], unreadable, groups)
+    except BaseException:
+        store.release()
+        raise
+    store.finish(tile_paths.values())  # this run's tiles go, unless another run of the same key still uses them
     progress.set_progress(100.0)
     return FrequencyResult(
         probability=outputs["probability"], valid=outputs["valid"], cloudy=outputs["cloudy"], periods=periods,

@@ -52,3 +52,17 @@ def check_cancel(progress: Progress) -> None:
     """Raise :class:`Cancelled` if the caller asked to stop."""
     if progress.is_canceled():
         raise Cancelled("cancelled by the user")
+
+
+def finished(futures, progress: Progress, interval_s: float = 0.1):
+    """Each of ``futures`` as it finishes (as :func:`concurrent.futures.as_completed`), looking
+    at Cancel every ``interval_s`` seconds meanwhile, not only when a future finishes: raises
+    :class:`Cancelled`. A future is handed over once and not kept (its result can be freed)."""
+    import concurrent.futures as cf
+
+    waiting = set(futures)
+    while waiting:
+        done, waiting = cf.wait(waiting, timeout=interval_s, return_when=cf.FIRST_COMPLETED)
+        check_cancel(progress)
+        while done:
+            yield done.pop()

@@ -1028,6 +1028,9 @@ def write_raster(path: str, data: np.ndarray, grid: Grid, nodata: float | None, 
     import rasterio
     from rasterio.enums import Resampling
 
+    from .cache import remove_stale_parts
+
+    remove_stale_parts(path)  # left by a run killed while writing
     bands = data[np.newaxis] if data.ndim == 2 else data
     tmp = f"{path}.part-{os.getpid()}-{threading.get_ident()}.tif"
     profile = dict(

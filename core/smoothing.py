@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .cache import remove_stale_parts
 from .progress import NullProgress, Progress
 
 NODATA = -9999.0
@@ -180,6 +181,7 @@ def smooth_probability(
     from rasterio.windows import Window
 
     progress = progress or NullProgress()
+    remove_stale_parts(out_smoothed, out_adjusted)  # left by a run killed while writing
     if size < 1 or size % 2 == 0:
         raise ValueError("The kernel size must be an odd number of pixels (e.g. 21).")
     covariates = list(covariates or [])
@@ -578,6 +580,7 @@ def reference_adjustment(
     from .executor import executor_for
 
     progress = progress or NullProgress()
+    remove_stale_parts(out_smoothed, out_adjusted)  # left by a run killed while writing
     if size < 3 or size % 2 == 0:
         raise ValueError("The kernel size must be an odd number of pixels, at least 3 (e.g. 21).")
     if not threshold_pct >= 0:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cache import remove_stale_parts
 from .progress import NullProgress, Progress, check_cancel
 
 # The reference product's statistics per area, coverage-weighted (exactextract), then what an
@@ -114,7 +115,7 @@ def zonal_statistics(
     if spread_path and not valid_path:
         raise ZonalError("The interval needs the acquisition counts (VALID) besides the spread.")
     with rasterio.open(raster_path) as ds:
-        crs, transform = ds.crs, ds.transform
+        crs, transform, raster_bounds = ds.crs, ds.transform, tuple(ds.bounds)
         geographic = ds.crs.is_geographic
         cell_area = abs(transform.a * transform.e)
     zones = zones.reset_index(drop=True)  # rows by position from here on
@@ -136,6 +137,8 @@ def zonal_statistics(
             repaired.append(g)
     work = gpd.GeoDataFrame({"_zone": ids.values}, geometry=repaired, crs=zones.crs)
     work = work[[g is not None and not g.is_empty for g in work.geometry]].to_crs(crs)  # index: the zones' rows
+    if len(work):
+        _check_overlap(work, raster_bounds, crs)
     check_cancel(progress)
     progress.set_progress(5.0)
     result = pd.DataFrame({id_field: ids.values}, index=zones.index)
@@ -241,6 +244,20 @@ def _cell_statistics(path: str, zones, prefix: str, geographic: bool, transform)
     return out
 
 
+def _check_overlap(work, raster_bounds: tuple, crs) -> None:
+    """Zones none of which meets the raster's extent (elsewhere, or declared in a wrong CRS)
+    would all be NULL with no word of why: an error naming both extents instead."""
+    from shapely.geometry import box
+
+    if work.intersects(box(*raster_bounds)).any():
+        return
+    span = ", ".join(f"{v:.6g}" for v in work.total_bounds)
+    raster = ", ".join(f"{v:.6g}" for v in raster_bounds)
+    raise ZonalError(
+        f"None of the {len(work)} areas meets the probability raster: the areas span ({span}) and the raster "
+        f"({raster}), in {crs.to_string()}. Check the areas' CRS and the raster.")
+
+
 def _make_valid_polygon(geometry):
     """The polygonal part of GEOS's make_valid: a self-intersecting ring keeps every lobe
     (``buffer(0)`` keeps one: half the pixels, coverage still 100 %)."""
@@ -284,13 +301,14 @@ def write_outputs(result: ZonalResult, zones, id_field: str, gpkg_path: str | No
         attributes = zones[carried].reset_index(drop=True)
         attributes.columns = [f"{c}_input" if c in table.columns else c for c in carried]
         table = table.iloc[:, :1].join(attributes).join(table.iloc[:, 1:])
+    remove_stale_parts(csv_path, gpkg_path)  # left by a run killed while writing
     if csv_path:
-        tmp = f"{csv_path}.part"
+        tmp = f"{csv_path}.part-{os.getpid()}"  # this run's own: two runs never write into one file
         table.to_csv(tmp, index=False, na_rep="")
         os.replace(tmp, csv_path)
     if gpkg_path:
         out = gpd.GeoDataFrame(table, geometry=list(zones.geometry.values), crs=zones.crs)
-        tmp = f"{gpkg_path}.part.gpkg"
+        tmp = f"{gpkg_path}.part-{os.getpid()}.gpkg"
         if os.path.exists(tmp):
             os.remove(tmp)
         out.to_file(tmp, layer=layer, driver="GPKG")

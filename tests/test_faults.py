@@ -309,12 +309,14 @@ def _timed(fn, *args, **kwargs):
 # --- STAC search ---------------------------------------------------------------------------
 
 
+@pytest.mark.fault("stac", "behaves")
 def test_fault_server_baseline_search_works(faults):
     result = search_scenes(_request(faults.url("ok")))
     assert [s.item_id for s in result.scenes] == [f"FAULT_{i:05d}" for i in range(30)]
     assert result.matched == 30 and result.returned == 30
 
 
+@pytest.mark.fault("stac", "error")
 def test_server_that_never_answers_hits_the_deadline(faults):
     before = faults.hits["hang"]
     out, took = _timed(search_scenes, _request(faults.url("hang"), timeout=2.0))
@@ -325,6 +327,7 @@ def test_server_that_never_answers_hits_the_deadline(faults):
     assert not _workers_left()
 
 
+@pytest.mark.fault("stac", "behaves")
 def test_cancel_stops_a_request_that_never_answers(faults):
     progress = Recorder(cancel_after_s=0.5)
     out, took = _timed(search_scenes, _request(faults.url("hang")), progress)  # default deadline: 60 s
@@ -334,6 +337,7 @@ def test_cancel_stops_a_request_that_never_answers(faults):
     assert not _workers_left()  # the blocked read was ended, not abandoned
 
 
+@pytest.mark.fault("stac", "error")
 def test_deadline_is_for_the_whole_answer_not_per_byte(faults):
     out, took = _timed(search_scenes, _request(faults.url("trickle"), timeout=2.0))
     assert isinstance(out, SearchError) and "did not answer within 2 s" in str(out), out
@@ -341,6 +345,7 @@ def test_deadline_is_for_the_whole_answer_not_per_byte(faults):
     assert not _workers_left()
 
 
+@pytest.mark.fault("stac", "behaves")
 def test_retry_after_is_capped_at_60_s_and_said(faults):
     progress = Recorder(cancel_on="waiting 60 s instead")
     out, took = _timed(search_scenes, _request(faults.url("retryafter")), progress)
@@ -352,6 +357,7 @@ def test_retry_after_is_capped_at_60_s_and_said(faults):
     assert time.monotonic() - progress.cancelled_at < 1.0 and took < BOUND_S  # the wait itself is cancellable
 
 
+@pytest.mark.fault("stac", "error")
 def test_retry_after_wait_then_a_clear_error(faults):
     progress = Recorder()
     out, took = _timed(search_scenes, _request(faults.url("retryafter"), retries=2, max_retry_wait=0.2), progress)
@@ -364,6 +370,7 @@ def test_retry_after_wait_then_a_clear_error(faults):
     assert took < BOUND_S
 
 
+@pytest.mark.fault("stac", "error")
 def test_next_link_back_to_page_1_is_a_loop(faults):
     before = faults.hits["loop/search"]
     out, took = _timed(search_scenes, _request(faults.url("loop")))
@@ -375,12 +382,14 @@ def test_next_link_back_to_page_1_is_a_loop(faults):
     assert faults.hits["loop/search"] - before == 3 and took < BOUND_S
 
 
+@pytest.mark.fault("stac", "error")
 def test_next_link_to_itself_is_a_loop(faults):
     out, _ = _timed(search_scenes, _request(faults.url("selfloop")))
     assert isinstance(out, SearchError), out
     assert "sent a 'next' link on page 2 back to page 2: its paging goes round in a loop" in str(out)
 
 
+@pytest.mark.fault("stac", "error", memory=True)
 def test_pages_that_never_end_are_bounded(faults):
     before = faults.hits["endless/search"]
     tracemalloc.start()
@@ -401,6 +410,7 @@ def test_pages_that_never_end_are_bounded(faults):
     assert isinstance(out, SearchError) and "has sent 100 items in 10 pages, more than the 95 this plugin accepts" in str(out)
 
 
+@pytest.mark.fault("stac", "error")
 def test_a_count_beyond_the_bound_fails_at_the_first_page(faults):
     before = faults.hits["huge/search"]
     out, _ = _timed(search_scenes, _request(faults.url("huge")))
@@ -412,6 +422,7 @@ def test_a_count_beyond_the_bound_fails_at_the_first_page(faults):
     assert faults.hits["huge/search"] - before == 1  # no second page
 
 
+@pytest.mark.fault("stac", "error")
 def test_next_link_to_another_host_is_refused(faults):
     other_before = faults.other.hits["ok"]
     out, _ = _timed(search_scenes, _request(faults.url("cross")))
@@ -424,6 +435,7 @@ def test_next_link_to_another_host_is_refused(faults):
     assert faults.other.hits["ok"] == other_before  # never asked
 
 
+@pytest.mark.fault("stac", "error")
 def test_redirect_to_another_host_is_refused_before_it_is_followed(faults):
     other_before = faults.other.hits["ok"]
     out, _ = _timed(search_scenes, _request(faults.url("redirect")))
@@ -432,11 +444,13 @@ def test_redirect_to_another_host_is_refused_before_it_is_followed(faults):
     assert faults.other.hits["ok"] == other_before
 
 
+@pytest.mark.fault("stac", "behaves")
 def test_redirect_within_the_api_is_followed(faults):
     result = search_scenes(_request(faults.url("sameredirect")))
     assert len(result.scenes) == result.matched == 30
 
 
+@pytest.mark.fault("stac", "error")
 def test_connection_dropped_mid_answer_is_retried_then_named(faults):
     before = faults.hits["dropped/search"]
     progress = Recorder()
@@ -455,6 +469,7 @@ def test_connection_dropped_mid_answer_is_retried_then_named(faults):
     ]
 
 
+@pytest.mark.fault("stac", "error")
 def test_an_empty_page_midway_is_an_incomplete_search(faults):
     out, _ = _timed(search_scenes, _request(faults.url("emptymid")))
     assert isinstance(out, SearchError), out
@@ -465,11 +480,13 @@ def test_an_empty_page_midway_is_an_incomplete_search(faults):
     )
 
 
+@pytest.mark.fault("stac", "behaves")
 def test_an_empty_page_with_a_next_link_does_not_end_the_search(faults):
     result = search_scenes(_request(faults.url("emptycontinue")))
     assert len(result.scenes) == result.matched == result.returned == 586
 
 
+@pytest.mark.fault("stac", "error")
 def test_area_outside_every_scene_is_named(faults):
     """The fault server ignores the area, as some servers do: every scene is dropped on the client."""
     out, _ = _timed(search_scenes, _request(faults.url("ok"), bbox=(-3.5, 55.9, -3.4, 56.0)))
@@ -481,6 +498,7 @@ def test_area_outside_every_scene_is_named(faults):
     )
 
 
+@pytest.mark.fault("stac", "error")
 def test_refused_connection_fails_fast_in_plain_words(faults):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -494,6 +512,7 @@ def test_refused_connection_fails_fast_in_plain_words(faults):
     assert took < 2.0  # was 17 s of retries
 
 
+@pytest.mark.fault("stac", "error")
 def test_unknown_host_name_in_plain_words():
     out, took = _timed(search_scenes, _request("https://no-such-host.invalid/v1"))
     assert isinstance(out, SearchError), out
@@ -501,6 +520,7 @@ def test_unknown_host_name_in_plain_words():
     assert took < BOUND_S
 
 
+@pytest.mark.fault("stac", "error")
 @pytest.mark.parametrize("case, expected", [
     ("html", "127.0.0.1:{port} is not a STAC API: it answered /html with a web page (HTML), not STAC JSON. "
              "Check the STAC API URL: it should be the API's root, such as https://earth-search.aws.element84.com/v1."),
@@ -516,6 +536,7 @@ def test_a_web_page_never_reaches_the_message(faults, case, expected):
     assert "<" not in str(out) and took < BOUND_S
 
 
+@pytest.mark.fault("stac", "error", memory=True)
 def test_an_answer_larger_than_the_bound_is_refused_before_it_is_read(faults):
     tracemalloc.start()
     try:
@@ -530,6 +551,7 @@ def test_an_answer_larger_than_the_bound_is_refused_before_it_is_read(faults):
     assert peak < 32 * 2**20 and took < BOUND_S
 
 
+@pytest.mark.fault("stac", "error", memory=True)
 def test_an_endless_answer_is_cut_at_the_bound(faults):
     tracemalloc.start()
     try:
@@ -543,6 +565,7 @@ def test_an_endless_answer_is_cut_at_the_bound(faults):
     assert not _workers_left()
 
 
+@pytest.mark.fault("stac", "error")
 @pytest.mark.parametrize("url, expected", [
     ("earth-search.aws.element84.com/v1",
      "The STAC API URL 'earth-search.aws.element84.com/v1' has no 'https://' at its start: write it as "
@@ -577,6 +600,7 @@ def _run_search(faults, tmp_path, feedback=None, **params):
     return processing.run("cloudprob:searchscenes", base, feedback=feedback), out
 
 
+@pytest.mark.fault("stac", "error")
 def test_searchscenes_url_without_scheme(provider, faults, tmp_path):
     from qgis.core import QgsProcessingException
 
@@ -585,6 +609,7 @@ def test_searchscenes_url_without_scheme(provider, faults, tmp_path):
     assert not (tmp_path / "scenes.gpkg").exists()
 
 
+@pytest.mark.fault("stac", "behaves")
 def test_searchscenes_cancel_while_the_server_hangs(provider, faults, tmp_path):
     from qgis.core import QgsProcessingFeedback
 
@@ -599,6 +624,7 @@ def test_searchscenes_cancel_while_the_server_hangs(provider, faults, tmp_path):
     assert not _workers_left()
 
 
+@pytest.mark.fault("stac", "error")
 def test_searchscenes_incomplete_search_writes_nothing(provider, faults, tmp_path):
     from qgis.core import QgsProcessingException
 
@@ -607,6 +633,7 @@ def test_searchscenes_incomplete_search_writes_nothing(provider, faults, tmp_pat
     assert not (tmp_path / "scenes.gpkg").exists()
 
 
+@pytest.mark.fault("stac", "error")
 def test_searchscenes_area_outside_every_scene(provider, faults, tmp_path):
     """A server that ignores the area (the fault server does) returns scenes elsewhere: all are
     dropped on the client, and the message says the area is outside every footprint."""
@@ -620,6 +647,7 @@ def test_searchscenes_area_outside_every_scene(provider, faults, tmp_path):
 # --- Inputs: the area ----------------------------------------------------------------------
 
 
+@pytest.mark.fault("inputs", "error")
 def test_extent_in_bbox_order_is_refused_with_the_fix(provider, faults, tmp_path):
     from qgis.core import QgsProcessingException
 
@@ -635,6 +663,7 @@ def test_extent_in_bbox_order_is_refused_with_the_fix(provider, faults, tmp_path
     assert not (tmp_path / "scenes.gpkg").exists() and faults.hits["ok"] == before  # refused before any request
 
 
+@pytest.mark.fault("inputs", "error")
 def test_lonlat_extent_in_bbox_order_beyond_90_degrees(provider, faults, tmp_path):
     from qgis.core import QgsProcessingException
 
@@ -642,6 +671,7 @@ def test_lonlat_extent_in_bbox_order_beyond_90_degrees(provider, faults, tmp_pat
         _run_search(faults, tmp_path, AOI="-120,35,-119,36 [EPSG:4326]")
 
 
+@pytest.mark.fault("inputs", "behaves")
 def test_ambiguous_extent_is_used_as_typed_with_a_warning(provider, faults, tmp_path):
     """London's box typed in bbox order is also a proper (huge) QGIS extent: a legitimate extent
     can look like that, so it is not refused; the log says how it was read and what to type."""
@@ -668,6 +698,7 @@ def test_ambiguous_extent_is_used_as_typed_with_a_warning(provider, faults, tmp_
     )
 
 
+@pytest.mark.fault("inputs", "error")
 @pytest.mark.parametrize("aoi", ["19.5,19.5,29.65,29.75 [EPSG:4326]", "19.5,19.6,29.7,29.7 [EPSG:4326]"])
 def test_zero_area_extent_is_refused(provider, faults, tmp_path, aoi):
     from qgis.core import QgsProcessingException
@@ -677,6 +708,7 @@ def test_zero_area_extent_is_refused(provider, faults, tmp_path, aoi):
     assert not (tmp_path / "scenes.gpkg").exists()
 
 
+@pytest.mark.fault("inputs", "behaves")
 def test_legitimate_extents_pass_unremarked(provider, faults, tmp_path):
     from qgis.core import QgsProcessingFeedback
 
@@ -703,6 +735,7 @@ def _frequency_outputs(tmp_path) -> dict:
             for name in ("OUTPUT_PROBABILITY", "OUTPUT_VALID", "OUTPUT_CLOUDY", "OUTPUT_STDEV")}
 
 
+@pytest.mark.fault("inputs", "error")
 @pytest.mark.parametrize("aoi, message", [
     ("500000,150000,560000,210000 [EPSG:27700]",
      r"xmin 500000 is greater than xmax 150000: QGIS would silently swap them and use 350 × 350 km\..*"
@@ -723,6 +756,7 @@ def test_cloudfrequency_refuses_the_extent_before_any_work(provider, scenes_gpkg
     assert list(tmp_path.iterdir()) == []  # not even a temporary part file
 
 
+@pytest.mark.fault("inputs", "error")
 def test_screenscenes_refuses_a_zero_area_extent(provider, scenes_gpkg, tmp_path):
     from qgis import processing
     from qgis.core import QgsProcessingException
@@ -734,6 +768,7 @@ def test_screenscenes_refuses_a_zero_area_extent(provider, scenes_gpkg, tmp_path
     assert not out.exists()
 
 
+@pytest.mark.fault("inputs", "error")
 def test_an_area_geometry_without_area_is_refused(qgis_app):
     """area_geometry (screenscenes' polygons, cloudmask's extent) refuses a flat area. (A layer of
     flat polygons does not get that far: QGIS's own invalid-geometry check stops it first.)"""
@@ -858,6 +893,7 @@ class CogFaultServer:
         self.files = files
         self.hits: Counter = Counter()
         self.agents: set = set()
+        self.trickled = 0  # bytes sent one at a time by "trickle"
         self.stop = threading.Event()
         outer = self
 
@@ -958,6 +994,7 @@ class CogFaultServer:
             for i in range(len(body)):
                 handler.wfile.write(body[i:i + 1])
                 handler.wfile.flush()
+                self.trickled += 1
                 if self.stop.wait(0.5):
                     return
             return
@@ -1015,14 +1052,18 @@ def cog_server(cog_files):
     server.close()
 
 
-def _cog_scene(i: int, href: str, links: list | None = None):
-    from cloud_probability.core.stac import normalise_item
-
-    return normalise_item({
-        "type": "Feature", "id": f"PRODUCT_{i}", "collection": "sentinel-2-l2a", "geometry": None,
+def _cog_item(i: int, href: str, links: list | None = None, geometry: dict | None = None) -> dict:
+    return {
+        "type": "Feature", "id": f"PRODUCT_{i}", "collection": "sentinel-2-l2a", "geometry": geometry,
         "properties": {"datetime": f"2024-06-{i + 1:02d}T10:30:00Z", "platform": "sentinel-2a"},
         "assets": {"scl": {"href": href}}, "links": links or [],
-    })
+    }
+
+
+def _cog_scene(i: int, href: str, links: list | None = None, geometry: dict | None = None):
+    from cloud_probability.core.stac import normalise_item
+
+    return normalise_item(_cog_item(i, href, links, geometry))
 
 
 def _cog_screen(scenes, progress=None, concurrency: int = 8) -> dict:
@@ -1069,20 +1110,20 @@ def _with_fault(server, baseline: dict, href: str, progress=None) -> tuple[str, 
     return error, took, peak
 
 
-def test_claimed_content_length_is_never_allocated(cog_server, cog_baseline, cog_files):
+@pytest.mark.fault("cog", "behaves", memory=True)
+@pytest.mark.parametrize("mode, announced", [("claim-huge", 2 ** 40), ("claim-512m", 512 * 2 ** 20)])
+def test_claimed_content_length_is_never_allocated(cog_server, cog_baseline, cog_files, mode, announced):
     """2^40 bytes announced on a 206 (was a MemoryError ending the run) and 512 MiB announced
     by a server ignoring Range (was 2.2 GB peak for 2 kB received): refused from the headers."""
-    error, took, peak = _with_fault(cog_server, cog_baseline, cog_server.url("claim-huge", "E"))
-    asked = min(16384, len(cog_files["bytes"]["E"]))  # the header's range, up to the file's end
-    assert error == (f"{cog_server.url('claim-huge', 'E')}: the server announces 1,099,511,627,776 bytes, more "
-                     f"than the {asked:,} this read accepts")
-    assert peak < 64 * 2**20 and took < BOUND_S
-    error, took, peak = _with_fault(cog_server, cog_baseline, cog_server.url("claim-512m", "E"))
-    assert error == (f"{cog_server.url('claim-512m', 'E')}: the server announces 536,870,912 bytes, more "
-                     "than the 33,554,432 this read accepts")
+    error, took, peak = _with_fault(cog_server, cog_baseline, cog_server.url(mode, "E"))
+    # the header's range, up to the file's end; a whole file (Range ignored) up to one answer's limit
+    accepted = min(16384, len(cog_files["bytes"]["E"])) if mode == "claim-huge" else 32 * 2 ** 20
+    assert error == (f"{cog_server.url(mode, 'E')}: the server announces {announced:,} bytes, more "
+                     f"than the {accepted:,} this read accepts")
     assert peak < 64 * 2**20 and took < BOUND_S
 
 
+@pytest.mark.fault("cog", "behaves")
 def test_claimed_content_length_leaves_the_frequency_run_whole(cog_server, tmp_path):
     """Through the frequency stage: the run ends, the product is listed as unreadable, the
     outputs are exactly those of the run without it, no partial file is left."""
@@ -1116,6 +1157,7 @@ def test_claimed_content_length_leaves_the_frequency_run_whole(cog_server, tmp_p
     assert not [p for p in (tmp_path / "with").rglob("*") if ".part" in p.name]
 
 
+@pytest.mark.fault("cog", "behaves", memory=True)
 def test_one_huge_tile_is_refused_before_it_is_decoded(cog_server, cog_baseline, cog_files):
     """A 260 kB COG holding one 16384² tile (peaked at 794 MB): refused from its header."""
     assert len(cog_files["bytes"]["bigtile"]) < 300_000
@@ -1125,13 +1167,16 @@ def test_one_huge_tile_is_refused_before_it_is_decoded(cog_server, cog_baseline,
     assert peak < 64 * 2**20 and took < BOUND_S
 
 
+@pytest.mark.fault("cog", "behaves")
 def test_a_trickling_server_meets_the_deadline(cog_server, cog_baseline, monkeypatch):
     """One byte every 0.5 s never trips a per-byte timeout; the whole request's deadline
     (CLOUDPROB_HTTP_TIMEOUT, 2 s here) ends it."""
     monkeypatch.setenv("CLOUDPROB_HTTP_TIMEOUT", "2")
+    before = cog_server.trickled
     error, took, _ = _with_fault(cog_server, cog_baseline, cog_server.url("trickle", "E"))
     assert error == f"{cog_server.url('trickle', 'E')}: no complete answer within 2 s"
     assert 2.0 <= took < 5.0
+    assert cog_server.trickled - before >= 3  # bytes kept coming, each well within a per-byte timeout
 
 
 class _CancelAfter(NullProgress):
@@ -1142,6 +1187,7 @@ class _CancelAfter(NullProgress):
         return time.monotonic() >= self.at
 
 
+@pytest.mark.fault("cog", "behaves")
 def test_cancel_stops_reads_in_flight(cog_server):
     """Cancel 0.5 s into reads that would take minutes (the deadline is the default 60 s):
     screening stops within about a second and no request is left running."""
@@ -1158,6 +1204,7 @@ def test_cancel_stops_reads_in_flight(cog_server):
     assert not cphttp._WATCHDOG._requests, "requests still in flight after Cancel"
 
 
+@pytest.mark.fault("cog", "error")
 def test_corrupt_deflate_is_an_error_never_wrong_pixels(realdata, monkeypatch):
     """Bits flipped one at a time in a tile made of the real sen2r SCL (and in its checksum),
     inflated by libdeflate and by zlib alone: each gives an error or exactly the right bytes."""
@@ -1189,6 +1236,7 @@ def test_corrupt_deflate_is_an_error_never_wrong_pixels(realdata, monkeypatch):
         assert wrong == 0 and errors >= 0.95 * len(bits), (libdeflate, errors, wrong, len(bits))
 
 
+@pytest.mark.fault("cog", "behaves")
 def test_a_corrupt_tile_names_its_product(cog_server, cog_baseline):
     """One flipped bit in a served COG, chosen where the old reader gave wrong pixels silently."""
     error, took, _ = _with_fault(cog_server, cog_baseline, cog_server.url("good", "E-flipped"))
@@ -1196,6 +1244,7 @@ def test_a_corrupt_tile_names_its_product(cog_server, cog_baseline):
     assert took < BOUND_S
 
 
+@pytest.mark.fault("cog", "behaves")
 @pytest.mark.parametrize("name, expected", [
     ("notilewidth", "an image without its ImageWidth tag"),
     ("zerotile", "an image of 256×256 pixels in tiles of 0×0"),
@@ -1213,6 +1262,7 @@ def test_malformed_headers_are_named_and_not_handed_to_gdal(cog_server, cog_base
     assert took < BOUND_S
 
 
+@pytest.mark.fault("cog", "behaves")
 @pytest.mark.parametrize("host", ["пример.invalid", "bad host.invalid", "a" * 300 + ".invalid"])
 def test_hosts_that_are_no_internet_name_are_named(cog_server, cog_baseline, host):
     """A non-Latin-1 host (escaped as a UnicodeEncodeError), a space, a label too long: the
@@ -1222,6 +1272,7 @@ def test_hosts_that_are_no_internet_name_are_named(cog_server, cog_baseline, hos
     assert error.startswith(href + ":") and took < BOUND_S
 
 
+@pytest.mark.fault("cog", "behaves")
 def test_one_failed_header_fetch_does_not_send_the_host_to_gdal(cog_server, cog_baseline):
     """A product whose header request gets no answer at all: named (after retries); the other
     products of the same host are still read natively (our requests, no HEAD, no GDAL)."""
@@ -1236,6 +1287,7 @@ def test_one_failed_header_fetch_does_not_send_the_host_to_gdal(cog_server, cog_
     assert again == cog_baseline and cog_server.hits[("HEAD", "good")] == heads
 
 
+@pytest.mark.fault("cog", "behaves")
 def test_a_partial_answer_of_other_bytes_is_refused(cog_server, cog_baseline):
     """A 206 whose Content-Range is not the range asked for (was never checked)."""
     error, took, _ = _with_fault(cog_server, cog_baseline, cog_server.url("wrong-range", "E"))
@@ -1255,6 +1307,7 @@ def _links(root: str) -> list:
     return [{"rel": "root", "href": root}, {"rel": "self", "href": root + "/collections/x/items/y"}]
 
 
+@pytest.mark.fault("catalogue", "behaves")
 def test_a_web_catalogue_cannot_point_to_local_files(cog_server, cog_baseline, cog_files, monkeypatch):
     """file:// hrefs, bare paths and GDAL paths from a web catalogue are refused before
     anything is opened, with the same message whether the file exists or not; the same items
@@ -1280,6 +1333,7 @@ def test_a_web_catalogue_cannot_point_to_local_files(cog_server, cog_baseline, c
     assert allowed["PRODUCT_0"] == cog_baseline["PRODUCT_0"]
 
 
+@pytest.mark.fault("catalogue", "behaves")
 @pytest.mark.parametrize("href", ["http://169.254.169.254/latest/meta-data/iam/x.tif", "http://[fe80::1]/x.tif",
                                   "http://[::ffff:169.254.169.254]/x.tif", "http://0.0.0.0/x.tif"])
 def test_metadata_and_link_local_addresses_are_never_requested(cog_server, cog_baseline, monkeypatch, href):
@@ -1295,6 +1349,7 @@ def test_metadata_and_link_local_addresses_are_never_requested(cog_server, cog_b
         assert error.startswith(f"{href}: refused: ") and error.endswith(": never read")
 
 
+@pytest.mark.fault("catalogue", "behaves")
 def test_loopback_assets_only_for_a_catalogue_on_loopback(cog_server, cog_baseline, monkeypatch):
     monkeypatch.delenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", raising=False)
     on_loopback = _cog_screen(_good_scenes(cog_server, _links(f"http://127.0.0.1:{cog_server.port + 1}/stac")))
@@ -1330,6 +1385,7 @@ def tls_cog_server(cog_files, tmp_path_factory):
     server.close()
 
 
+@pytest.mark.fault("catalogue", "behaves")
 def test_redirects_are_checked_like_hrefs(cog_server, tls_cog_server, cog_baseline, monkeypatch):
     """From https to plain http, to a metadata or link-local address, to another scheme: the
     product is refused and named with where it was sent; the redirect target is never asked."""
@@ -1352,6 +1408,7 @@ def test_redirects_are_checked_like_hrefs(cog_server, tls_cog_server, cog_baseli
     assert cog_server.hits[("GET", "good")] == plain_gets  # the http target of the downgrade was never asked
 
 
+@pytest.mark.fault("catalogue", "error")
 def test_connections_are_checked_where_they_land(cog_server):
     """core.http's own rules for a catalogue on a public address: a redirect to a private
     address is refused unasked; a name that leads to this machine is refused after connecting,
@@ -1371,3 +1428,603 @@ def test_connections_are_checked_where_they_land(cog_server):
     assert caught.value.kind == "refused" and "is this machine (loopback), which X may not point to" in str(caught.value)
     assert ipaddress.ip_address(str(caught.value).split("(")[1].split(")")[0]).is_loopback
     assert cog_server.hits[("GET", "good")] == gets  # connected, checked, nothing sent
+
+
+# --- COG reads through the frequency stage -------------------------------------------------
+# cloud_frequency over the four good products: 800 × 800 pixels in tiles of 512 (four tiles),
+# with the spread. Every run below must give exactly the outputs of an undisturbed run.
+
+import os  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+FREQ_ORIGIN = (301000.0, 5699000.0)  # over the COGs, their no-data corner in it
+FREQ_SHAPE = (800, 800)
+FREQ_TILE = 512
+FREQ_OUTPUTS = ("probability", "valid", "cloudy", "stdev")
+_TILE_NAME = re.compile(r"tile_\d+_\d+_[0-9a-f]+\.npz")
+
+
+def _freq_grid(origin=FREQ_ORIGIN):
+    from rasterio.transform import from_origin
+
+    from cloud_probability.core.reading import Grid
+
+    return Grid("EPSG:32631", from_origin(*origin, 20.0, 20.0), FREQ_SHAPE)
+
+
+def _freq_outputs(folder: Path) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {k: str(folder / f"{k}.tif") for k in FREQ_OUTPUTS}
+
+
+def _freq(scenes, folder: Path, cache: Path, progress=None, grid=None):
+    """(result, {output: array}) of cloud_frequency writing into ``folder``, cache root ``cache``."""
+    import rasterio
+
+    from cloud_probability.core.frequency import cloud_frequency
+    from cloud_probability.core.masks import PRESETS
+    from cloud_probability.core.reading import clear_http_cache
+
+    outputs = _freq_outputs(folder)
+    clear_http_cache()
+    result = cloud_frequency(scenes, grid or _freq_grid(), PRESETS["scl"], outputs, tile_px=FREQ_TILE,
+                             cache_dir=cache, progress=progress)
+    arrays = {}
+    for key, path in outputs.items():
+        with rasterio.open(path) as ds:
+            arrays[key] = ds.read()
+    return result, arrays
+
+
+def _same_as(baseline: dict, arrays: dict) -> None:
+    assert baseline.keys() == arrays.keys()
+    for key in baseline:
+        assert np.array_equal(baseline[key], arrays[key], equal_nan=True), f"{key} differs from the undisturbed run"
+
+
+def _tile_files(cache: Path) -> list[Path]:
+    """Finished tiles (not partial ones) in every cache folder under ``cache``."""
+    return sorted(p for p in cache.glob("*/*") if _TILE_NAME.fullmatch(p.name))
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    """Partial files anywhere under ``folder`` (``*.part-PID…``, ``*.kv-PID…``, ``*.cog-PID…``)."""
+    return sorted(p for p in folder.rglob("*") if re.search(r"\.(part|kv|cog)-\d", p.name))
+
+
+def _requests(server) -> int:
+    return sum(server.hits.values())
+
+
+@pytest.fixture(scope="module")
+def freq_baseline(cog_server, tmp_path_factory) -> dict:
+    """The outputs of an undisturbed run (its own cache, cleaned at its end)."""
+    folder = tmp_path_factory.mktemp("freq-baseline")
+    result, arrays = _freq(_good_scenes(cog_server), folder / "out", folder / "cache")
+    assert result.tiles == 4 and result.tiles_resumed == 0 and not result.unreadable
+    assert 0 < int((arrays["valid"] > 0).sum()) < arrays["valid"].size  # data and no data both
+    assert list((folder / "cache").iterdir()) == []
+    return arrays
+
+
+@pytest.mark.fault("cog", "behaves")
+def test_cancel_stops_the_frequency_reads_in_flight(cog_server, tmp_path):
+    """Cancel 0.5 s into reads trickling a byte every 0.5 s (the deadline is the default 60 s):
+    the frequency stage stops within about a second (it used to wait for the reads), no request
+    is left running, nothing is written and the cache key is free for the next run."""
+    from cloud_probability.core import cache as tilecache
+    from cloud_probability.core import http as cphttp
+
+    scenes = [_cog_scene(i, cog_server.url("trickle", name)) for i, name in enumerate(COG_GOOD)]
+    progress = Recorder(cancel_after_s=0.5)
+    with pytest.raises(Cancelled):
+        _freq(scenes, tmp_path / "out", tmp_path / "cache", progress)
+    assert time.monotonic() - progress.cancelled_at < 1.5
+    deadline = time.monotonic() + 1.0
+    while cphttp._WATCHDOG._requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not cphttp._WATCHDOG._requests, "requests still in flight after Cancel"
+    assert list((tmp_path / "out").iterdir()) == [] and not _leftovers(tmp_path)
+    locks = list((tmp_path / "cache").glob("*.lock"))
+    assert len(locks) == 1
+    lock = tilecache._KeyLock(locks[0])
+    assert lock.acquire(exclusive=True, wait=False, progress=NullProgress()), "the cancelled run still holds its key"
+    lock.release()
+
+
+# --- resume cache --------------------------------------------------------------------------
+# core/cache.py under the frequency stage: damaged tiles, two runs of the same inputs at once,
+# a run killed with SIGKILL while it writes, an old folder in use. The outputs are always the
+# undisturbed run's, nothing partial stays, and the cache is empty after the last run ends.
+
+
+class _StopWhenCached(Recorder):
+    """Cancels once the cache holds ``tiles`` finished tiles: every tile computed, none written out."""
+
+    def __init__(self, cache: Path, tiles: int):
+        super().__init__()
+        self.cache, self.tiles = cache, tiles
+
+    def is_canceled(self):
+        return len(_tile_files(self.cache)) >= self.tiles
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[:len(data) // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:  # one byte in the middle of the valid counts' compressed data
+        import zipfile
+
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("valid.npy")
+        name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+        at = info.header_offset + 30 + name_len + extra_len + info.compress_size // 2
+        bad = bytearray(data)
+        bad[at] ^= 0xFF
+        path.write_bytes(bytes(bad))
+
+
+@pytest.mark.fault("cache", "behaves")
+@pytest.mark.parametrize("how", ["truncated", "flipped", "empty"])
+def test_a_damaged_cached_tile_is_computed_again_and_named(cog_server, freq_baseline, tmp_path, how):
+    """Was: BadZipFile in every later run, the cache not named."""
+    scenes = _good_scenes(cog_server)
+    cache = tmp_path / "cache"
+    with pytest.raises(Cancelled):
+        _freq(scenes, tmp_path / "first", cache, _StopWhenCached(cache, 4))
+    tiles = _tile_files(cache)
+    assert len(tiles) == 4 and list((tmp_path / "first").iterdir()) == []
+    damaged = tiles[1]
+    _damage(damaged, how)
+    progress = Recorder()
+    result, arrays = _freq(scenes, tmp_path / "again", cache, progress)
+    _same_as(freq_baseline, arrays)
+    assert result.tiles_resumed == 3  # the three others were resumed, the damaged one recomputed
+    assert len(progress.warnings) == 1, progress.warnings
+    assert re.fullmatch(
+        re.escape(f"The resume cache {damaged.parent} holds a damaged tile, {damaged.name} (") + r"\w+: .*"
+        + re.escape("); it is computed again."), progress.warnings[0], re.S), progress.warnings[0]
+    assert not _leftovers(tmp_path) and list(cache.iterdir()) == []
+
+
+@pytest.mark.fault("cache", "behaves")
+def test_two_runs_of_the_same_inputs_at_once_keep_each_others_tiles(cog_server, freq_baseline, tmp_path):
+    """Run A has finished its tiles and is paused before writing its outputs; run B of the same
+    inputs (same cache) starts and ends meanwhile, resuming A's tiles. B must leave them to A,
+    which still uses them (before, the first to finish deleted them and A failed); A then
+    writes the same outputs and, the last one out, empties the cache."""
+    scenes = _good_scenes(cog_server)
+    cache = tmp_path / "cache"
+
+    class PauseWhenCached(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.paused, self.go = threading.Event(), threading.Event()
+
+        def is_canceled(self):
+            if not self.paused.is_set() and len(_tile_files(cache)) == 4:
+                self.paused.set()
+                self.go.wait(60)
+            return False
+
+    a_progress = PauseWhenCached()
+    outcome: dict = {}
+
+    def run_a():
+        try:
+            outcome["a"] = _freq(scenes, tmp_path / "a", cache, a_progress)
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            outcome["a"] = exc
+
+    thread = threading.Thread(target=run_a, name="run-a")
+    thread.start()
+    try:
+        assert a_progress.paused.wait(60), "run A never finished its tiles"
+        b_progress = Recorder()
+        b_result, b_arrays = _freq(scenes, tmp_path / "b", cache, b_progress)
+        _same_as(freq_baseline, b_arrays)
+        assert b_result.tiles_resumed == 4  # A's tiles, read by B
+        assert len(_tile_files(cache)) == 4  # and left to A, which still uses them
+        assert not b_progress.warnings and not any("waiting" in m for m in b_progress.infos)
+    finally:
+        a_progress.go.set()
+        thread.join(60)
+    assert not isinstance(outcome.get("a"), BaseException), outcome.get("a")
+    a_result, a_arrays = outcome["a"]
+    _same_as(freq_baseline, a_arrays)
+    assert a_result.tiles_resumed == 0 and not a_progress.warnings
+    assert not _leftovers(tmp_path) and list(cache.iterdir()) == []  # the last run out emptied it, lock file too
+
+
+_KILLED_RUN = r"""
+import json, os, signal, sys
+from rasterio.transform import from_origin
+from cloud_probability.core import frequency
+from cloud_probability.core.masks import PRESETS
+from cloud_probability.core.reading import Grid
+from cloud_probability.core.stac import normalise_item
+
+spec = json.loads(sys.argv[1])
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if spec["kill"] == "writing the outputs":  # in the first tile written out: every output is a part file
+    frequency.observation_stdev = die
+else:  # the second tile written under its temporary name, not yet renamed into place
+    real, renames = os.replace, []
+    def replace(src, dst, *args, **kwargs):
+        if str(src).endswith(".npz"):
+            renames.append(src)
+            if len(renames) == 2:
+                die()
+        return real(src, dst, *args, **kwargs)
+    os.replace = replace
+grid = Grid("EPSG:32631", from_origin(*spec["origin"], 20.0, 20.0), tuple(spec["shape"]))
+scenes = [normalise_item(item) for item in spec["items"]]
+frequency.cloud_frequency(scenes, grid, PRESETS["scl"], spec["outputs"], tile_px=spec["tile"], cache_dir=spec["cache"])
+print("not killed")
+"""
+
+
+@pytest.mark.fault("cache", "behaves")
+@pytest.mark.parametrize("kill, resumed, parts_beside, parts_in_cache", [
+    ("writing the outputs", 4, 4, 0),
+    ("saving a tile", 1, 0, 1),
+])
+def test_a_run_killed_while_writing_leaves_nothing_for_good(cog_server, freq_baseline, tmp_path, kill, resumed,
+                                                             parts_beside, parts_in_cache):
+    """A run killed with SIGKILL (in another process) leaves its partial files (``*.part-PID…``)
+    and its finished tiles; the next run removes the partial files of the dead process, resumes
+    the tiles, is not held up by the dead run's lock (the OS released it) and writes the
+    undisturbed run's outputs. Before, a 0-byte ``*.part-PID.tif`` stayed beside the outputs
+    for good."""
+    from conftest import BUILD
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    items = [_cog_item(i, cog_server.url("good", name)) for i, name in enumerate(COG_GOOD)]
+    spec = {"kill": kill, "origin": FREQ_ORIGIN, "shape": FREQ_SHAPE, "tile": FREQ_TILE, "items": items,
+            "outputs": _freq_outputs(out), "cache": str(cache)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(BUILD / "plugins"), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, json.dumps(spec)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGKILL, (child.returncode, stdout, stderr[-2000:])
+    beside = [p.name for p in _leftovers(out)]
+    assert len(beside) == parts_beside and all(f".part-{child.pid}" in n for n in beside), beside
+    assert not any((out / f"{k}.tif").exists() for k in FREQ_OUTPUTS)  # nothing half-written under a final name
+    in_cache = _leftovers(cache)
+    assert len(in_cache) == parts_in_cache and all(f".part-{child.pid}-" in p.name for p in in_cache), in_cache
+    assert len(_tile_files(cache)) == resumed
+
+    progress = Recorder()
+    result, arrays = _freq([_cog_scene(i, item["assets"]["scl"]["href"]) for i, item in enumerate(items)], out, cache,
+                           progress)
+    _same_as(freq_baseline, arrays)
+    assert result.tiles_resumed == resumed
+    assert not _leftovers(tmp_path) and list(cache.iterdir()) == []
+    assert not any("waiting" in m for m in progress.infos)  # the dead run's lock died with it
+    removed = [m for m in progress.infos if m.startswith("Removed ")]
+    assert removed == ([f"Removed 1 partial tile(s) left in {in_cache[0].parent} by a run that ended while writing "
+                        "them."] if parts_in_cache else [])
+
+
+@pytest.mark.fault("cache", "behaves")
+def test_an_old_cache_folder_is_not_pruned_while_a_run_holds_it(tmp_path):
+    """Folders untouched for CACHE_DAYS are pruned when a run starts, unless a run holds them
+    (a long run, or one paused in a QGIS session)."""
+    from cloud_probability.core import cache as tilecache
+
+    root = tmp_path / "cache"
+    held = tilecache.TileCache(root, "a" * 24)
+    (held.folder / "tile_0_0_0123.npz").write_bytes(b"finished")
+    old = time.time() - (tilecache.CACHE_DAYS + 1) * 86400
+    os.utime(held.folder, (old, old))
+    tilecache.TileCache(root, "b" * 24).release()  # its start prunes what nobody holds
+    assert (held.folder / "tile_0_0_0123.npz").exists()
+    held.release()
+    tilecache.TileCache(root, "b" * 24).release()
+    assert not held.folder.exists() and (root / ("b" * 24)).is_dir()
+
+
+@pytest.mark.fault("cache", "behaves")
+def test_partial_files_of_dead_runs_beside_any_output_are_removed(tmp_path):
+    """What a killed writer leaves beside a raster (``.part-PID…``, the smoothing's ``.kv-PID…``,
+    the composite's ``.cog-PID…``) goes at the next write of that output; a live process's part
+    files (this one's), other outputs' and GDAL's own side files stay."""
+    from rasterio.transform import from_origin
+
+    from cloud_probability.core.reading import Grid, write_raster
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # ended and reaped: its PID is no process's (until the system reuses it)
+    me = os.getpid()
+    names = {
+        f"mask.tif.part-{dead.pid}.tif": False, f"mask.tif.part-{dead.pid}-1401.tif": False,
+        f"mask.tif.kv-{dead.pid}.tif": False, f"mask.tif.cog-{dead.pid}.tif": False,
+        f"mask.tif.part-{dead.pid}.tif.aux.xml": False,
+        f"mask.tif.part-{me}.tif": True, f"other.tif.part-{dead.pid}.tif": True, "mask.tif.aux.xml": True,
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    data = np.arange(64 * 48, dtype=np.uint8).reshape(48, 64)
+    write_raster(str(tmp_path / "mask.tif"), data, Grid("EPSG:32631", from_origin(300000, 5700000, 20, 20), (48, 64)),
+                 nodata=255)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {n for n, kept in names.items() if kept} | {"mask.tif"}
+    import rasterio
+
+    with rasterio.open(tmp_path / "mask.tif") as ds:
+        assert np.array_equal(ds.read(1), data)
+
+
+# --- Inputs: an area no scene covers -------------------------------------------------------
+
+
+def _cogs_footprint() -> dict:
+    """The four COGs' footprint in longitude/latitude (GeoJSON), as a catalogue states it."""
+    from rasterio.warp import transform_geom
+
+    x0, y1 = COG_ORIGIN
+    x1, y0 = x0 + 1024 * 20.0, y1 - 1024 * 20.0
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    return transform_geom("EPSG:32631", "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+
+
+FAR_ORIGIN = (402000.0, 5698000.0)  # 100 km east of the COGs
+
+
+@pytest.mark.fault("inputs", "error")
+def test_an_area_outside_every_scene_is_refused_before_any_read(cog_server, freq_baseline, tmp_path):
+    """Was: an all-no-data raster, exit 0. The scenes' footprints are right: over the COGs
+    they give the baseline; 100 km away the run is refused before a request or a file."""
+    from rasterio.warp import transform_bounds
+
+    from cloud_probability.core.frequency import FrequencyError
+
+    footprint = _cogs_footprint()
+    scenes = [_cog_scene(i, cog_server.url("good", n), geometry=footprint) for i, n in enumerate(COG_GOOD)]
+    _, arrays = _freq(scenes, tmp_path / "inside", tmp_path / "cache")
+    _same_as(freq_baseline, arrays)
+    before = _requests(cog_server)
+    with pytest.raises(FrequencyError) as caught:
+        _freq(scenes, tmp_path / "outside", tmp_path / "cache", grid=_freq_grid(FAR_ORIGIN))
+    found = re.fullmatch(
+        r"The area \(([-\d.]+), ([-\d.]+), ([-\d.]+), ([-\d.]+) in longitude/latitude\) lies outside the footprint "
+        r"of every one of the 4 scenes: no scene covers it, so every pixel would be no data\. Check the area's "
+        r"coordinates and CRS, or search scenes for this area\.", str(caught.value))
+    assert found, str(caught.value)
+    x0, y1 = FAR_ORIGIN
+    expected = transform_bounds("EPSG:32631", "EPSG:4326", x0, y1 - 16000, x0 + 16000, y1, densify_pts=21)
+    assert np.allclose([float(v) for v in found.groups()], expected, atol=2e-4)
+    assert _requests(cog_server) == before
+    assert list((tmp_path / "outside").iterdir()) == [] and list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.fault("inputs", "error")
+def test_scenes_without_footprints_and_no_data_in_the_area_is_an_error(cog_server, tmp_path):
+    """Scenes whose items carry no footprint are read; if none has a valid observation in the
+    area the run stops rather than write rasters of no data."""
+    from cloud_probability.core.frequency import FrequencyError
+
+    with pytest.raises(FrequencyError) as caught:
+        _freq(_good_scenes(cog_server), tmp_path / "out", tmp_path / "cache", grid=_freq_grid(FAR_ORIGIN))
+    assert str(caught.value) == (
+        "None of the 4 acquisitions has a valid observation in the area (800 × 800 pixels): every pixel would be "
+        "no data. Check the area, its CRS, the period and the scenes.")
+    assert list((tmp_path / "out").iterdir()) == [] and not _leftovers(tmp_path)
+
+
+@pytest.mark.fault("inputs", "error")
+def test_a_composite_without_a_clear_observation_is_an_error(cog_server, tmp_path):
+    from cloud_probability.core.composite import CompositeError, clear_composite
+    from cloud_probability.core.masks import PRESETS
+
+    out = tmp_path / "composite.tif"
+    with pytest.raises(CompositeError) as caught:
+        clear_composite(_good_scenes(cog_server), _freq_grid(FAR_ORIGIN), PRESETS["scl"], str(out), bands=("scl",))
+    assert str(caught.value) == (
+        "None of the 4 acquisitions has a clear observation in the area (800 × 800 pixels): the composite would be "
+        "no data everywhere. Check the area, its CRS, the period and the scenes.")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.fault("inputs", "error")
+def test_cloudfrequency_area_outside_every_scene(provider, scenes_gpkg, tmp_path):
+    """The fault server's 30 real items lie in Libya; an area in London is outside all of them."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    outputs = _frequency_outputs(tmp_path)
+    with pytest.raises(QgsProcessingException, match=r"lies outside the footprint of every one of the 30 scenes"):
+        processing.run("cloudprob:cloudfrequency", {
+            "SCENES": str(scenes_gpkg), "AOI": "530000,540000,175000,185000 [EPSG:27700]", "TARGET_CRS": "EPSG:27700",
+            "RESOLUTION": 20, **outputs})
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- Inputs: rasters and zones -------------------------------------------------------------
+# Grids compared exactly (size, transform, CRS), never with np.allclose (its relative tolerance
+# is ~57 m at UTM northings, and it never saw the CRS); zones must be polygons; an invalid one
+# is repaired keeping every lobe, with its area before and after; zones nowhere on the raster
+# are an error.
+
+ZONE_ORIGIN = (500000.0, 200000.0)
+
+
+def _raster(path: Path, data: np.ndarray, origin=ZONE_ORIGIN, crs="EPSG:27700", nodata=-9999.0) -> str:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
+                       dtype=data.dtype.name, crs=crs, transform=from_origin(*origin, 20.0, 20.0),
+                       nodata=nodata) as ds:
+        ds.write(data, 1)
+    return str(path)
+
+
+def _zone_rasters(tmp_path: Path) -> tuple[str, np.ndarray]:
+    rng = np.random.default_rng(14)
+    probability = rng.uniform(0, 100, (30, 40)).astype(np.float32)
+    return _raster(tmp_path / "probability.tif", probability), probability
+
+
+OFF_GRID = [
+    pytest.param({"origin": (ZONE_ORIGIN[0] + 40.0, ZONE_ORIGIN[1])}, id="shifted-2-pixels"),
+    pytest.param({"origin": (ZONE_ORIGIN[0] + 0.01, ZONE_ORIGIN[1])}, id="shifted-1-cm"),
+    pytest.param({"crs": "EPSG:32630"}, id="same-numbers-another-crs"),
+]
+
+
+@pytest.mark.fault("inputs", "error")
+@pytest.mark.parametrize("off", OFF_GRID)
+def test_zonal_counts_off_the_probability_grid_are_refused(tmp_path, off):
+    """Was: np.allclose, no CRS: a VALID raster shifted by 2 pixels changed 285 of 300 areas."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from cloud_probability.core.zonal import ZonalError, zonal_statistics
+
+    raster, _ = _zone_rasters(tmp_path)
+    valid = _raster(tmp_path / "valid.tif", np.full((30, 40), 12, np.uint16), nodata=0, **off)
+    zones = gpd.GeoDataFrame({"code": ["a"]}, geometry=[box(500100, 199500, 500400, 199800)], crs="EPSG:27700")
+    with pytest.raises(ZonalError) as caught:
+        zonal_statistics(raster, zones, "code", valid_path=valid)
+    assert str(caught.value) == "The acquisition-count raster is not on the probability raster's grid (size, transform and CRS)."
+    assert len(zonal_statistics(raster, zones, "code").table) == 1  # the probability alone is fine
+
+
+@pytest.mark.fault("inputs", "error")
+@pytest.mark.parametrize("off", OFF_GRID)
+def test_smoothing_inputs_off_the_counts_grid_are_refused(tmp_path, off):
+    from cloud_probability.core.smoothing import reference_adjustment, smooth_probability
+
+    cloudy = _raster(tmp_path / "cloudy.tif", np.full((60, 60), 3, np.uint16), nodata=None)
+    valid = _raster(tmp_path / "valid.tif", np.full((60, 60), 10, np.uint16), nodata=0)
+    other = _raster(tmp_path / "other.tif", np.full((60, 60), 10, np.uint16), nodata=0, **off)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError) as caught:
+        reference_adjustment(cloudy, other, str(out / "lag.tif"), str(out / "adjusted.tif"))
+    assert str(caught.value) == "The cloudy and valid count rasters are not on the same grid (size, transform and CRS)."
+    with pytest.raises(ValueError) as caught:
+        smooth_probability(cloudy, valid, str(out / "smoothed.tif"), str(out / "adjusted.tif"), covariates=[other])
+    assert str(caught.value) == "The covariate other.tif is not on the counts' grid (size, transform and CRS)."
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.fault("inputs", "error")
+@pytest.mark.parametrize("geometry, kind", [
+    pytest.param("POINT (500300 199700)", "Point", id="points"),
+    pytest.param("LINESTRING (500000 199500, 500800 199500)", "LineString", id="lines"),
+    pytest.param("MULTIPOINT ((500300 199700), (500500 199700))", "MultiPoint", id="multipoints"),
+])
+def test_zones_that_are_not_polygons_are_refused(tmp_path, geometry, kind):
+    """Was: points gave every area NULL, exit 0; lines gave length-weighted numbers."""
+    import geopandas as gpd
+    from shapely import wkt
+    from shapely.geometry import box
+
+    from cloud_probability.core.zonal import ZonalError, zonal_statistics
+
+    raster, _ = _zone_rasters(tmp_path)
+    zones = gpd.GeoDataFrame({"code": ["poly", "other"]}, geometry=[box(500100, 199500, 500400, 199800),
+                                                                     wkt.loads(geometry)], crs="EPSG:27700")
+    with pytest.raises(ZonalError) as caught:
+        zonal_statistics(raster, zones, "code")
+    assert str(caught.value) == (
+        f"The small areas must be polygons; this layer has {', '.join(sorted({'Polygon', kind}))} geometries. "
+        "Statistics of a probability per point or line would be a value per cell touched, not per area.")
+
+
+@pytest.mark.fault("inputs", "behaves")
+def test_a_self_intersecting_zone_keeps_both_lobes_and_says_so(tmp_path):
+    """Was: buffer(0) kept one lobe (half the pixels) and reported 100 % coverage. The expected
+    figures come from shapely's cell-by-cell intersection areas, not from exactextract."""
+    import geopandas as gpd
+    from shapely.geometry import Polygon, box
+
+    from cloud_probability.core.zonal import zonal_statistics
+
+    raster, probability = _zone_rasters(tmp_path)
+    x0, y0 = 500105.0, 199400.0
+    bowtie = Polygon([(x0, y0), (x0 + 230, y0 + 170), (x0 + 230, y0), (x0, y0 + 170)])  # two triangles
+    square = box(500300, 199500, 500500, 199700)
+    zones = gpd.GeoDataFrame({"code": ["bowtie", "square"]}, geometry=[bowtie, square], crs="EPSG:27700")
+    result = zonal_statistics(raster, zones, "code")
+    lobes = 2 * (230 / 2) * 170 / 2  # two triangles of base 170 and height 115
+    assert result.invalid == [f"bowtie (area 0 → {lobes:.6g} after repair)"]
+    table = result.table.set_index("code")
+
+    def expected(shape):
+        from shapely.validation import make_valid
+
+        shape = make_valid(shape)
+        weights = np.zeros_like(probability, dtype=np.float64)
+        for r in range(probability.shape[0]):
+            for c in range(probability.shape[1]):
+                cell = box(ZONE_ORIGIN[0] + 20 * c, ZONE_ORIGIN[1] - 20 * (r + 1),
+                           ZONE_ORIGIN[0] + 20 * (c + 1), ZONE_ORIGIN[1] - 20 * r)
+                weights[r, c] = cell.intersection(shape).area / 400.0
+        return (weights * probability).sum() / weights.sum(), weights.sum()
+
+    for code, shape in (("bowtie", bowtie), ("square", square)):
+        mean, cells = expected(shape)
+        assert table.loc[code, "probability_mean"] == pytest.approx(mean, rel=1e-5), code
+        assert table.loc[code, "covered_cells"] == pytest.approx(cells, rel=1e-6), code
+        assert table.loc[code, "coverage_pct"] == pytest.approx(100.0), code
+    assert table.loc["bowtie", "covered_cells"] == pytest.approx(lobes / 400.0)  # both lobes: not half of them
+
+
+@pytest.mark.fault("inputs", "error")
+def test_zones_nowhere_on_the_raster_are_an_error(tmp_path):
+    """Zones in the right CRS but elsewhere (or declared in a wrong CRS): every area would be
+    NULL, exit 0. An error naming both extents instead; zones partly on it stay fine."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from cloud_probability.core.zonal import ZonalError, zonal_statistics
+
+    raster, _ = _zone_rasters(tmp_path)
+    far = gpd.GeoDataFrame({"code": ["a", "b"]}, geometry=[box(0, 0, 100, 100), box(200, 0, 300, 100)],
+                           crs="EPSG:27700")
+    with pytest.raises(ZonalError) as caught:
+        zonal_statistics(raster, far, "code")
+    assert str(caught.value) == (
+        "None of the 2 areas meets the probability raster: the areas span (0, 0, 300, 100) and the raster "
+        "(500000, 199400, 500800, 200000), in EPSG:27700. Check the areas' CRS and the raster.")
+    one_on = gpd.GeoDataFrame({"code": ["a", "on"]}, geometry=[box(0, 0, 100, 100), box(500100, 199500, 500200, 199600)],
+                              crs="EPSG:27700")
+    table = zonal_statistics(raster, one_on, "code").table.set_index("code")
+    assert np.isnan(table.loc["a", "probability_mean"]) and not np.isnan(table.loc["on", "probability_mean"])
+
+
+@pytest.mark.fault("inputs", "error")
+def test_zonalstatistics_with_counts_off_the_grid_writes_nothing(provider, tmp_path):
+    import geopandas as gpd
+    import processing
+    from qgis.core import QgsProcessingException
+    from shapely.geometry import box
+
+    raster, _ = _zone_rasters(tmp_path)
+    valid = _raster(tmp_path / "valid.tif", np.full((30, 40), 12, np.uint16), nodata=0,
+                    origin=(ZONE_ORIGIN[0] + 40.0, ZONE_ORIGIN[1]))
+    zones = tmp_path / "zones.gpkg"
+    gpd.GeoDataFrame({"code": ["a"]}, geometry=[box(500100, 199500, 500400, 199800)], crs="EPSG:27700").to_file(zones)
+    out, csv = tmp_path / "areas.gpkg", tmp_path / "areas.csv"
+    with pytest.raises(QgsProcessingException, match=r"The acquisition-count raster is not on the probability "
+                                                     r"raster's grid \(size, transform and CRS\)\."):
+        processing.run("cloudprob:zonalstatistics", {
+            "INPUT_RASTER": raster, "VALID": valid, "ZONES": str(zones), "ZONE_ID_FIELD": "code",
+            "OUTPUT": str(out), "OUTPUT_CSV": str(csv)})
+    assert not out.exists() and not csv.exists() and not _leftovers(tmp_path)
