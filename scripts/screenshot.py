@@ -73,7 +73,7 @@ def main() -> int:
 
     ensure_plugin_importable()
     import servers
-    from cloud_probability.core.sample_archive import SampleSpec, generate
+    from cloud_probability.sampledata.sample_archive import SampleSpec, generate
 
     archive = generate(ROOT / ".build" / "sample-small", SampleSpec.small())
     info = json.loads((archive / "archive.json").read_text())

@@ -36,7 +36,7 @@ def realdata() -> Path:
 @pytest.fixture(scope="session")
 def sample_archive() -> Path:
     """The small sample archive, generated once and reused while its spec is unchanged."""
-    from cloud_probability.core.sample_archive import SampleSpec, generate
+    from cloud_probability.sampledata.sample_archive import SampleSpec, generate
 
     return generate(BUILD / "sample-small", SampleSpec.small())
 

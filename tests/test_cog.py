@@ -16,10 +16,10 @@ from rasterio.transform import from_origin
 from shapely.geometry import box
 
 from cloud_probability.core import cog
-from cloud_probability.core import sample_archive as sa
 from cloud_probability.core.masks import PRESETS
 from cloud_probability.core.reading import ReadError, _GdalSource, _NativeSource, open_source, read_on_grid, Grid
 from cloud_probability.core.screening import screen_scenes
+from cloud_probability.sampledata import sample_archive as sa
 
 RNG = np.random.default_rng(7)
 

@@ -76,7 +76,7 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
 def test_cancel_midway(dock, qtbot):
     from qgis.core import QgsRectangle
 
-    from cloud_probability.core.sample_archive import SampleSpec, make_layout
+    from cloud_probability.sampledata.sample_archive import SampleSpec, make_layout
 
     layout = make_layout(SampleSpec.small())
     x0, y0, x1, y1 = layout.aoi

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from conftest import served_scenes
 
-from cloud_probability.core import sample_archive as sa
+from cloud_probability.sampledata import sample_archive as sa
 
 
 def _aoi_27700(archive, shrink=0.0) -> str:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from cloud_probability.core import sample_archive as sa
 from cloud_probability.core.progress import Cancelled, NullProgress
 from cloud_probability.core.stac import normalise_item
+from cloud_probability.sampledata import sample_archive as sa
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_cloud_cogs(items, sample_archive):
 def test_cloud_values_are_drawn_as_sen2cor_s(items, sample_archive):
     """High and rising with opacity under cloud, medium on false clouds, mostly 0 over clear ground.
 
-    The rule (core/sample_archive.py): cloudy pixels round(30 + 70 · opacity) with thin cirrus
+    The rule (sampledata/sample_archive.py): cloudy pixels round(30 + 70 · opacity) with thin cirrus
     below opacity 0.2, medium cloud below 0.55, high cloud above; urban false clouds (SCL 8)
     35–65; clear pixels 0, or in 20 % of them 1–19.
     """

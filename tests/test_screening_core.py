@@ -11,7 +11,7 @@ import rasterio
 from conftest import served_scenes
 from shapely.geometry import box, shape
 
-from cloud_probability.core import sample_archive as sa
+from cloud_probability.sampledata import sample_archive as sa
 from cloud_probability.core.masks import (
     CLEAR, CLOUD, NODATA, PRESETS, SHADOW, SNOW, MaskSpec, dilate_clouds, mask_from_scl, mask_from_score,
 )

@@ -8,7 +8,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from cloud_probability.core import sample_archive as sa
+from cloud_probability.sampledata import sample_archive as sa
 from cloud_probability.core.smoothing import NODATA, convolve, smooth_arrays, smooth_probability
 from cloud_probability.core.zonal import ZonalError, zonal_statistics, zonal_statistics_in_process
 
