@@ -13,8 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / ".build"
-SHARED = ROOT.parent / "shared"
-REALDATA = SHARED / "realdata"
+REALDATA = ROOT / "tests" / "data"  # vendored: provenance and licences in tests/data/README.md
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -27,9 +26,8 @@ ensure_plugin_importable(ROOT / "tests")
 
 @pytest.fixture(scope="session")
 def realdata() -> Path:
-    """``../shared/realdata`` (real Sentinel-2 STAC items and rasters)."""
-    if not REALDATA.is_dir():
-        pytest.fail(f"{REALDATA} is missing: the tests need ../shared beside the checkout")
+    """``tests/data``: the real Sentinel-2 STAC items and rasters the tests use, vendored with
+    their provenance and licences (tests/data/README.md)."""
     return REALDATA
 
 

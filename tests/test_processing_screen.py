@@ -170,7 +170,7 @@ def test_cloudmask_s2cloudless_on_real_l1c(provider, l1c_servers, realdata, tmp_
     layer.dataProvider().addAttributes(fields.toList())
     layer.updateFields()
     layer.dataProvider().addFeatures([scene_feature(s, layer.fields()) for s in scenes])
-    reference = np.load(realdata / "eolearn_testeopatch" / "REFERENCE_SCENES.npy")
+    reference = realdata_archives.reference_scenes(realdata)
     detector = S2PixelCloudDetector(threshold=0.4, all_bands=False, **detector_parameters(10.0))
     bands10 = [0, 1, 3, 4, 7, 8, 9, 10, 11, 12]  # B01 B02 B04 B05 B08 B8A B09 B10 B11 B12
     patch = realdata_archives.eolearn_patch(realdata)
