@@ -34,24 +34,31 @@ def dock(qgis_iface, provider, qtbot, sample_servers):
 
 
 def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
-    from qgis.core import QgsProject
+    """The table holds every acquisition within the limits, with the area's cloud and valid
+    shares the generator drew (sample_truth), over a 1 km area inside one tile."""
+    import sample_truth as st
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRectangle
     from qgis.PyQt.QtCore import Qt
 
+    from cloud_probability.sampledata import sample_archive as sa
+
+    layout = sa.make_layout(sa.SampleSpec.small())
+    area = st.interior_box(sa, layout, "30UYC", 1000.0)
+    dock.set_drawn_extent(QgsRectangle(*area.bounds), QgsCoordinateReferenceSystem("EPSG:27700"))
     with qtbot.waitSignal(dock.finished, timeout=180_000) as blocker:
         dock.search()
         assert not dock.search_button.isEnabled() and dock.cancel_button.isEnabled()  # it runs in the background
     assert blocker.args == [True], dock.status.text()
-    # the same screening straight through core
-    from shapely.geometry import box
-
-    gx, gy = GREENWICH
-    expected = screen_scenes(served_scenes(sample_servers), box(gx - 900, gy - 900, gx + 900, gy + 900), 27700, PRESETS["scl"])
-    kept = [o for o in expected.observations if o.cloud_pct is not None and o.cloud_pct <= 30 and o.fractions.valid_pct >= 50]
+    truth = st.acquisition_truths(sa, layout, area, 27700, "30UYC")
+    kept = sorted((day, t.cloud_pct, t.valid_pct) for day, t in truth.items()
+                  if t.cloud_pct is not None and t.cloud_pct <= 30 and t.valid_pct >= 50)
     assert dock.table.rowCount() == len(kept) > 3
-    areas = sorted(o.cloud_pct for o in kept)
+    shown = sorted((row["date"], row["area"], row["valid"]) for row in dock.rows)
+    assert [s[0] for s in shown] == [k[0] for k in kept]
+    assert [s[1:] for s in shown] == [pytest.approx(k[1:], abs=1e-9) for k in kept]
     dock.table.sortItems(4, Qt.AscendingOrder)
-    shown = [dock.table.item(r, 4).value for r in range(dock.table.rowCount())]
-    assert shown == pytest.approx(areas, abs=1e-9)
+    column = [dock.table.item(r, 4).value for r in range(dock.table.rowCount())]
+    assert column == pytest.approx(sorted(k[1] for k in kept), abs=1e-9)
     assert dock.progress.value() == 100 and dock.search_button.isEnabled()
     assert dock.screened_layer is not None and dock.screened_layer.id() in QgsProject.instance().mapLayers()
 
