@@ -179,3 +179,46 @@ def acquisition_truths(sa, layout, area, area_epsg: int, tile_code: str) -> dict
         layers = [generator_layer(sa, layout, fields, p) for p in fill_order(by_datatake.get(d.index, []))]
         out[d.sensing.strftime("%Y-%m-%d")] = truth_on_grid(layers, *grid, area, area_epsg)
     return out
+
+
+def counts_at(sa, layout, x: np.ndarray, y: np.ndarray, epsg: int) -> dict:
+    """The year's per-pixel counts at pixel centres (``x``, ``y`` in ``epsg``), as drawn:
+
+    * the mean measure: ``mean_valid`` acquisitions whose SCL is not 0 there, ``mean_cloudy``
+      Σ of their ``cloud`` asset / 100;
+    * the frequency measure: ``freq_valid`` acquisitions whose SCL is neither 0 nor 1,
+      ``freq_cloudy`` those whose SCL is 8, 9 or 10.
+
+    Each acquisition counts once: its products fill in :func:`fill_order`, each where the ones
+    before had no observation, a product's pixel being the one that contains the centre.
+    """
+    by_datatake: dict = {}
+    for p in sa._products(layout):
+        by_datatake.setdefault(p.datatake.index, []).append(p)
+    n = x.size
+    out = {"mean_valid": np.zeros(n, int), "mean_cloudy": np.zeros(n), "freq_valid": np.zeros(n, int),
+           "freq_cloudy": np.zeros(n, int)}
+    for d in layout.datatakes:
+        fields = sa.DatatakeFields(layout, d)
+        cloud, has_mean = np.zeros(n), np.zeros(n, bool)
+        scl_freq, has_freq = np.zeros(n, np.uint8), np.zeros(n, bool)
+        for p in fill_order(by_datatake.get(d.index, [])):
+            tile = p.tile
+            tx, ty = (x, y) if tile.epsg == epsg else Transformer.from_crs(epsg, tile.epsg, always_xy=True).transform(x, y)
+            c = np.floor((np.asarray(tx) - tile.x0) / sa.RES).astype(int)
+            r = np.floor((tile.y0 - np.asarray(ty)) / sa.RES).astype(int)
+            on = np.nonzero((r >= 0) & (r < tile.size_px) & (c >= 0) & (c < tile.size_px))[0]
+            if not on.size:
+                continue
+            scl, value = sa.render_pixels(layout, fields, p, r[on], c[on])
+            new = (scl != 0) & ~has_mean[on]
+            cloud[on[new]] = value[new]
+            has_mean[on[new]] = True
+            new = ~np.isin(scl, NO_DATA) & ~has_freq[on]
+            scl_freq[on[new]] = scl[new]
+            has_freq[on[new]] = True
+        out["mean_valid"] += has_mean
+        out["mean_cloudy"] += np.where(has_mean, cloud / 100.0, 0.0)
+        out["freq_valid"] += has_freq
+        out["freq_cloudy"] += has_freq & np.isin(scl_freq, CLOUD)
+    return out
