@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -18,6 +19,11 @@ from pyproj import Transformer
 from rasterio.transform import Affine
 
 NO_DATA = (0, 1)
+
+
+@lru_cache(maxsize=None)
+def _transformer(src: int, dst: int) -> Transformer:
+    return Transformer.from_crs(src, dst, always_xy=True)
 CLOUD, SHADOW, SNOW = (8, 9, 10), (3,), (11,)
 
 
@@ -75,7 +81,7 @@ def overview_levels(path) -> list[float]:
 def lattice_grid(epsg: int, x0: float, y0: float, res: float, area, area_epsg: int) -> tuple[int, Affine, tuple[int, int]]:
     """The pixels of the lattice (origin ``x0``, ``y0``, size ``res``) over the whole of ``area``."""
     boundary = np.concatenate([_densified(ring) for ring in _rings(area)])  # edges bend a little in another CRS
-    xs, ys = Transformer.from_crs(area_epsg, epsg, always_xy=True).transform(boundary[:, 0], boundary[:, 1])
+    xs, ys = _transformer(area_epsg, epsg).transform(boundary[:, 0], boundary[:, 1])
     xmin, ymin, xmax, ymax = np.min(xs), np.min(ys), np.max(xs), np.max(ys)
     c0, c1 = math.floor((xmin - x0) / res) - 1, math.ceil((xmax - x0) / res) + 1
     r0, r1 = math.floor((y0 - ymax) / res) - 1, math.ceil((y0 - ymin) / res) + 1
@@ -102,7 +108,7 @@ def inside_area(epsg: int, transform: Affine, shape: tuple[int, int], area, area
     rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
     x, y = transform * (cols + 0.5, rows + 0.5)
     if epsg != area_epsg:
-        x, y = Transformer.from_crs(epsg, area_epsg, always_xy=True).transform(x, y)
+        x, y = _transformer(epsg, area_epsg).transform(x, y)
     return vectorized.contains(area, x, y)
 
 
@@ -116,7 +122,7 @@ def truth_on_grid(layers: list[Layer], epsg: int, transform: Affine, shape: tupl
     filled = np.zeros(rows.size, bool)
     per_layer, filled_by = {}, {}
     for layer in layers:
-        lx, ly = (x, y) if layer.epsg == epsg else Transformer.from_crs(epsg, layer.epsg, always_xy=True).transform(x, y)
+        lx, ly = (x, y) if layer.epsg == epsg else _transformer(epsg, layer.epsg).transform(x, y)
         c = np.floor((np.asarray(lx) - layer.x0) / layer.res).astype(int)
         r = np.floor((layer.y0 - np.asarray(ly)) / layer.res).astype(int)
         on = (r >= 0) & (r < layer.height) & (c >= 0) & (c < layer.width)
@@ -204,7 +210,7 @@ def counts_at(sa, layout, x: np.ndarray, y: np.ndarray, epsg: int) -> dict:
         scl_freq, has_freq = np.zeros(n, np.uint8), np.zeros(n, bool)
         for p in fill_order(by_datatake.get(d.index, [])):
             tile = p.tile
-            tx, ty = (x, y) if tile.epsg == epsg else Transformer.from_crs(epsg, tile.epsg, always_xy=True).transform(x, y)
+            tx, ty = (x, y) if tile.epsg == epsg else _transformer(epsg, tile.epsg).transform(x, y)
             c = np.floor((np.asarray(tx) - tile.x0) / sa.RES).astype(int)
             r = np.floor((tile.y0 - np.asarray(ty)) / sa.RES).astype(int)
             on = np.nonzero((r >= 0) & (r < tile.size_px) & (c >= 0) & (c < tile.size_px))[0]
