@@ -1,4 +1,4 @@
-"""The one normaliser, on every real STAC page in ../shared/realdata."""
+"""The one normaliser, on every real STAC page in tests/data (Earth Search v0/v1, Planetary Computer)."""
 from __future__ import annotations
 
 import json
