@@ -23,7 +23,7 @@ ensure_plugin_importable()
 
 import servers  # noqa: E402
 from bench_screening import full_archive  # noqa: E402
-from cloud_probability.core import sample_archive as sa  # noqa: E402
+from cloud_probability.sampledata import sample_archive as sa  # noqa: E402
 
 PEER_VENV = BUILD / "peer-venv"
 PEER_REQUIREMENTS = ["odc-stac==0.5.3", "dask[array]==2026.8.0", "numpy==2.4.6", "rasterio==1.4.4"]

@@ -285,7 +285,7 @@ def main() -> dict:
 
 def _main(archive: Path, work: Path) -> dict:
     global _URLLIB3_GET
-    from cloud_probability.core import sample_archive as sa
+    from cloud_probability.sampledata import sample_archive as sa
     from shapely.geometry import box
 
     gx, gy = sa.GREENWICH_27700

@@ -23,7 +23,7 @@ from common import BUILD, ensure_plugin_importable, report, table
 ensure_plugin_importable()
 
 import servers  # noqa: E402
-from cloud_probability.core import sample_archive as sa  # noqa: E402
+from cloud_probability.sampledata import sample_archive as sa  # noqa: E402
 from cloud_probability.core.masks import PRESETS  # noqa: E402
 from cloud_probability.core.reading import area_in_crs, clear_http_cache, clear_lookups  # noqa: E402
 from cloud_probability.core.screening import screen_scenes  # noqa: E402

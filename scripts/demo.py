@@ -47,7 +47,7 @@ def main() -> int:
 
     ensure_plugin_importable()
     import servers
-    from cloud_probability.core.sample_archive import SampleSpec, generate
+    from cloud_probability.sampledata.sample_archive import SampleSpec, generate
 
     t0 = time.monotonic()
     archive = generate(BUILD / "sample-small", SampleSpec.small())

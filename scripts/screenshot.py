@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_plugin_importable()
     import servers
-    from cloud_probability.core.sample_archive import SampleSpec, generate
+    from cloud_probability.sampledata.sample_archive import SampleSpec, generate
 
     archive = generate(ROOT / ".build" / "sample-small", SampleSpec.small())
     out.mkdir(parents=True, exist_ok=True)

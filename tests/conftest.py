@@ -13,8 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / ".build"
-SHARED = ROOT.parent / "shared"
-REALDATA = SHARED / "realdata"
+REALDATA = ROOT / "tests" / "data"  # vendored: provenance and licences in tests/data/README.md
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -27,16 +26,15 @@ ensure_plugin_importable(ROOT / "tests")
 
 @pytest.fixture(scope="session")
 def realdata() -> Path:
-    """``../shared/realdata`` (real Sentinel-2 STAC items and rasters)."""
-    if not REALDATA.is_dir():
-        pytest.fail(f"{REALDATA} is missing: the tests need ../shared beside the checkout")
+    """``tests/data``: the real Sentinel-2 STAC items and rasters the tests use, vendored with
+    their provenance and licences (tests/data/README.md)."""
     return REALDATA
 
 
 @pytest.fixture(scope="session")
 def sample_archive() -> Path:
     """The small sample archive, generated once and reused while its spec is unchanged."""
-    from cloud_probability.core.sample_archive import SampleSpec, generate
+    from cloud_probability.sampledata.sample_archive import SampleSpec, generate
 
     return generate(BUILD / "sample-small", SampleSpec.small())
 

@@ -1,8 +1,15 @@
-"""Real Sentinel-2 data from ../shared/realdata written as COGs with STAC items, in the
-layout the loopback servers serve (items/collection.json, items/items.json, relative hrefs).
+"""Real Sentinel-2 data from tests/data (provenance and licences in tests/data/README.md) written
+as COGs with STAC items, in the layout the loopback servers serve (items/collection.json,
+items/items.json, relative hrefs).
+
+Each archive is cached under .build in a folder named after a key: a hash of this module's
+source and of the input files it reads. A change to either writes a new archive beside the old
+one instead of serving the stale one. An archive is written to a temporary sibling and moved
+into place when complete, so an interrupted run leaves no half-written archive behind.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from datetime import datetime, timezone
@@ -60,25 +67,67 @@ def _finish(out: Path, items: list[dict], collection: str = "sentinel-2-l2a") ->
     return out
 
 
+EOLEARN = "eolearn_testeopatch"
+EOLEARN_FILES = [f"{EOLEARN}/{name}" for name in ("bbox.geojson", "timestamps.json", "masks.npz", "CLP.tif")]
+L1C_FILES = EOLEARN_FILES + [f"{EOLEARN}/REFERENCE_SCENES_DN.npz"]
+SEN2R_SCL = ("S2A2A_20170703_022_Barbellino_SCL_10.tif", "S2A2A_20190723_022_Barbellino_SCL_10.tif")
+SEN2R_FILES = [f"sen2r_barbellino/{name}" for name in SEN2R_SCL]
+
+
+def cache_key(realdata: Path, inputs: list[str]) -> str:
+    """A hash of this module's source and of the ``inputs`` (paths under ``realdata``), names and bytes."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for name in sorted(inputs):
+        digest.update(name.encode() + b"\0" + (realdata / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _cached(out: Path, realdata: Path, inputs: list[str], write) -> Path:
+    """``out`` suffixed with the key of ``inputs``; written by ``write(folder)`` unless complete."""
+    folder = out.with_name(f"{out.name}-{cache_key(realdata, inputs)}")
+    if (folder / "items" / "items.json").exists():
+        return folder
+    work = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        write(work)
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete one from before
+        work.rename(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return folder
+
+
 def eolearn_patch(realdata: Path) -> dict:
-    base = realdata / "eolearn_testeopatch" / "TestEOPatch"
+    """The eo-learn TestEOPatch as the tests use it (see tests/data/make_eolearn.py)."""
+    base = realdata / EOLEARN
     coords = json.loads((base / "bbox.geojson").read_text())["coordinates"][0]  # a Polygon in EPSG:32633
     bounds = (min(c[0] for c in coords), min(c[1] for c in coords), max(c[0] for c in coords), max(c[1] for c in coords))
     times = json.loads((base / "timestamps.json").read_text())
-    return {
-        "bounds": bounds, "epsg": 32633, "times": [datetime.fromisoformat(t).replace(tzinfo=timezone.utc) for t in times],
-        "clm": np.load(base / "mask" / "CLM.npy")[..., 0],
-        "clp": np.load(base / "data" / "CLP.npy")[..., 0],
-        "cloud_coverage": np.load(base / "scalar" / "CLOUD_COVERAGE.npy")[:, 0].astype(np.float64),
-        "valid_count": np.load(base / "mask_timeless" / "VALID_COUNT.npy")[..., 0],
-    }
+    with np.load(base / "masks.npz") as masks, rasterio.open(base / "CLP.tif") as clp:
+        return {
+            "bounds": bounds, "epsg": 32633, "times": [datetime.fromisoformat(t).replace(tzinfo=timezone.utc) for t in times],
+            "clm": masks["CLM"],
+            "clp": clp.read(),
+            "cloud_coverage": masks["CLOUD_COVERAGE"].astype(np.float64),
+            "valid_count": masks["VALID_COUNT"],
+        }
+
+
+def reference_scenes(realdata: Path) -> np.ndarray:
+    """eo-learn's REFERENCE_SCENES: (5, 101, 100, 13) float32 L1C reflectance, bands B01…B12 with B8A after B08."""
+    with np.load(realdata / EOLEARN / "REFERENCE_SCENES_DN.npz") as f:
+        return f["DN"] / np.float32(10000)
 
 
 def write_eolearn_archive(out: Path, realdata: Path) -> Path:
     """The 68 eo-learn dates: assets ``clm`` (uint8 cloud mask), ``clp`` (s2cloudless
-    probability 0–1) and ``cs_cdf`` (1 − CLP, a clear score in the manner of Cloud Score+)."""
-    if (out / "items" / "items.json").exists():
-        return out
+    probability 0–1) and ``cs_cdf`` (1 − CLP, a clear score in the manner of Cloud Score+).
+    Returns the archive's folder: ``out`` suffixed with its cache key."""
+    return _cached(out, realdata, EOLEARN_FILES, lambda folder: _write_eolearn_archive(folder, realdata))
+
+
+def _write_eolearn_archive(out: Path, realdata: Path) -> Path:
     p = eolearn_patch(realdata)
     rows, cols = p["clm"].shape[1:]
     transform = from_bounds(*p["bounds"], cols, rows)
@@ -96,12 +145,14 @@ def write_eolearn_archive(out: Path, realdata: Path) -> Path:
 
 
 def write_sen2r_archive(out: Path, realdata: Path) -> Path:
-    """The two real SCL crops over Lake Barbellino (EPSG:32632, 20 m)."""
-    if (out / "items" / "items.json").exists():
-        return out
+    """The two real SCL crops over Lake Barbellino (EPSG:32632, 20 m); ``out`` suffixed with its cache key."""
+    return _cached(out, realdata, SEN2R_FILES, lambda folder: _write_sen2r_archive(folder, realdata))
+
+
+def _write_sen2r_archive(out: Path, realdata: Path) -> Path:
     items = []
-    for name, when in (("S2A2A_20170703_022_Barbellino_SCL_10.tif", datetime(2017, 7, 3, 10, 20, 21, tzinfo=timezone.utc)),
-                       ("S2A2A_20190723_022_Barbellino_SCL_10.tif", datetime(2019, 7, 23, 10, 20, 31, tzinfo=timezone.utc))):
+    for name, when in ((SEN2R_SCL[0], datetime(2017, 7, 3, 10, 20, 21, tzinfo=timezone.utc)),
+                       (SEN2R_SCL[1], datetime(2019, 7, 23, 10, 20, 31, tzinfo=timezone.utc))):
         with rasterio.open(realdata / "sen2r_barbellino" / name) as src:
             data, transform, bounds, nodata = src.read(1), src.transform, tuple(src.bounds), src.nodata
         item_id = f"S2A_32TNS_{when:%Y%m%d}_0_L2A"
@@ -113,10 +164,13 @@ def write_sen2r_archive(out: Path, realdata: Path) -> Path:
 
 def write_l1c_reference_archive(out: Path, realdata: Path) -> Path:
     """The five 13-band L1C reference scenes, twice: once as baseline 05.09 digital numbers
-    (reflectance × 10000 + 1000 offset) and once as baseline 03.01 (no offset)."""
-    if (out / "items" / "items.json").exists():
-        return out
-    scenes = np.load(realdata / "eolearn_testeopatch" / "REFERENCE_SCENES.npy")
+    (reflectance × 10000 + 1000 offset) and once as baseline 03.01 (no offset); ``out``
+    suffixed with its cache key."""
+    return _cached(out, realdata, L1C_FILES, lambda folder: _write_l1c_reference_archive(folder, realdata))
+
+
+def _write_l1c_reference_archive(out: Path, realdata: Path) -> Path:
+    scenes = reference_scenes(realdata)
     p = eolearn_patch(realdata)
     rows, cols = scenes.shape[1:3]
     transform = from_bounds(*p["bounds"], cols, rows)
@@ -133,11 +187,6 @@ def write_l1c_reference_archive(out: Path, realdata: Path) -> Path:
                 assets[key] = {"href": f"{folder}/{key}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"]}
             items.append(_item(item_id, when, 32633, p["bounds"], assets, baseline=baseline, collection="sentinel-2-l1c"))
     return _finish(out, items, collection="sentinel-2-l1c")
-
-
-def reset(out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
 
 
 # --- Collection 1 (sentinel-2-c1-l2a) from the eo-learn series: the reference product's inputs ---
@@ -213,9 +262,11 @@ def _c1_asset(href: str, title: str, roles: list[str], shape, transform) -> dict
 def write_eolearn_c1_archive(out: Path, realdata: Path) -> Path:
     """:func:`eolearn_c1_layers` as Collection-1 items with assets ``scl`` (SCL.tif) and ``cloud``
     (CLD_20m.tif, GeoTIFF nodata tag 0 as Earth Search's, although 0 % is a real value), one
-    item per product: 70 items, 68 datatakes."""
-    if (out / "items" / "items.json").exists():
-        return out
+    item per product: 70 items, 68 datatakes. Returns ``out`` suffixed with its cache key."""
+    return _cached(out, realdata, EOLEARN_FILES, lambda folder: _write_eolearn_c1_archive(folder, realdata))
+
+
+def _write_eolearn_c1_archive(out: Path, realdata: Path) -> Path:
     layers = eolearn_c1_layers(realdata)
     transform, epsg = layers["transform"], layers["epsg"]
     shape = layers["scl"].shape[1:]

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from cloud_probability.core import sample_archive as sa
 from cloud_probability.core.frequency import observation_stdev
 from cloud_probability.core.zonal import zonal_statistics
+from cloud_probability.sampledata import sample_archive as sa
 
 YEARS = 20
 

@@ -7,11 +7,11 @@ import pytest
 import rasterio
 from conftest import served_scenes
 
-from cloud_probability.core import sample_archive as sa
 from cloud_probability.core.composite import CompositeError, boa_offset, clear_composite
 from cloud_probability.core.frequency import grid_for_area
 from cloud_probability.core.masks import PRESETS
 from cloud_probability.core.stac import normalise_item
+from cloud_probability.sampledata import sample_archive as sa
 
 
 def _grid(archive, half=1500.0, res=10.0):

@@ -1,13 +1,8 @@
 """The "Cloud probability" dock, driven with pytest-qt against the loopback servers."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-from conftest import served_scenes
-
-from cloud_probability.core.masks import PRESETS
-from cloud_probability.core.screening import screen_scenes
 
 GREENWICH = (538_900.0, 177_600.0)
 
@@ -35,12 +30,20 @@ def dock(qgis_iface, provider, qtbot, sample_servers):
 
 
 def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
-    from qgis.core import QgsProject
+    """The table holds every acquisition within the limits, with the area's cloud and valid
+    shares the generator drew (sample_truth), over a 1 km area inside one tile."""
+    import sample_truth as st
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRectangle
     from qgis.PyQt.QtCore import Qt
 
     import gc
     import warnings
 
+    from cloud_probability.sampledata import sample_archive as sa
+
+    layout = sa.make_layout(sa.SampleSpec.small())
+    area = st.interior_box(sa, layout, "30UYC", 1000.0)
+    dock.set_drawn_extent(QgsRectangle(*area.bounds), QgsCoordinateReferenceSystem("EPSG:27700"))
     dock.resize(460, 1000)
     dock.show()
     with warnings.catch_warnings(record=True) as caught:  # QGIS logs each one with a traceback
@@ -55,28 +58,28 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
         gc.collect()  # an HTTP connection left open would warn (ResourceWarning) when collected
     assert blocker.args == [True], dock.status.text()
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
-    # the same screening straight through core
-    from shapely.geometry import box
-
-    gx, gy = GREENWICH
-    expected = screen_scenes(served_scenes(sample_servers), box(gx - 900, gy - 900, gx + 900, gy + 900), 27700, PRESETS["scl"])
-    kept = [o for o in expected.observations if o.cloud_pct is not None and o.cloud_pct <= 30 and o.fractions.valid_pct >= 50]
+    truth = st.acquisition_truths(sa, layout, area, 27700, "30UYC")
+    kept = sorted((day, t.cloud_pct, t.valid_pct) for day, t in truth.items()
+                  if t.cloud_pct is not None and t.cloud_pct <= 30 and t.valid_pct >= 50)
     assert dock.table.rowCount() == len(kept) > 3
-    areas = sorted(o.cloud_pct for o in kept)
+    shown = sorted((row["date"], row["area"], row["valid"]) for row in dock.rows)
+    assert [s[0] for s in shown] == [k[0] for k in kept]
+    assert [s[1:] for s in shown] == [pytest.approx(k[1:], abs=1e-9) for k in kept]
     dock.table.sortItems(4, Qt.SortOrder.AscendingOrder)
-    shown = [dock.table.item(r, 4).value for r in range(dock.table.rowCount())]
-    assert shown == pytest.approx(areas, abs=1e-9)
+    column = [dock.table.item(r, 4).value for r in range(dock.table.rowCount())]
+    assert column == pytest.approx(sorted(k[1] for k in kept), abs=1e-9)
     assert dock.progress.value() == 100 and dock.search_button.isEnabled()
     assert dock.screened_layer is not None and dock.screened_layer.id() in QgsProject.instance().mapLayers()
     assert dock.screened_layer.featureCount() == len(kept)  # the map shows what the table lists
 
     # the chart: every acquisition, the kept ones highlighted, tall enough, its axis label inside
-    assert len(dock.all_rows) == len(expected.observations) > len(kept)
+    with_data = sum(1 for t in truth.values() if t.cloud_pct is not None)  # acquisitions seeing the area
+    assert len(dock.all_rows) >= with_data > len(kept)
     lines = dock.chart.axes.get_lines()
     grey = next(line for line in lines if line.get_label() == "other acquisitions")
     blue = next(line for line in lines if line.get_label() == "kept by the thresholds")
     assert len(blue.get_xdata()) == len(kept)
-    assert len(grey.get_xdata()) == sum(1 for o in expected.observations if o.cloud_pct is not None) - len(kept)
+    assert len(grey.get_xdata()) == with_data - len(kept)
     assert dock.chart.canvas.height() >= 220
     renderer = dock.chart.figure.canvas.get_renderer()
     box = dock.chart.axes.yaxis.label.get_window_extent(renderer)
@@ -86,7 +89,7 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
 
     # the thresholds filter the screened acquisitions again, without a new search
     dock.max_area_cloud.setValue(10.0)
-    fewer = [o for o in kept if o.cloud_pct <= 10]
+    fewer = [k for k in kept if k[1] <= 10]
     assert dock.table.rowCount() == len(fewer) < len(kept) and dock.screened_layer.featureCount() == len(fewer)
     assert len(dock.chart.axes.get_lines()[1].get_xdata()) == len(fewer)
     dock.max_area_cloud.setValue(30.0)
@@ -120,7 +123,7 @@ def test_the_whole_acquisition_is_added_and_covers_the_area(dock, qtbot, sample_
     from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProject, QgsRectangle
     from shapely.geometry import box
 
-    from cloud_probability.core import sample_archive as sa
+    from cloud_probability.sampledata import sample_archive as sa
 
     # the sample archive's whole area, which both orbits' swath edges cross
     x0, y0, x1, y1 = json.loads((sample_archive / "archive.json").read_text())["aoi_27700"]
@@ -184,7 +187,7 @@ def test_the_whole_acquisition_is_added_and_covers_the_area(dock, qtbot, sample_
 def test_cancel_midway(dock, qtbot):
     from qgis.core import QgsRectangle
 
-    from cloud_probability.core.sample_archive import SampleSpec, make_layout
+    from cloud_probability.sampledata.sample_archive import SampleSpec, make_layout
 
     layout = make_layout(SampleSpec.small())
     x0, y0, x1, y1 = layout.aoi

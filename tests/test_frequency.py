@@ -10,13 +10,13 @@ import pytest
 import rasterio
 from conftest import served_scenes
 
-from cloud_probability.core import sample_archive as sa
 from cloud_probability.core.frequency import (
     PROBABILITY_NODATA, FrequencyError, cloud_frequency, grid_for_area, periods_for, utm_epsg,
 )
 from cloud_probability.core.masks import PRESETS, MaskSpec
 from cloud_probability.core.progress import Cancelled, NullProgress
 from cloud_probability.core.reading import Grid
+from cloud_probability.sampledata import sample_archive as sa
 
 
 def _outputs(folder):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_probability.core.sample_archive import aoi_lonlat
+from cloud_probability.sampledata.sample_archive import aoi_lonlat
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = [

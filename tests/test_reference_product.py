@@ -5,7 +5,7 @@ transcription of its formulas (issue 12, "Must show").
 The archive is the eo-learn series (68 real dates of s2cloudless probability and cloud mask
 over Slovenia) written as ``sentinel-2-c1-l2a`` items with ``scl`` and ``cloud`` assets, with
 partial swaths, a region no date sees, a defective strip and two datatakes split over two
-products (:func:`realdata_archives.eolearn_c1_layers`). The transcription below uses only numpy
+products (:func:`realdata_archives.eolearn_c1_layers`). The transcription (tests/formulas.py) uses only numpy
 and scipy.ndimage — nothing of the plugin — so it and the plugin can only agree by both
 following the formulas:
 
@@ -25,53 +25,10 @@ import json
 import numpy as np
 import pytest
 import rasterio
-from scipy.ndimage import convolve
-
 from conftest import BUILD
+from formulas import KERNEL, THRESHOLD, neighbourhood_mean, reference
 
-KERNEL = 21
-THRESHOLD = 5.0
 START, END = "2015-07-01", "2017-12-31"
-
-
-# --- the transcription -------------------------------------------------------------------------
-
-def k0(size: int = KERNEL) -> np.ndarray:
-    kernel = np.ones((size, size))
-    kernel[size // 2, size // 2] = 0.0
-    return kernel
-
-
-def neighbourhood_mean(p: np.ndarray, n: np.ndarray, size: int = KERNEL) -> np.ndarray:
-    """lag = K0∗(p·n) / K0∗n, NaN where K0∗n = 0; ``p`` may be NaN where ``n`` is 0."""
-    n = n.astype(np.float64)
-    weighted = np.where(n > 0, np.nan_to_num(p) * n, 0.0)
-    num = convolve(weighted, k0(size), mode="constant", cval=0.0)
-    den = convolve(n, k0(size), mode="constant", cval=0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / den, np.nan)
-
-
-def reference(p: np.ndarray, n: np.ndarray, size: int = KERNEL, threshold: float = THRESHOLD) -> dict:
-    """The whole adjustment for probability ``p`` (%, NaN = no data) with counts ``n``."""
-    p = np.where(n > 0, p, np.nan).astype(np.float64)
-    lag = neighbourhood_mean(p, n, size)
-    defined = np.isfinite(p) & np.isfinite(lag) & (lag != 0)
-    d = np.full(p.shape, np.nan)
-    d[defined] = 100.0 * (p[defined] - lag[defined]) / lag[defined]
-    out = {"p": p, "lag": lag, "d": d, "defined": defined, "adjusted": p.copy()}
-    if not defined.any():
-        return out
-    m = float(np.median(d[defined]))
-    shifted = defined & (np.abs(d) > threshold)
-    dp = np.where(shifted, d, m)
-    x, y = dp[defined], p[defined]
-    (a, b), *_ = np.linalg.lstsq(np.column_stack([np.ones_like(x), x]), y, rcond=None)
-    residual = y - (a + b * x)
-    r2 = 1.0 - (residual @ residual) / ((y - y.mean()) @ (y - y.mean()))
-    out["adjusted"] = np.where(defined, p - b * (dp - m), p)
-    out.update(m=m, a=float(a), b=float(b), r2=float(r2), pixels=int(defined.sum()), shifted=int(shifted.sum()), dprime=dp)
-    return out
 
 
 # --- the transcription against hand computations --------------------------------------------------

@@ -11,7 +11,7 @@ import rasterio
 from conftest import served_scenes
 from shapely.geometry import box, shape
 
-from cloud_probability.core import sample_archive as sa
+from cloud_probability.sampledata import sample_archive as sa
 from cloud_probability.core.masks import (
     CLEAR, CLOUD, NODATA, PRESETS, SHADOW, SNOW, MaskSpec, dilate_clouds, mask_from_scl, mask_from_score,
 )
@@ -154,35 +154,71 @@ def test_sample_archive_area_fraction_equals_the_generator_truth(sample_servers,
     scenes = served_scenes(sample_servers)
     result = screen_scenes(scenes, area, 27700, PRESETS["scl"], concurrency=8)
     assert result.errors == 0 and len(result.observations) == len(layout.datatakes)
-    checked = 0
+    products = sa._products(layout)  # as the generator wrote them, split datastrips and duplicate included
+    checked, combined = 0, {}
     for obs in result.observations:
         d = next(d for d in layout.datatakes if f"{d.satellite}_{d.sensing:%Y%m%dT%H%M%S}" == obs.datatake_id)
+        fields = sa.DatatakeFields(layout, d)
         product = sa.Product(d, tile)  # the whole tile, whatever datastrips it came in
-        scl = sa.render_scl(layout, sa.DatatakeFields(layout, d), product)
+        scl = sa.render_scl(layout, fields, product)
         values = scl[inside]
         valid = np.count_nonzero(values > 1)
+        assert obs.fractions.area_pixels == np.count_nonzero(inside), obs.datatake_id
         assert obs.fractions.valid_pixels == valid, obs.datatake_id
         if valid:
             assert obs.fractions.cloud_pct == pytest.approx(100 * np.isin(values, [8, 9, 10]).sum() / valid, abs=1e-9)
             assert obs.fractions.shadow_pct == pytest.approx(100 * (values == 3).sum() / valid, abs=1e-9)
             assert obs.fractions.snow_pct == pytest.approx(100 * (values == 11).sum() / valid, abs=1e-9)
             checked += 1
-        if len(obs.scenes) > 1:  # split datastrips / reprocessed duplicate combined into one
-            assert obs.fractions.valid_pixels <= obs.fractions.area_pixels
+        parts = [p for p in products if p.datatake.index == d.index and p.tile.code == tile.code]
+        if len(parts) > 1:  # split datastrips / reprocessed duplicate: one observation, each pixel once
+            here = sorted(s.item_id for s in obs.scenes if s.mgrs_tile == tile.code)
+            assert here == sorted(p.item_id for p in parts), obs.datatake_id
+            each = [np.count_nonzero(sa.render_scl(layout, fields, p)[inside] > 1) for p in parts]
+            combined[obs.datatake_id] = (sum(each), valid)
     assert checked > 100
+    # both combined acquisitions were seen, and in one of them (the reprocessed duplicate) adding the
+    # products' own pixels would have counted the area twice: the equality above has teeth
+    assert len(combined) == 2 and any(total == 2 * valid > 0 for total, valid in combined.values()), combined
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "core.screening puts an acquisition on its first product's grid clipped to that product's raster "
+    "(reading.grid_around), so the area's pixels beyond the first tile are never counted: 1,520 of the "
+    "area's 3,602 here. Remove this mark with the fix."))
 def test_area_across_the_utm_boundary_counts_each_pixel_once(sample_servers, sample_archive):
+    """A 1.2 km area across 0° E, covered by four tiles in two UTM zones: per acquisition, every
+    pixel of the area counted once, from whichever product has data there, as the generator drew
+    it (sample_truth: the products put on the first one's 20 m lattice with PROJ, in fill order)."""
+    import sample_truth as st
+
     info = json.loads((sample_archive / "archive.json").read_text())
     x0, y0, x1, y1 = info["aoi_27700"]
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     area = box(cx - 600, cy - 600, cx + 600, cy + 600)  # straddles 0° E
+    assert PRESETS["scl"].buffer_m == 0 and not PRESETS["scl"].count_shadows
     result = screen_scenes(served_scenes(sample_servers), area, 27700, PRESETS["scl"])
-    multi = [o for o in result.observations if len(o.scenes) > 1]
-    assert multi and all(o.fractions.valid_pixels <= o.fractions.area_pixels for o in result.observations)
-    assert max(o.fractions.valid_pct for o in result.observations) > 99.0
-    zones = {s.epsg for o in multi for s in o.scenes}
-    assert zones == {32630, 32631}
+    layout = sa.make_layout(sa.SampleSpec.small())
+    products = st.products_by_item(sa, layout)
+    both_zones = overlapping = 0
+    for obs in result.observations:
+        group = [products[s.item_id] for s in obs.scenes]
+        fields = sa.DatatakeFields(layout, group[0].datatake)
+        first = group[0].tile
+        grid = st.lattice_grid(first.epsg, first.x0, first.y0, sa.RES, area, 27700)
+        truth = st.truth_on_grid([st.generator_layer(sa, layout, fields, p) for p in st.fill_order(group, group[0])],
+                                 *grid, area, 27700)
+        assert truth.area_pixels == pytest.approx(3600, abs=20)  # 1.44 km² in 20 m pixels of a slightly turned grid
+        got = obs.fractions
+        assert (got.area_pixels, got.valid_pixels) == (truth.area_pixels, truth.valid_pixels), obs.datatake_id
+        assert got.cloud_pct == pytest.approx(truth.cloud_pct, abs=1e-9), obs.datatake_id
+        assert got.shadow_pct == pytest.approx(truth.shadow_pct, abs=1e-9), obs.datatake_id
+        assert got.snow_pct == pytest.approx(truth.snow_pct, abs=1e-9), obs.datatake_id
+        zones = {products[name].tile.epsg for name, n in truth.filled_by.items() if n}
+        both_zones += zones == {32630, 32631}
+        overlapping += sum(truth.per_layer_valid.values()) > truth.valid_pixels  # products overlap inside the area
+    # the check has teeth: data from both zones in most acquisitions, and overlaps a double count would show
+    assert both_zones > 50 and overlapping > 50, (both_zones, overlapping)
 
 
 def test_acquisition_figures_cover_all_its_products(sample_servers, sample_archive):
@@ -261,20 +297,62 @@ def test_cancel_stops_the_screening(sample_servers):
     assert progress.steps < 20
 
 
-def test_windows_fetch_a_fraction_of_the_files(sample_servers, sample_archive):
+def test_windows_fetch_the_header_and_only_the_tiles_under_the_window(sample_servers, sample_archive):
+    """A 300 m window of a 3.2 km tile: each product read costs at least the bytes before its
+    first internal tile (the TIFF header and tile index) and the tile under the window's centre,
+    and at most the first 16 KiB (the header fetch; the whole file when shorter) plus the span of
+    the internal tiles under the window: no other tile, no overview. Offsets from GDAL."""
+    from osgeo import gdal
+    from pyproj import Transformer
+    from shapely.ops import transform
+
+    from cloud_probability.core.reading import clear_http_cache
+
     scenes = served_scenes(sample_servers)
     layout = sa.make_layout(sa.SampleSpec.small())
     area = _interior_area(layout, "30UYC", size_m=300.0)
-    from cloud_probability.core.reading import clear_http_cache
+    area_lonlat = transform(Transformer.from_crs(27700, 4326, always_xy=True).transform, area)
 
-    clear_http_cache()  # earlier tests read these windows: GDAL would answer from memory
+    def tiles(path, epsg):
+        """(offset, bytes) of the full-resolution tiles under the window (one pixel more each
+        side), of the one under its centre, and where the first tile of any level starts."""
+        ds = gdal.Open(str(path))
+        band = ds.GetRasterBand(1)
+        x0, res, _, y0 = ds.GetGeoTransform()[:4]
+        bw, bh = band.GetBlockSize()
+        local = transform(Transformer.from_crs(27700, epsg, always_xy=True).transform, area)
+        xmin, ymin, xmax, ymax = local.bounds
+        cols = range(max(0, int((xmin - x0) // res) - 1) // bw, min(ds.RasterXSize - 1, int((xmax - x0) // res) + 1) // bw + 1)
+        rows = range(max(0, int((y0 - ymax) // res) - 1) // bh, min(ds.RasterYSize - 1, int((y0 - ymin) // res) + 1) // bh + 1)
+
+        def block(b, x, y):
+            return int(b.GetMetadataItem(f"BLOCK_OFFSET_{x}_{y}", "TIFF")), int(b.GetMetadataItem(f"BLOCK_SIZE_{x}_{y}", "TIFF"))
+
+        under = [block(band, x, y) for y in rows for x in cols]
+        c = local.centroid
+        centre = block(band, int((c.x - x0) // res) // bw, int((y0 - c.y) // res) // bh)
+        first = min(block(b, x, y)[0] for b in [band] + [band.GetOverview(i) for i in range(band.GetOverviewCount())]
+                    for y in range(-(-b.YSize // bh)) for x in range(-(-b.XSize // bw)))
+        return under, centre, first
+
+    clear_http_cache()  # earlier tests read these windows: the header cache would answer
     before = sample_servers.cogs.bytes_sent()
     result = screen_scenes(scenes, area, 27700, PRESETS["scl"])
     served = sample_servers.cogs.bytes_sent() - before
-    whole = sum((sample_archive / s.item["assets"]["scl"]["href"].split(sample_servers.cogs.url + "/")[-1]).stat().st_size
-                for o in result.observations for s in o.scenes[:1])
-    assert 0 < result.bytes_fetched <= served * 1.01
-    assert served < 0.8 * whole  # a 300 m window of a 3.2 km tile
+    low = high = whole = read = 0
+    for obs in result.observations:
+        for scene in obs.scenes:
+            if not shape(scene.geometry).intersects(area_lonlat):
+                continue  # a product of the acquisition that misses the area: never read
+            path = sample_archive / scene.item["assets"]["scl"]["href"].split(sample_servers.cogs.url + "/")[-1]
+            size = path.stat().st_size
+            under, centre, first = tiles(path, scene.epsg)
+            low += first + centre[1]
+            high += min(size, 16384) + max(o + n for o, n in under) - min(o for o, _ in under)
+            whole += size
+            read += 1
+    assert read > 60 and 0 < result.bytes_fetched <= served * 1.01
+    assert low <= served <= high, (low, served, high, whole)
 
 
 def test_thresholds_keep_errors_and_drop_what_is_asked():

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cloud_probability.core.progress import Cancelled, NullProgress
-from cloud_probability.core.sample_archive import aoi_lonlat
 from cloud_probability.core.search import SearchError, SearchRequest, search_scenes
 from cloud_probability.core.stac import parse_datetime
+from cloud_probability.sampledata.sample_archive import aoi_lonlat
 
 
 class Recorder(NullProgress):

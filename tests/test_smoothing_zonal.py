@@ -8,7 +8,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from cloud_probability.core import sample_archive as sa
+from cloud_probability.sampledata import sample_archive as sa
 from cloud_probability.core.smoothing import NODATA, convolve, smooth_arrays, smooth_probability
 from cloud_probability.core.zonal import ZonalError, zonal_statistics, zonal_statistics_in_process
 
@@ -176,20 +176,42 @@ def test_adjusted_is_closer_to_the_truth_and_the_artefacts_shrink(year_products,
 
 
 def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_servers, sample_archive, tmp_path):
+    """The algorithms and the shipped model through Processing, each output against an
+    independent expected value: the smoothing and both adjustments against numpy transcriptions
+    of their formulas (tests/formulas.py) on the inputs they were given, the zonal means against
+    exact cell-by-polygon weights (GEOS), and the model's per-pixel counts against the generator's
+    truth at 300 pixels (tests/sample_truth.py)."""
+    import geopandas as gpd
     from qgis import processing
+    import sample_truth as st
+    from formulas import covariate_smoothing, reference, weighted_mean
     from qgis.core import (
         QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputLayerDefinition, QgsProject,
         QgsVectorLayer,
     )
 
+    def read(path):
+        with rasterio.open(path) as ds:
+            a = ds.read(1).astype(np.float64)
+            if ds.nodata is not None:
+                a[a == ds.nodata] = np.nan
+            return a, ds.transform
+
+    def same(got, expected, atol, what):
+        assert np.array_equal(np.isnan(got), np.isnan(expected)), f"{what}: no data differs"
+        has = ~np.isnan(expected)
+        assert has.sum() > 10_000 and np.abs(got - expected)[has].max() <= atol, \
+            (what, float(np.abs(got - expected)[has].max()))
+
     feedback = QgsProcessingFeedback()
+    cloudy_path, urban_path = year_products["raw"].replace("probability", "cloudy"), sample_archive / "truth" / "urban_fraction_27700.tif"
     smoothed = processing.run("cloudprob:smoothprobability", {
-        "CLOUDY": year_products["raw"].replace("probability", "cloudy"), "VALID": year_products["valid"],
-        "COVARIATES": [str(sample_archive / "truth" / "urban_fraction_27700.tif")],
+        "CLOUDY": cloudy_path, "VALID": year_products["valid"], "COVARIATES": [str(urban_path)],
         "OUTPUT_SMOOTHED": str(tmp_path / "s.tif"), "OUTPUT_ADJUSTED": str(tmp_path / "a.tif")}, feedback=feedback)
     assert (tmp_path / "a.regression.json").exists() and "R²" in feedback.textLog()
-    np.testing.assert_allclose(rasterio.open(smoothed["OUTPUT_ADJUSTED"]).read(1),
-                               rasterio.open(year_products["adjusted"]).read(1), atol=1e-4)
+    expected = covariate_smoothing(read(cloudy_path)[0], read(year_products["valid"])[0], [read(urban_path)[0]])
+    same(read(smoothed["OUTPUT_SMOOTHED"])[0], expected["smoothed"], 1e-3, "smoothed")
+    same(read(smoothed["OUTPUT_ADJUSTED"])[0], expected["adjusted"], 1e-3, "adjusted")
 
     zones = f"{sample_archive / 'zones' / 'small_areas.gpkg'}|layername=small_areas"
     alg = QgsApplication.processingRegistry().createAlgorithmById("cloudprob:zonalstatistics")
@@ -212,6 +234,18 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
     assert layer.featureCount() == 300 and layer.crs().authid() == "EPSG:27700"
     rows = (tmp_path / "z.csv").read_text().splitlines()
     assert rows[0].startswith("code,name,probability_mean,probability_median") and len(rows) == 301
+    # the area-weighted means of a sample of zones (largest, smallest, and between) from exact weights
+    table = gpd.read_file(tmp_path / "z.gpkg").set_index("code")
+    polygons = gpd.read_file(sample_archive / "zones" / "small_areas.gpkg", layer="small_areas").set_index("code")
+    adjusted, grid = read(smoothed["OUTPUT_ADJUSTED"])
+    valid_count = read(year_products["valid"])[0]
+    order = polygons.area.sort_values().index
+    for code in list(order[:4]) + list(order[-4:]) + list(order[100:300:50]):
+        mean, weight = weighted_mean(adjusted, polygons.geometry[code], grid)
+        assert table.loc[code, "probability_mean"] == pytest.approx(mean, abs=1e-6), code
+        assert table.loc[code, "covered_cells"] == pytest.approx(weight, abs=1e-6), code
+        assert table.loc[code, "acquisition_count_mean"] == pytest.approx(
+            weighted_mean(valid_count, polygons.geometry[code], grid)[0], abs=1e-6), code
     details = context.layersToLoadOnCompletion()[results["OUTPUT"]]
     details.postProcessor().postProcessLayer(layer, context, feedback)
     ranges = layer.renderer().ranges()
@@ -228,33 +262,38 @@ def test_processing_smooth_zonal_and_the_model(provider, year_products, sample_s
         "START_DATE": "2024-01-01", "END_DATE": "2024-12-31", "ZONES": zones, "ZONE_ID_FIELD": "code",
         "TARGET_CRS": "EPSG:27700", "RESOLUTION": 20}
     # the reference chain by default (Collection 1, mean of 'cloud', the reference adjustment);
-    # the intermediate outputs need no name (temporary files)
+    # the intermediate outputs need no name (temporary files), the counts are named to be checked
     model = processing.run("cloudprob:annualcloudprobability", {
         **common, "zonal:SMALL_AREAS": str(tmp_path / "model.gpkg"), "zonal:SMALL_AREAS_CSV": str(tmp_path / "model.csv"),
-        "smoothing:ADJUSTED": str(tmp_path / "model_adj.tif")})
+        "smoothing:ADJUSTED": str(tmp_path / "model_adj.tif"), "frequency:VALID": str(tmp_path / "model_valid.tif"),
+        "frequency:CLOUDY": str(tmp_path / "model_cloudy.tif")})
     assert model["zonal:SMALL_AREAS"] == str(tmp_path / "model.gpkg")
     assert len((tmp_path / "model.csv").read_text().splitlines()) == 301
-    # … which is core's mean measure and reference adjustment of the same scenes
-    from conftest import served_scenes
-
-    from cloud_probability.core.frequency import cloud_frequency, grid_for_area
-    from cloud_probability.core.masks import PRESETS
-    from cloud_probability.core.smoothing import reference_adjustment
-
-    counts = {k: str(tmp_path / f"ref_{k}.tif") for k in ("probability", "valid", "cloudy")}
-    cloud_frequency(served_scenes(sample_servers), grid_for_area((x0, y0, x1, y1), "EPSG:27700", 20.0), PRESETS["scl"],
-                    counts, measure="mean_probability", cache_dir=tmp_path / "c")
-    reference_adjustment(counts["cloudy"], counts["valid"], str(tmp_path / "ref_lag.tif"), str(tmp_path / "ref_adj.tif"))
-    np.testing.assert_allclose(rasterio.open(tmp_path / "model_adj.tif").read(1),
-                               rasterio.open(tmp_path / "ref_adj.tif").read(1), atol=1e-4)
     # the frequency chain, one parameter away: adjusts on the smoothed valid count alone
     processing.run("cloudprob:annualcloudprobability", {
         **common, "MEASURE": 0, "METHOD": 0, "zonal:SMALL_AREAS": str(tmp_path / "freq.gpkg"),
-        "smoothing:ADJUSTED": str(tmp_path / "freq_adj.tif")})
-    smooth_probability(year_products["raw"].replace("probability", "cloudy"), year_products["valid"],
-                       str(tmp_path / "s2.tif"), str(tmp_path / "a2.tif"))
-    np.testing.assert_allclose(rasterio.open(tmp_path / "freq_adj.tif").read(1),
-                               rasterio.open(tmp_path / "a2.tif").read(1), atol=1e-3)
+        "smoothing:ADJUSTED": str(tmp_path / "freq_adj.tif"), "frequency:VALID": str(tmp_path / "freq_valid.tif"),
+        "frequency:CLOUDY": str(tmp_path / "freq_cloudy.tif")})
+
+    # the counts of both chains at 300 pixels, against the generator's truth
+    layout = sa.make_layout(sa.SampleSpec.small())
+    valid_m, grid = read(tmp_path / "model_valid.tif")
+    rng = np.random.default_rng(17)
+    r, c = rng.integers(0, valid_m.shape[0], 300), rng.integers(0, valid_m.shape[1], 300)
+    x, y = grid * (c + 0.5, r + 0.5)
+    truth = st.counts_at(sa, layout, np.asarray(x), np.asarray(y), 27700)
+    assert truth["mean_valid"].min() > 20  # every sampled pixel is observed, most from several tiles
+    np.testing.assert_array_equal(valid_m[r, c], truth["mean_valid"])
+    np.testing.assert_allclose(read(tmp_path / "model_cloudy.tif")[0][r, c], truth["mean_cloudy"], atol=1e-3)
+    np.testing.assert_array_equal(read(tmp_path / "freq_valid.tif")[0][r, c], truth["freq_valid"])
+    np.testing.assert_array_equal(read(tmp_path / "freq_cloudy.tif")[0][r, c], truth["freq_cloudy"])
+    # each chain's adjustment against the transcription of its formula on the counts it was given
+    n = np.nan_to_num(valid_m).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(n > 0, 100.0 * read(tmp_path / "model_cloudy.tif")[0] / np.maximum(n, 1), np.nan)
+    same(read(tmp_path / "model_adj.tif")[0], reference(p, n)["adjusted"], 1e-2, "reference adjustment")
+    expected = covariate_smoothing(read(tmp_path / "freq_cloudy.tif")[0], read(tmp_path / "freq_valid.tif")[0])
+    same(read(tmp_path / "freq_adj.tif")[0], expected["adjusted"], 1e-3, "frequency chain adjustment")
 
 
 def test_the_model_runs_as_a_background_task(provider, sample_servers, sample_archive, tmp_path):

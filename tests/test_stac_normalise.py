@@ -1,4 +1,4 @@
-"""The one normaliser, on every real STAC page in ../shared/realdata."""
+"""The one normaliser, on every real STAC page in tests/data (Earth Search v0/v1, Planetary Computer)."""
 from __future__ import annotations
 
 import json
@@ -100,17 +100,36 @@ def test_prerelease_payload_with_old_property_names(realdata):
     assert s.datatake_id == "S2A_A038080"  # from the granule id's absolute orbit
 
 
-def test_scene_cloud_is_the_sum_of_cloud_classes(realdata):
-    """Earth Search v1: eo:cloud_cover = medium + high probability cloud + thin cirrus."""
-    n = 0
-    for page in _pages(realdata):
-        for f in _features(page):
-            p = f["properties"]
-            if f.get("collection") == "sentinel-2-l2a" and "s2:thin_cirrus_percentage" in p:
-                total = p["s2:high_proba_clouds_percentage"] + p["s2:medium_proba_clouds_percentage"] + p["s2:thin_cirrus_percentage"]
-                assert normalise_item(f).scene_cloud == pytest.approx(total, abs=5e-6)  # 3e-6 plus rounding of the 6-decimal values
-                n += 1
-    assert n >= 20
+# eo:cloud_cover as each catalogue published it, typed from the item pages (percent of the product):
+# one item per catalogue form the normaliser reads, including a 0 that must stay 0
+PUBLISHED_SCENE_CLOUD = [
+    ("earthsearch_stac/es_v1_search_cc-lte-40_2024-04-19_page2.json", "S2A_37WDS_20240419_0_L2A", 89.501828),
+    ("earthsearch_stac/es_v1_search_cc-lte-40_2024-04-19_page2.json", "S2A_T37WDS_20240419T090557_L2A", 89.501828),
+    ("earthsearch_stac/es_v1_search_cc-lte-40_2024-08-09_page1.json", "S2B_25LBG_20240809_0_L2A", 0.548947),
+    ("earthsearch_stac/es_v1_search_cc-lte-40_2024-05-17_page1.json", "S2B_34RDT_20240517_0_L2A", 0.060121),
+    ("earthsearch_stac/es_v0_search_mixed_10items_2025-05.json", "S2B_55JHN_20241003_0_L2A", 22.11),
+    ("earthsearch_stac/es_v0_search_mixed_10items_2025-05.json", "S2B_16PBT_20230506_0_L2A", 100.0),
+    ("earthsearch_stac/es_v0_search_sentinel-s2-l2a-cogs_limit1_2025-07-31.json", "S2B_20EPT_20250731_0_L2A", 0.0),
+    ("earthsearch_stac/es_v1prerelease_payload_sentinel2-l2a-j2k_2022-10.json", "S2A_52HGH_20221007_0_L2A", 78.295034),
+    ("planetary_computer_stac/pc_search_sentinel-2-l2a_2019-01-01_33items.json",
+     "S2A_MSIL2A_20190101T000001_R116_T58VFH_20201007T214652", 93.616579),
+    ("planetary_computer_stac/pc_item_S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json",
+     "S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531", 0.314306),
+    ("planetary_computer_stac/pc_itemcollection_site1-20200606-tall-strip-africa.geojson",
+     "S2B_MSIL2A_20200606T080609_R078_T35LNE_20200826T094846", 16.400486),
+]
+
+
+@pytest.mark.parametrize("page, item_id, published", PUBLISHED_SCENE_CLOUD, ids=[i for _, i, _ in PUBLISHED_SCENE_CLOUD])
+def test_scene_cloud_is_the_published_cloud_cover_in_percent(realdata, page, item_id, published):
+    """scene_cloud is the item's eo:cloud_cover in percent, as the catalogue published it, whatever
+    the catalogue's other property names; without eo:cloud_cover it is unknown (None), never 0."""
+    feature = next(f for f in _features(realdata / page) if f["id"] == item_id)
+    scene = normalise_item(feature)
+    assert scene.scene_cloud == pytest.approx(published, abs=1e-9)
+    without = json.loads(json.dumps(feature))
+    del without["properties"]["eo:cloud_cover"]
+    assert normalise_item(without).scene_cloud is None
 
 
 def test_client_side_filter_drops_what_the_server_let_through(realdata):

@@ -49,7 +49,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .progress import NullProgress, Progress, check_cancel
+from ..core.progress import NullProgress, Progress, check_cancel
 
 SCL_NODATA, SCL_DEFECTIVE, SCL_DARK, SCL_SHADOW, SCL_VEGETATION, SCL_NOT_VEGETATED = 0, 1, 2, 3, 4, 5
 SCL_WATER, SCL_UNCLASSIFIED, SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH, SCL_CIRRUS, SCL_SNOW = 6, 7, 8, 9, 10, 11
@@ -1242,7 +1242,7 @@ def aoi_lonlat(archive: str | Path) -> tuple[float, float, float, float]:
 
 
 def main(argv: Iterable[str] | None = None) -> None:
-    """``python -m core.sample_archive OUT [--full] [--max-datatakes N]``."""
+    """``python -m cloud_probability.sampledata.sample_archive OUT [--full] [--max-datatakes N]``."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Write the Cloud Probability sample archive.")
