@@ -426,17 +426,21 @@ def _densify(geometry, parts: int = 16):
     return geometry
 
 
-def window_grid(href: str, area, area_epsg: int, resolution: float | None = None, halo_m: float = 0.0) -> Grid | None:
+def window_grid(href: str, area, area_epsg: int, resolution: float | None = None, halo_m: float = 0.0,
+                clip: bool = True) -> Grid | None:
     """The grid of ``href``'s own pixels (or of whole multiples of them for a coarser
-    ``resolution``) around ``area``, from the header only; None when the area misses it."""
+    ``resolution``) around ``area``, from the header only; None when the area misses it.
+    ``clip`` as for :func:`grid_around`."""
     with open_source(href) as src:
-        return grid_around(src.crs, src.transform, src.width, src.height, area, area_epsg, resolution, halo_m)
+        return grid_around(src.crs, src.transform, src.width, src.height, area, area_epsg, resolution, halo_m, clip)
 
 
 def grid_around(crs, transform, width: int, height: int, area, area_epsg: int, resolution: float | None = None,
-                halo_m: float = 0.0) -> Grid | None:
+                halo_m: float = 0.0, clip: bool = True) -> Grid | None:
     """The part of a raster grid (``crs``, ``transform``, size) around ``area``, in whole pixels
-    (or whole multiples of them for a coarser ``resolution``); None when the area misses it."""
+    (or whole multiples of them for a coarser ``resolution``); None when the area misses it.
+    ``clip`` False: the whole area on the raster's lattice, beyond the raster's edges too (for
+    an acquisition whose other products cover the rest)."""
     from rasterio.transform import Affine
 
     native = abs(transform.a)
@@ -446,12 +450,12 @@ def grid_around(crs, transform, width: int, height: int, area, area_epsg: int, r
     # entering a GDAL environment for plain affine arithmetic: it cost as much as the rest)
     inverse = ~transform
     cols, rows = zip(*(inverse * corner for corner in ((xmin, ymax), (xmax, ymax), (xmax, ymin), (xmin, ymin))))
-    col0 = max(0, math.floor(min(cols)))
-    row0 = max(0, math.floor(min(rows)))
-    col1 = min(width, math.ceil(max(cols)))
-    row1 = min(height, math.ceil(max(rows)))
-    if col1 <= col0 or row1 <= row0:
-        return None
+    col0, row0 = math.floor(min(cols)), math.floor(min(rows))
+    col1, row1 = math.ceil(max(cols)), math.ceil(max(rows))
+    if min(width, col1) <= max(0, col0) or min(height, row1) <= max(0, row0):
+        return None  # the area misses the raster
+    if clip:
+        col0, row0, col1, row1 = max(0, col0), max(0, row0), min(width, col1), min(height, row1)
     factor = max(1, int(round(resolution / native))) if resolution and resolution > native * 1.0001 else 1
     rows = int(math.ceil((row1 - row0) / factor))
     cols = int(math.ceil((col1 - col0) / factor))

@@ -232,8 +232,11 @@ def _sequential_masks(products, spec, grid, lookup, overviews):
             return  # covered: the other products of this acquisition add nothing
 
 
-def _grid_from_metadata(scene: Scene, key: str, area, area_epsg: int, resolution: float, halo_m: float):
-    """The grid from the item's ``proj:`` fields (no request), or False when they are missing."""
+def _grid_from_metadata(scene: Scene, key: str, area, area_epsg: int, resolution: float, halo_m: float,
+                        clip: bool = False):
+    """The grid from the item's ``proj:`` fields (no request), or False when they are missing:
+    the whole area on the product's lattice, beyond its raster too unless ``clip`` (the
+    acquisition's other products fill the rest: an area across MGRS tiles counts every pixel)."""
     from rasterio.transform import Affine
 
     item = scene.item
@@ -253,19 +256,22 @@ def _grid_from_metadata(scene: Scene, key: str, area, area_epsg: int, resolution
     transform = Affine(*values[:6])
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
         return False  # only north-up grids are taken on trust
-    return grid_around(f"EPSG:{int(epsg)}", transform, int(shape[1]), int(shape[0]), area, area_epsg, resolution, halo_m)
+    return grid_around(f"EPSG:{int(epsg)}", transform, int(shape[1]), int(shape[0]), area, area_epsg, resolution, halo_m,
+                       clip=clip)
 
 
-def _first_grid(scene: Scene, spec: MaskSpec, area, area_epsg: int, resolution: float, halo_m: float) -> Grid | None:
+def _first_grid(scene: Scene, spec: MaskSpec, area, area_epsg: int, resolution: float, halo_m: float,
+                clip: bool = False) -> Grid | None:
     """The grid of the first product: its own pixels (or overview-sized pixels) around the
-    area, from its header alone (its data is read once, onto this grid)."""
+    whole area, beyond its raster's edges too unless ``clip`` (its data is read once, onto this
+    grid; the other products fill what it does not cover)."""
     key = {"scl": spec.asset or "scl", "score": spec.asset}.get(spec.source, "red")
     href = asset_href(scene, key) or asset_href(scene, "red") or asset_href(scene, "B04")
     if not href:
         raise MaskError(f"Scene {scene.item_id} has no '{key}' asset.")
-    grid = _grid_from_metadata(scene, key, area, area_epsg, resolution, halo_m)
+    grid = _grid_from_metadata(scene, key, area, area_epsg, resolution, halo_m, clip)
     if grid is False:
-        grid = window_grid(href, area, area_epsg, resolution=resolution, halo_m=halo_m)
+        grid = window_grid(href, area, area_epsg, resolution=resolution, halo_m=halo_m, clip=clip)
     if grid is not None and spec.source == "s2cloudless" and abs(grid.resolution - resolution) > 1e-6:
         # s2cloudless reads bands at several resolutions: define the grid at ``resolution``
         from rasterio.transform import Affine
@@ -295,7 +301,8 @@ def observe(
     try:
         grid = None
         for scene in members:
-            grid = _first_grid(scene, spec, area, area_epsg, resolution, halo)
+            # one product: its own raster; several: the whole area, which the others fill
+            grid = _first_grid(scene, spec, area, area_epsg, resolution, halo, clip=len(members) == 1)
             if grid is not None:
                 obs.scenes = [scene] + [s for s in obs.scenes if s is not scene]
                 break

@@ -182,10 +182,6 @@ def test_sample_archive_area_fraction_equals_the_generator_truth(sample_servers,
     assert len(combined) == 2 and any(total == 2 * valid > 0 for total, valid in combined.values()), combined
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core.screening puts an acquisition on its first product's grid clipped to that product's raster "
-    "(reading.grid_around), so the area's pixels beyond the first tile are never counted: 1,520 of the "
-    "area's 3,602 here. Remove this mark with the fix."))
 def test_area_across_the_utm_boundary_counts_each_pixel_once(sample_servers, sample_archive):
     """A 1.2 km area across 0° E, covered by four tiles in two UTM zones: per acquisition, every
     pixel of the area counted once, from whichever product has data there, as the generator drew
