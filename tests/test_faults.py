@@ -1842,7 +1842,7 @@ def test_a_composite_without_a_clear_observation_is_an_error(cog_server, tmp_pat
 @pytest.mark.fault("inputs", "error")
 def test_cloudfrequency_area_outside_every_scene(provider, scenes_gpkg, tmp_path):
     """The fault server's 30 real items lie in Libya; an area in London is outside all of them."""
-    import processing
+    from qgis import processing
     from qgis.core import QgsProcessingException
 
     outputs = _frequency_outputs(tmp_path)
@@ -2012,7 +2012,7 @@ def test_zones_nowhere_on_the_raster_are_an_error(tmp_path):
 @pytest.mark.fault("inputs", "error")
 def test_zonalstatistics_with_counts_off_the_grid_writes_nothing(provider, tmp_path):
     import geopandas as gpd
-    import processing
+    from qgis import processing
     from qgis.core import QgsProcessingException
     from shapely.geometry import box
 
