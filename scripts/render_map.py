@@ -41,6 +41,9 @@ def attribution(start: date, end: date) -> str:
     return f"Contains modified Copernicus Sentinel data {years}"
 
 
+PAGE_WIDTH_MM = 297  # A4 landscape
+
+
 def title_text(measure: str, place: str, start: date, end: date) -> str:
     name = MEASURES[measure][0]
     annual = (start.month, start.day, end.month, end.day) == (1, 1, 12, 31) and start.year == end.year
@@ -116,9 +119,15 @@ def build_layout(project, layer, place: str, start: date, end: date, measure: st
     layout = QgsPrintLayout(project)
     layout.initializeDefaults()
     layout.setName("Cloud probability per small area")
-    layout.pageCollection().page(0).setPageSize(QgsLayoutSize(297, 210, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
+    layout.pageCollection().page(0).setPageSize(
+        QgsLayoutSize(PAGE_WIDTH_MM, 210, QgsUnitTypes.LayoutUnit.LayoutMillimeters))
 
-    title = _label(layout, title_text(measure, place, start, end), 17, bold=True)
+    # the title on one line across the page: a long place name takes a smaller size, never the edge
+    for size in (17, 15, 13, 12, 11, 10):
+        title = _label(layout, title_text(measure, place, start, end), size, bold=True)
+        if title.sizeWithUnits().width() <= PAGE_WIDTH_MM - 20 or size == 10:
+            break
+        layout.removeLayoutItem(title)
     _place(title, 10, 7)
     subtitle = _label(layout, f"{MEASURES[measure][0]}: {MEASURES[measure][1]}, Sentinel-2 L2A; "
                               "per small area, the area-weighted mean of its pixels", 9)

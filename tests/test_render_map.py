@@ -94,6 +94,15 @@ def test_the_layout_has_what_a_printed_map_needs(qgis_app, small_areas, tmp_path
             if node.layer() is layer:
                 classes.append(child.data(Qt.ItemDataRole.DisplayRole))
     assert sum(t.count("%") for t in texts + [legend.title()]) == 1
+    # every text lies whole on the page, with a long place name too (the demo's title once ran
+    # past the page's right edge)
+    for place in ("Greenwich, London", "Royal Borough of Greenwich, London (sample archive, synthetic)"):
+        built = render_map.build_layout(QgsProject.instance(), layer, place, date(2024, 1, 1), date(2024, 12, 31))
+        page = built.pageCollection().page(0).sceneBoundingRect()
+        texts_on_page = [i for i in built.items() if isinstance(i, QgsLayoutItemLabel)]
+        assert any(place in i.text() for i in texts_on_page)
+        for item in texts_on_page:
+            assert page.contains(item.sceneBoundingRect()), (item.text(), item.sceneBoundingRect(), page)
     statement = next(t for t in texts if t.startswith("Classes: equal intervals"))
     step = float(re.search(r"of ([\d.]+) percentage points", statement).group(1))
     bounds = [tuple(float(v) for v in c.split(" – ")) for c in classes]
