@@ -112,7 +112,7 @@ def zonal(paths) -> dict:
         "STATISTICS": [0, 2, 4, 5, 6], "OUTPUT": QgsProcessing.TEMPORARY_OUTPUT}, feedback=QgsProcessingFeedback())
     t_qgis = time.monotonic() - t0
     qgis_means = {f["code"]: f["q_mean"] for f in result["OUTPUT"].getFeatures()}
-    ours_means = dict(zip(ours["code"], ours["cloud_prob_mean"]))
+    ours_means = dict(zip(ours["code"], ours["probability_mean"]))
     diffs = np.array([abs(ours_means[k] - v) for k, v in qgis_means.items() if v is not None and not np.isnan(ours_means[k])])
     return {"zones": len(zones), "cells": SIZE * SIZE, "ours_s": t_ours, "qgis_s": t_qgis,
             "mean_abs_diff": float(diffs.mean()), "max_abs_diff": float(diffs.max()), "compared": int(len(diffs))}
