@@ -114,3 +114,21 @@ def served_scenes(running):
 
     items = json.loads((running.workdir / "served_items.json").read_text())["features"]
     return [normalise_item(i) for i in items]
+
+
+def self_signed_certificate(folder: Path):
+    """A self-signed certificate for 127.0.0.1 made by openssl in ``folder``: (certificate file,
+    server SSL context), for the loopback TLS servers of the tests."""
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is installed by `make test` (Makefile APT_PACKAGES)"
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    return cert, tls

@@ -322,7 +322,7 @@ def test_server_that_never_answers_hits_the_deadline(faults):
     out, took = _timed(search_scenes, _request(faults.url("hang"), timeout=2.0))
     assert isinstance(out, SearchError), out
     assert str(out).startswith(f"The STAC API at 127.0.0.1:{faults.port} did not answer within 2 s.")
-    assert 1.5 < took < BOUND_S
+    assert took < BOUND_S  # returned: the deadline, not the server, ended the wait (the message says which)
     assert faults.hits["hang"] == before + 1  # a timeout is not retried: it would only multiply the wait
     assert not _workers_left()
 
@@ -788,7 +788,6 @@ def test_an_area_geometry_without_area_is_refused(qgis_app):
 # cause, the four others must be exactly what they are without it, memory must stay bounded.
 
 import ipaddress  # noqa: E402
-import shutil  # noqa: E402
 import ssl  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
@@ -839,7 +838,7 @@ def _tiff(width: int, height: int, tile_w: int, tile_h: int, tiles: list[bytes],
         34735: (3, keys), 42113: (2, b"0\0"),
     }
     tags = {k: v for k, v in sorted(tags.items()) if k not in drop}
-    sizes, codes = {2: 1, 3: 2, 4: 4, 12: 8}, {3: "H", 4: "I", 12: "d"}
+    codes = {3: "H", 4: "I", 12: "d"}
     ifd_size = 2 + 12 * len(tags) + 4
     extra_at = 8 + ifd_size
     blobs, entries = [], []
@@ -1025,7 +1024,6 @@ def cog_files(tmp_path_factory) -> dict:
 def _flipped(cog: bytes) -> bytes:
     """``cog`` with one bit flipped inside its first tile, at a place where the old reader
     (zlib stopping at the output length, before the checksum) returned wrong pixels silently."""
-    import rasterio
     from rasterio.io import MemoryFile
 
     with MemoryFile(cog) as mem, mem.open() as ds:
@@ -1370,15 +1368,9 @@ def test_loopback_assets_only_for_a_catalogue_on_loopback(cog_server, cog_baseli
 @pytest.fixture(scope="module")
 def tls_cog_server(cog_files, tmp_path_factory):
     """The same COGs over TLS (an openssl-made certificate for 127.0.0.1)."""
-    openssl = shutil.which("openssl")
-    assert openssl, "openssl is installed by `make test` (Makefile APT_PACKAGES)"
-    folder = tmp_path_factory.mktemp("fault-tls")
-    key, cert = folder / "key.pem", folder / "cert.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert, key)
+    from conftest import self_signed_certificate
+
+    cert, tls = self_signed_certificate(tmp_path_factory.mktemp("fault-tls"))
     server = CogFaultServer(cog_files["bytes"], tls)
     server.cert = cert
     yield server

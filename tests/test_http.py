@@ -6,10 +6,7 @@ https)."""
 from __future__ import annotations
 
 import http.server
-import os
-import shutil
 import ssl
-import subprocess
 import threading
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -207,16 +204,9 @@ def test_a_kept_alive_connection_closed_by_the_server_is_retried_at_once(scripte
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1, made by openssl: (certificate file, server context)."""
-    openssl = shutil.which("openssl")
-    assert openssl, "openssl is installed by `make test` (Makefile APT_PACKAGES)"
-    folder = tmp_path_factory.mktemp("tls")
-    key, cert = folder / "key.pem", folder / "cert.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert, key)
-    return cert, tls
+    from conftest import self_signed_certificate
+
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def test_https_with_a_trusted_certificate_and_a_clear_failure_without(certificate, monkeypatch):
