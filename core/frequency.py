@@ -53,6 +53,10 @@ CACHE_VERSION = 2  # bump when tile results change for the same inputs
 PROBABILITY_NODATA = -9999.0
 MEASURES = ("frequency", "mean_probability")
 MEAN_NODATA_CLASSES = (0,)  # the mean measure's own rule: only SCL "no data" is no observation
+# What one observation of a pixel is: "datatake", one per acquisition (its products combined, the
+# documented method); "product", one per STAC item, items of the same datetime fused band by band
+# (what odc.stac.load does by default, and so the 2024 release's published code: docs/variants.md)
+OBSERVATIONS = ("datatake", "product")
 
 
 class FrequencyError(Exception):
@@ -88,6 +92,35 @@ def periods_for(mode: str, scenes: list[Scene]) -> list[Period]:
         out.append(Period(f"{year:04d}-{month:02d}", start, datetime(nyear, nmonth, 1, tzinfo=times[0].tzinfo)))
         year, month = nyear, nmonth
     return out
+
+
+def group_by_product(scenes: list[Scene]) -> list[list[Scene]]:
+    """One group per STAC datetime, as odc.stac.load groups items by default (``groupby="time"``):
+    items of exactly the same datetime are one layer, ordered by item id within it (its order for
+    fusing), every other item is a layer of its own; layers oldest first."""
+    groups: dict[datetime, list[Scene]] = {}
+    for scene in scenes:
+        groups.setdefault(parse_datetime(scene.datetime), []).append(scene)
+    return [sorted(groups[when], key=lambda s: s.item_id) for when in sorted(groups)]
+
+
+def observation_id(group: list[Scene], observations: str = "datatake") -> str:
+    """The name of one observation (a group of products) in warnings, caches and unreadable lists."""
+    if observations == "product":
+        return "+".join(s.item_id for s in group)
+    return group[0].datatake_id
+
+
+def _check_one_year_per_band(groups, periods: list[Period]) -> None:
+    """The 2024 release's code makes one layer per calendar year (``groupby("time.year")``): counting
+    as it does, a band across two years would be a number it never makes."""
+    for band, period in enumerate(periods):
+        years = sorted({parse_datetime(s.datetime).year for g, b in groups if b == band for s in g})
+        if len(years) > 1:
+            raise FrequencyError(
+                f"Counting one observation per product, as the 2024 release's code does, makes one layer per calendar "
+                f"year; the scenes of band '{period.label}' span {years[0]}–{years[-1]}. Search scenes within one "
+                "calendar year (e.g. 2024-01-01 to 2024-12-31), or count one observation per acquisition.")
 
 
 def grid_for_area(bounds: tuple[float, float, float, float], crs, resolution: float) -> Grid:
@@ -247,6 +280,41 @@ def datatake_probability_on_grid(
     return valid, (np.zeros(grid.shape, np.uint8) if percent is None else percent)
 
 
+def fused_probability_on_grid(
+    products: list[Scene], grid: Grid, lookup: GridLookup, asset: str = "cloud",
+    nodata_classes: tuple[int, ...] = MEAN_NODATA_CLASSES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One layer of items sharing a datetime, fused as odc.stac.load fuses them: band by band,
+    each pixel from the first item (in ``products``' order) whose value there is not the band's
+    no data (0 for both ``scl`` and ``cloud``), so the SCL and the probability of a pixel can come
+    from different items. Returns (valid, percent) as :func:`datatake_probability_on_grid` does:
+    valid where the fused SCL is not one of ``nodata_classes``; percent the fused probability
+    there (0 where not valid), values above 100 counting as no observation."""
+    if len(products) == 1:  # nothing to fuse: one product's SCL and probability
+        return datatake_probability_on_grid(products, grid, lookup, asset, nodata_classes)
+    identity = np.arange(256, dtype=np.uint8)
+    scl = np.zeros(grid.shape, np.uint8)
+    percent = None
+    for scene in products:
+        scl_href, value_href = scene.asset_href("scl"), scene.asset_href(asset)
+        if not scl_href or not value_href:  # the same sentences as an unfused acquisition's
+            return datatake_probability_on_grid([scene], grid, lookup, asset, nodata_classes)
+        classes = classes_on_grid(scl_href, grid, identity, 0, lookup=lookup)
+        np.copyto(scl, classes, where=scl == 0, casting="unsafe")
+        values, _ = read_on_grid(value_href, grid, lookup=lookup)
+        kind = values.dtype if values.dtype.kind in "ui" and values.dtype.itemsize <= 2 else np.dtype(np.float32)
+        if percent is None:
+            percent = np.zeros(grid.shape, kind)
+        elif percent.dtype != kind and kind.kind == "f":
+            percent = percent.astype(np.float32)
+        np.copyto(percent, values, where=percent == 0, casting="unsafe")
+    table = np.ones(256, bool)
+    table[list(nodata_classes)] = False
+    valid = table[scl] & (percent <= 100)
+    percent[~valid] = 0
+    return valid, percent
+
+
 FIXED_POINT = 10_000  # a probability in percent is summed as round(percent × 10⁴), an integer:
 # sums of integers do not depend on the order the acquisitions arrive in, so a run is the same
 # bit for bit whatever its threads or workers do (and exact for Earth Search's whole percents)
@@ -269,6 +337,7 @@ class TileJob:
     probability_asset: str = "cloud"
     nodata_classes: tuple = MEAN_NODATA_CLASSES
     concurrency: int = 4
+    observations: str = "datatake"
 
 
 class _Counts:
@@ -339,7 +408,7 @@ def _combine(counts: list[_Counts], job: TileJob) -> dict:
 def compute_tile(job: TileJob, progress: Progress | None = None, report=None) -> dict:
     """Count one tile: ``valid`` (uint16), ``cloudy`` (uint16 count, or for the mean the int64
     sum of percent × :data:`FIXED_POINT`), ``squares`` (mean only, Σ of their squares),
-    ``pixel_obs`` and ``unreadable`` ({datatake id: message} of the acquisitions it could not
+    ``pixel_obs`` and ``unreadable`` ({observation id: message} of the acquisitions it could not
     read, which it leaves out). ``report(k, n)`` is told after each acquisition.
 
     Each of the ``concurrency`` threads reads an acquisition and adds it to counts of its own,
@@ -363,8 +432,8 @@ def compute_tile(job: TileJob, progress: Progress | None = None, report=None) ->
         check_cancel(progress)
         with http.owned_by(progress):  # Cancel stops this acquisition's requests in flight
             if job.mean:  # its reads that go through GDAL enter GDAL's HTTP settings themselves
-                observed = datatake_probability_on_grid(group, job.grid, lookup, job.probability_asset,
-                                                        job.nodata_classes)
+                combine = fused_probability_on_grid if job.observations == "product" else datatake_probability_on_grid
+                observed = combine(group, job.grid, lookup, job.probability_asset, job.nodata_classes)
             else:
                 with gdal_http_env():
                     observed = datatake_mask_on_grid(group, job.spec, job.grid, lookup)
@@ -386,7 +455,8 @@ def compute_tile(job: TileJob, progress: Progress | None = None, report=None) ->
                 try:
                     future.result()
                 except (ReadError, MaskError) as exc:
-                    unreadable.setdefault(group[0].datatake_id, f"{', '.join(s.item_id for s in group)}: {exc}")
+                    unreadable.setdefault(observation_id(group, job.observations),
+                                          f"{', '.join(s.item_id for s in group)}: {exc}")
                 if report:
                     report(k, len(job.chosen))
         except BaseException:
@@ -413,6 +483,7 @@ def cloud_frequency(
     nodata_classes: tuple[int, ...] | None = None,
     fail_on_read_error: bool = False,
     scheduler=None,
+    observations: str = "datatake",
 ) -> FrequencyResult:
     """Count valid observations of ``scenes`` on ``grid`` with their cloudy share, and write the rasters.
 
@@ -432,6 +503,11 @@ def cloud_frequency(
     and listed in ``<probability>.unreadable.csv``; ``fail_on_read_error`` stops the run instead.
     Tiles are cached under a name made of what they read: a re-run resumes every tile whose
     scenes did not change.
+
+    ``observations`` ``datatake`` (the documented method): one observation per acquisition, its
+    products combined; ``product`` (the 2024 release's published code): one per STAC item, items
+    of exactly the same datetime fused band by band as odc.stac.load fuses them, so a pixel in the
+    overlap of two MGRS tiles of one acquisition counts twice (:func:`group_by_product`).
 
     ``scheduler`` (a Dask scheduler address or ``distributed.Client``) runs the tiles as tasks
     on its workers, each reading with ``concurrency`` threads; the outputs are bit for bit those
@@ -454,17 +530,22 @@ def cloud_frequency(
             raise FrequencyError("The mean cloud probability takes its validity from the SCL: use the SCL mask source.")
     elif nodata_classes:
         spec = replace(spec, invalid_classes=tuple(nodata_classes))
+    if observations not in OBSERVATIONS:
+        raise FrequencyError(f"Unknown observations '{observations}'; choose one of {', '.join(OBSERVATIONS)}.")
     periods = periods or [Period("all")]
     if len(periods) > 400:
         raise FrequencyError(f"{len(periods)} periods is too many bands.")
     groups = []
-    for group in group_by_datatake(scenes):
+    obs_id = lambda group: observation_id(group, observations)  # noqa: E731
+    for group in (group_by_product if observations == "product" else group_by_datatake)(scenes):
         when = min(parse_datetime(s.datetime) for s in group)
         band = next((i for i, p in enumerate(periods) if p.contains(when)), None)
         if band is not None:
             groups.append((group, band))
     if not groups:
         raise FrequencyError("No scenes fall in the period.")
+    if observations == "product":
+        _check_one_year_per_band(groups, periods)
     if len(groups) > np.iinfo(np.uint16).max:
         raise FrequencyError("More than 65535 acquisitions: split the period.")
 
@@ -478,6 +559,8 @@ def cloud_frequency(
             footprints[s.item_id] = prep(shape(s.geometry)) if s.geometry else None
 
     measure_key = [measure, probability_asset, list(nodata_classes or ())] if mean else [measure]
+    if observations != "datatake":  # the datatake key as before, so earlier runs' tiles still resume
+        measure_key.append(observations)
     key = _cache_key(grid, spec, periods, tile_px, measure_key)
     remove_stale_parts(*outputs.values(), os.path.splitext(outputs["probability"])[0] + ".unreadable.csv")
     _check_overlap(grid, footprints)
@@ -531,12 +614,12 @@ def cloud_frequency(
             for r0, c0, h, w in tiles:
                 check_cancel(progress)
                 tile_grid = _sub_grid(grid, r0, c0, h, w, halo)
-                chosen = [(g, b) for g, b in tile_groups(tile_grid) if g[0].datatake_id not in unreadable]
+                chosen = [(g, b) for g, b in tile_groups(tile_grid) if obs_id(g) not in unreadable]
                 path = cache / f"tile_{r0}_{c0}_{_tile_key(chosen)}.npz"
                 obs = cached(path)
                 if obs is None:
                     jobs.append(TileJob(r0, c0, h, w, tile_grid, chosen, len(periods), halo, spec, mean,
-                                        probability_asset, tuple(nodata_classes or ()), concurrency))
+                                        probability_asset, tuple(nodata_classes or ()), concurrency, observations))
                     continue
                 if first_pass:
                     resumed += 1  # finished by an earlier run
@@ -558,7 +641,7 @@ def cloud_frequency(
                     unreadable.setdefault(datatake, message)
                 # named by what it holds: a datatake another tile found unreadable meanwhile is
                 # still in it, so the next pass recomputes it without
-                chosen = [(g, b) for g, b in job.chosen if g[0].datatake_id not in failed]
+                chosen = [(g, b) for g, b in job.chosen if obs_id(g) not in failed]
                 path = cache / f"tile_{job.r0}_{job.c0}_{_tile_key(chosen)}.npz"
                 store.save(path, arrays, _save_tile)  # a name of this run's own, then renamed: runs never collide
                 tile_paths[(job.r0, job.c0)] = path
@@ -585,12 +668,14 @@ def cloud_frequency(
 
         check_cancel(progress)
         tags = {"measure": measure, "unreadable_acquisitions": str(len(unreadable))}
+        if observations != "datatake":
+            tags["observations"] = observations
         if mean:
             tags.update(probability_asset=probability_asset, nodata_classes=",".join(map(str, nodata_classes)))
         else:
             tags["mask"] = json.dumps({k: v for k, v in asdict(spec).items() if k != "extra"})
         stats = _write_outputs(grid, tiles, tile_paths, periods, outputs, tags, len(groups) - len(unreadable), mean)
-        unreadable_csv = _write_unreadable(outputs["probability"], unreadable, groups)
+        unreadable_csv = _write_unreadable(outputs["probability"], unreadable, groups, observations)
     except BaseException:
         store.release()
         raise
@@ -616,7 +701,8 @@ def _save_tile(path: Path, arrays: dict) -> None:
                 np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
 
 
-def _write_unreadable(probability_path: str, unreadable: dict[str, str], groups) -> str | None:
+def _write_unreadable(probability_path: str, unreadable: dict[str, str], groups,
+                      observations: str = "datatake") -> str | None:
     """``<probability>.unreadable.csv``: each acquisition left out, its products and the error."""
     import csv
 
@@ -625,7 +711,7 @@ def _write_unreadable(probability_path: str, unreadable: dict[str, str], groups)
         if os.path.exists(path):
             os.remove(path)  # a stale list from an earlier run would name what is now counted
         return None
-    products = {g[0].datatake_id: [s.item_id for s in g] for g, _ in groups}
+    products = {observation_id(g, observations): [s.item_id for s in g] for g, _ in groups}
     tmp = f"{path}.part-{os.getpid()}"
     with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)

@@ -20,6 +20,7 @@ neighbourhoods overlap.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -52,9 +53,16 @@ def load_fit(fit_from, method: str) -> dict:
             raise FitError(f"Cannot read the fit to reuse, {fit_from}: {exc.strerror or exc}.") from exc
         except ValueError as exc:
             raise FitError(f"The fit to reuse, {fit_from}, is not JSON ({exc}).") from exc
-    keys = {"reference": ("intercept", "slope", "median_deviation_pct", "kernel_size", "threshold_pct"),
+    deviation_keys = ("intercept", "slope", "median_deviation_pct", "kernel_size", "threshold_pct")
+    keys = {"reference": deviation_keys, "published": deviation_keys,
             "counts": ("names", "coefficients", "intercept", "means")}[method]
-    other = "counts" if method == "reference" else "reference"
+    other = "counts" if method != "counts" else "reference"
+    if isinstance(fit, dict) and method != "counts" and all(k in fit for k in keys):
+        # the documented and the published deviation fits have the same keys: the report names its method
+        made = next((m for m, text in _REPORT_METHOD.items() if fit.get("method") == text), "reference")
+        if made != method:
+            raise FitError(f"{where} holds a fit of the other method ('{_METHOD_NAMES[made]}'); this run uses "
+                           f"'{_METHOD_NAMES[method]}': reuse a fit made with the same method.")
     if not isinstance(fit, dict) or not all(k in fit for k in keys):
         marker = {"reference": "slope", "counts": "coefficients"}[other]
         if isinstance(fit, dict) and marker in fit:
@@ -66,7 +74,13 @@ def load_fit(fit_from, method: str) -> dict:
 
 
 _METHOD_NAMES = {"reference": "Reference: deviation from the acquisition-weighted neighbourhood",
+                 "published": "As published (2024 release): deviation pooled over both bands",
                  "counts": "Smoothed counts, regression on covariates"}
+_REPORT_METHOD = {"reference": "reference: deviation from the acquisition-weighted neighbourhood",
+                  "published": "published 2024 release: lag on the deviation pooled over both bands"}
+_REPORT_FORMULA = {"reference": "adjusted = p - slope * (d' - median_deviation_pct)",
+                   "published": "adjusted = lag - slope * (d' - median_deviation_pct), d = 100 (lag - x) / x, "
+                                "x = p (band 1, adjusted) or n (band 2, adjusted_count)"}
 
 
 @dataclass
@@ -357,6 +371,8 @@ class ReferenceAdjustment:
     mean_before: float
     mean_after: float
     fit_from: str | None = None  # the .regression.json whose a, b and m were applied instead of fitting
+    rows_left_out: int = 0  # published variant: rows (pixel × band) whose deviation is undefined, no data
+    pixels_without_observation: int = 0  # published variant: pixels with n = 0 (its code's fit fails on them)
 
 
 def neighbourhood_deviation(cloudy: np.ndarray, valid: np.ndarray, size: int = 21):
@@ -459,7 +475,8 @@ def _exact_order_statistic(rank: int, hist: _Histogram, histogram_of, collect, c
 
 @dataclass(frozen=True)
 class _Strip:
-    """Rows [r0, r1) of the counts, read with their halo [h0, h1)."""
+    """Rows [r0, r1) of the counts, read with their halo [h0, h1); ``published`` for the 2024
+    release's pooled rows (:func:`published_rows`) instead of the documented deviation."""
 
     cloudy_path: str
     valid_path: str
@@ -469,17 +486,46 @@ class _Strip:
     r1: int
     h0: int
     h1: int
+    published: bool = False
 
     def deviation(self):
-        """(p, lag, d) of the strip's own rows (:func:`neighbourhood_deviation`)."""
+        """(y, lag, d, x) of the strip's own rows: the regressand, the lag, the deviation and the
+        pixel values it is taken from. Documented: y = x = p (:func:`neighbourhood_deviation`);
+        published: y = the lag and x = (p, n), one layer per band (:func:`published_rows`)."""
         import rasterio
         from rasterio.windows import Window
 
         window = Window(0, self.h0, self.width, self.h1 - self.h0)
         with rasterio.open(self.cloudy_path) as dc, rasterio.open(self.valid_path) as dv:
-            p, lag, d = neighbourhood_deviation(dc.read(1, window=window), dv.read(1, window=window), self.size)
+            cloudy, valid = dc.read(1, window=window), dv.read(1, window=window)
         core = slice(self.r0 - self.h0, self.r1 - self.h0)
-        return p[core], lag[core], d[core]
+        if self.published:
+            y, lag, d, x = published_rows(cloudy, valid, self.size)
+            return y[:, core], lag[core], d[:, core], x[:, core]
+        p, lag, d = neighbourhood_deviation(cloudy, valid, self.size)
+        return p[core], lag[core], d[core], p[core]
+
+
+def published_rows(cloudy: np.ndarray, valid: np.ndarray, size: int = 21):
+    """The 2024 release's table of one window (its notebook, cells 16–20), as arrays: one layer
+    per band of its two-band raster, band 1 = p (float32, NaN where n = 0), band 2 = n.
+
+    Its ``.join(lag, lsuffix='_wy')`` puts the suffix on the *pixel* column, so what it calls the
+    probability is the lag: for each row with pixel value x, d = 100·(lag − x)/x, computed as
+    pandas computes it on float32 columns; the regressand y is the lag on both bands' rows.
+    Returns (y (2, h, w) float64, lag (h, w) float64, d (2, h, w) float64, x (2, h, w) float32);
+    d is NaN where the code's would be infinite or undefined (x = 0 or missing, no lag)."""
+    p, lag, _ = neighbourhood_deviation(cloudy, valid, size)
+    x = np.stack([p, valid.astype(np.float64)]).astype(np.float32)
+    lag32 = lag.astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d32 = lag32[None] - x
+        d32 *= np.float32(100.0)
+        d32 /= x
+    d = d32.astype(np.float64)
+    d[~np.isfinite(d)] = np.nan
+    y = np.broadcast_to(lag32.astype(np.float64), x.shape)
+    return y, lag, d, x
 
 
 FIRST_BINS = (-100.0, 1000.0, 1 << 16)  # d ≥ −100 (p ≥ 0, lag > 0); bins of 0.017 points to 1000 %
@@ -488,11 +534,12 @@ FIRST_BINS = (-100.0, 1000.0, 1 << 16)  # d ≥ −100 (p ≥ 0, lag > 0); bins 
 def _strip_sums(job, progress=None) -> dict:
     """Pass 1 of a strip: its lag (float32), the sums of the fit, and d's first histogram."""
     strip, threshold = job
-    p, lag, d = strip.deviation()
-    has_p = ~np.isnan(p)
-    out = dict(lag=np.where(np.isnan(lag), NODATA, lag).astype(np.float32), p_sum=float(p[has_p].sum()),
+    p, lag, d, x = strip.deviation()  # p: the regressand (the lag's rows for the published variant)
+    before = x[0] if strip.published else x  # the probability before the adjustment
+    has_p = ~np.isnan(before)
+    out = dict(lag=np.where(np.isnan(lag), NODATA, lag).astype(np.float32), p_sum=float(before[has_p].sum()),
                p_count=int(has_p.sum()), n_fit=0, n_in=0, p=0.0, pp=0.0, p_in=0.0, d_out=0.0, dd_out=0.0,
-               pd_out=0.0, d_max=-np.inf)
+               pd_out=0.0, d_max=-np.inf, no_observation=int(np.count_nonzero(x[1] == 0)) if strip.published else 0)
     hist = _Histogram(*FIRST_BINS)
     ok = ~np.isnan(d)  # d defined implies p defined
     if ok.any():
@@ -527,12 +574,21 @@ def _strip_collect(job, progress=None):
 
 
 def _strip_adjusted(job, progress=None):
-    """Pass 3 of a strip: adjusted = p − b·(d' − m) (float32, no data −9999) and its sum."""
+    """Pass 3 of a strip: adjusted = p − b·(d' − m) (float32, no data −9999) and its sum.
+
+    Published variant: lag − b·(d' − m) for both bands' rows (a layer each), no data where d is
+    undefined (where the published code's fit fails); the sum is band 1's."""
     strip, b, m, threshold = job
-    p, _, d = strip.deviation()
+    p, _, d, _ = strip.deviation()
     shift = np.where(np.abs(d) > threshold, b * (d - m), 0.0)  # NaN d compares False: unchanged
     adjusted = p - shift
-    return np.where(np.isnan(adjusted), NODATA, adjusted).astype(np.float32), float(np.nansum(adjusted))
+    if strip.published:
+        adjusted[np.isnan(d)] = np.nan
+        band1 = adjusted[0]
+    else:
+        band1 = adjusted
+    return (np.where(np.isnan(adjusted), NODATA, adjusted).astype(np.float32), float(np.nansum(band1)),
+            int(np.count_nonzero(~np.isnan(band1))))
 
 
 def reference_adjustment(
@@ -574,18 +630,63 @@ def reference_adjustment(
     median passes): runs over different extents then give the same adjusted value wherever a
     pixel's neighbourhood lies inside both. R² is then that fit's on these pixels.
     """
+    return _deviation_adjustment(cloudy_path, valid_path, out_smoothed, out_adjusted, None, size, threshold_pct,
+                                 memory_mb, progress, scheduler, fit_from, published=False)
+
+
+def published_adjustment(
+    cloudy_path: str,
+    valid_path: str,
+    out_smoothed: str,
+    out_adjusted: str | None = None,
+    out_adjusted_count: str | None = None,
+    size: int = 21,
+    threshold_pct: float = 5.0,
+    memory_mb: float = 400.0,
+    progress: Progress | None = None,
+    scheduler=None,
+    fit_from=None,
+) -> ReferenceAdjustment:
+    """The adjustment as the 2024 release's published code computes it (docs/variants.md), exactly,
+    in strips: its two-band raster (band 1 p = 100·cloudy/valid, band 2 n = valid) as one table
+    of rows, one per band and pixel, x the row's value:
+
+        lag = K0∗(p·n) / K0∗n              as the documented method's
+        d   = 100·(lag − x)/x              the join's suffix lands on the pixel column
+        m   = median of d over the rows of both bands (exact)
+        d'  = d where |d| > threshold_pct, else m
+        OLS lag = a + b·d' over the rows of both bands (scikit-learn's LinearRegression)
+        result = lag − b·(d' − m)          for every row, no clipping
+
+    ``out_adjusted`` holds band 1's rows (what the published table's ``probability_*`` columns
+    describe), ``out_adjusted_count`` band 2's (its ``acquisition_count_*`` columns: a surface
+    near the lag, not a count). A row whose d the published code cannot make (a pixel without
+    observations, a 0 % pixel, no neighbour with data) stops that code; here it is no data in
+    the result, left out of the median and the fit, and counted in the report
+    (``rows_left_out``, ``pixels_without_observation``). ``fit_from`` reuses a previous run's
+    fit of this variant. Written as :func:`reference_adjustment` writes: ``out_smoothed`` = lag.
+    """
+    return _deviation_adjustment(cloudy_path, valid_path, out_smoothed, out_adjusted, out_adjusted_count, size,
+                                 threshold_pct, memory_mb, progress, scheduler, fit_from, published=True)
+
+
+def _deviation_adjustment(cloudy_path, valid_path, out_smoothed, out_adjusted, out_adjusted_count, size,
+                          threshold_pct, memory_mb, progress, scheduler, fit_from, published) -> ReferenceAdjustment:
+    """The strips, the exact median and the fit of :func:`reference_adjustment` and
+    :func:`published_adjustment` (``published``: the pooled rows of :func:`published_rows`)."""
     import rasterio
     from rasterio.windows import Window
 
     from .executor import executor_for
 
     progress = progress or NullProgress()
-    remove_stale_parts(out_smoothed, out_adjusted)  # left by a run killed while writing
+    remove_stale_parts(out_smoothed, out_adjusted, *([out_adjusted_count] if out_adjusted_count else []))
     if size < 3 or size % 2 == 0:
         raise ValueError("The kernel size must be an odd number of pixels, at least 3 (e.g. 21).")
     if not threshold_pct >= 0:
         raise ValueError("The deviation threshold must be 0 or more (percent).")
-    fixed = None if fit_from is None else load_fit(fit_from, "reference")
+    method = "published" if published else "reference"
+    fixed = None if fit_from is None else load_fit(fit_from, method)
     if fixed is not None and (int(fixed["kernel_size"]), float(fixed["threshold_pct"])) != (size, float(threshold_pct)):
         raise FitError(f"The fit to reuse was made with a {int(fixed['kernel_size'])}-pixel kernel and a "
                        f"{float(fixed['threshold_pct']):g} % threshold; this run asks for {size} pixels and "
@@ -594,7 +695,8 @@ def reference_adjustment(
     height, width = profile["height"], profile["width"]
     reach = size // 2
     rows = _strip_rows_for(width, reach, memory_mb)
-    strips = [_Strip(str(cloudy_path), str(valid_path), size, width, *bounds) for bounds in _strips(height, rows, reach)]
+    strips = [_Strip(str(cloudy_path), str(valid_path), size, width, *bounds, published=published)
+              for bounds in _strips(height, rows, reach)]
     executor = executor_for(scheduler, local_threads=LOCAL_THREADS)
     steps = [0, 3 * len(strips)]
 
@@ -608,7 +710,7 @@ def reference_adjustment(
     written = [tmp_smoothed]
     try:
         # pass 1: lag written; the sums of the fit and d's first histogram, added in strip order
-        keys = ("p_sum", "p_count", "n_fit", "n_in", "p", "pp", "p_in", "d_out", "dd_out", "pd_out")
+        keys = ("p_sum", "p_count", "n_fit", "n_in", "p", "pp", "p_in", "d_out", "dd_out", "pd_out", "no_observation")
         s = dict.fromkeys(keys, 0)
         first = _Histogram(*FIRST_BINS)
         d_max = -np.inf
@@ -667,32 +769,44 @@ def reference_adjustment(
         ss_res = s["pp"] - 2 * (a * s["p"] + b * sum_pd) + (a * a * n_fit + 2 * a * b * sum_d + b * b * sum_dd)
         r2 = float(1.0 - ss_res / ss_tot) if ss_tot > 0 else 0.0
 
-        # pass 3: adjusted = p − b·(d' − m)
+        # pass 3: adjusted = p − b·(d' − m) (published: lag − b·(d' − m), both bands)
         shifted = n_fit - n_in if b != 0.0 else 0
-        after_sum = 0.0
-        if out_adjusted:
-            tmp_adjusted = f"{out_adjusted}.part-{os.getpid()}.tif"
-            written.append(tmp_adjusted)
-            with rasterio.open(tmp_adjusted, "w", **profile) as out:
+        after_sum, after_count = 0.0, 0
+        targets = [t for t in (out_adjusted, out_adjusted_count if published else None) if t]
+        tmp_adjusted = {t: f"{t}.part-{os.getpid()}.tif" for t in targets}
+        written.extend(tmp_adjusted.values())
+        if targets:
+            with contextlib.ExitStack() as stack:
+                outs = [stack.enter_context(rasterio.open(tmp_adjusted[t], "w", **profile)) if t else None
+                        for t in (out_adjusted, out_adjusted_count if published else None)]
                 jobs = [(strip, b, m, threshold_pct) for strip in strips]
-                for strip, (adjusted, total) in zip(strips, each(_strip_adjusted, jobs)):
+                for strip, (adjusted, total, count) in zip(strips, each(_strip_adjusted, jobs)):
                     after_sum += total
-                    out.write(adjusted[None], window=Window(0, strip.r0, width, strip.r1 - strip.r0))
+                    after_count += count
+                    layers = adjusted if published else adjusted[None]
+                    for out, layer in zip(outs, layers):
+                        if out is not None:
+                            out.write(layer[None], window=Window(0, strip.r0, width, strip.r1 - strip.r0))
         p_count = s["p_count"]
         result = ReferenceAdjustment(
             intercept=a, slope=b, median_deviation_pct=m, r2=r2, pixels=int(n_fit), shifted=int(shifted),
             threshold_pct=float(threshold_pct), kernel_size=int(size),
             mean_before=s["p_sum"] / p_count if p_count else float("nan"),
-            mean_after=(after_sum / p_count if (p_count and out_adjusted) else float("nan")),
+            mean_after=(after_sum / after_count if (after_count and out_adjusted) else float("nan")),
             fit_from=None if fixed is None or isinstance(fit_from, dict) else str(fit_from),
         )
+        if published:
+            result.rows_left_out = int(2 * height * width - n_fit)
+            result.pixels_without_observation = int(s["no_observation"])
         os.replace(tmp_smoothed, out_smoothed)
         written.remove(tmp_smoothed)
+        for target, tmp in tmp_adjusted.items():
+            os.replace(tmp, target)
+            written.remove(tmp)
         if out_adjusted:
-            os.replace(tmp_adjusted, out_adjusted)
-            written.remove(tmp_adjusted)
-            report = dict(asdict(result), method="reference: deviation from the acquisition-weighted neighbourhood",
-                          formula="adjusted = p - slope * (d' - median_deviation_pct)")
+            report = dict(asdict(result), method=_REPORT_METHOD[method], formula=_REPORT_FORMULA[method])
+            if not published:
+                del report["rows_left_out"], report["pixels_without_observation"]
             with open(os.path.splitext(out_adjusted)[0] + ".regression.json", "w") as fh:
                 json.dump(report, fh, indent=1)
         progress.set_progress(100.0)

@@ -204,44 +204,19 @@ def _zonal_batch(job, progress=None):
     return pd.DataFrame(part, index=batch.index)
 
 
-def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """The median of ``values`` weighted by ``weights``: the smallest value whose cumulative
-    weight reaches half the total, the mean of it and the next at an exact tie — numpy's
-    median when the weights are equal. (exactextract 0.3's own median merges equal values
-    and interpolates between distinct ones: [1, 1, 2] gives 1.5.)"""
-    ok = (weights > 0) & np.isfinite(values)
-    v, w = values[ok], weights[ok]
-    if not len(v):
-        return float("nan")
-    order = np.argsort(v, kind="stable")
-    v, cum = v[order], np.cumsum(w[order])
-    half = cum[-1] / 2.0
-    i = int(np.searchsorted(cum, half * (1 - 1e-12), side="left"))
-    if abs(cum[i] - half) <= 1e-9 * cum[-1] and i + 1 < len(v):
-        return float((v[i] + v[i + 1]) / 2.0)
-    return float(v[i])
-
-
 def _cell_statistics(path: str, zones, prefix: str, geographic: bool, transform) -> dict[str, np.ndarray]:
     """``<prefix>_mean``, ``_median``, ``_min``, ``_max``, ``_stdev`` (coverage-weighted; on a
-    geographic grid by covered area) and ``_count`` (covered cells) of one raster per zone."""
+    geographic grid by covered area) and ``_count`` (covered cells) of one raster per zone, all
+    exactextract's own: its median too (the one the published 2024 table has), so the plugin has
+    one definition of a median. exactextract's median of cells weighted by their coverage
+    interpolates between distinct values ([1, 1, 2] with equal weights gives 1.5, not 1)."""
     from exactextract import exact_extract
 
     weight = "(coverage_weight=area_spherical_m2)" if geographic else ""
-    ops = [f"mean{weight}", "min", "max", f"stdev{weight}", "count", "values", "coverage"]
-    ops += ["center_y"] if geographic else []
+    names = ["mean", "median", "min", "max", "stdev", "count"]
+    ops = [f"{name}{weight}" if name in ("mean", "median", "stdev") else name for name in names]
     table = exact_extract(path, zones, ops, output="pandas")
-    medians = []
-    for k in range(len(table)):
-        values, coverage = np.asarray(table.iloc[k, 5], float), np.asarray(table.iloc[k, 6], float)
-        if geographic:  # a cell's share of the sphere: the sines of its edges' latitudes
-            half = abs(transform.e) / 2.0
-            lat = np.radians(np.asarray(table.iloc[k, 7], float))
-            coverage = coverage * (np.sin(lat + np.radians(half)) - np.sin(lat - np.radians(half)))
-        medians.append(weighted_median(values, coverage))
-    out = {f"{prefix}_{name}": table.iloc[:, k].to_numpy(float) for k, name in enumerate(["mean", "min", "max", "stdev", "count"])}
-    out[f"{prefix}_median"] = np.array(medians)
-    return out
+    return {f"{prefix}_{name}": table.iloc[:, k].to_numpy(float) for k, name in enumerate(names)}
 
 
 def _check_overlap(work, raster_bounds: tuple, crs) -> None:

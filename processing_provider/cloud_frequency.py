@@ -16,7 +16,7 @@ from qgis.core import (
 )
 
 from .base import CloudProbAlgorithm, with_help
-from ..core.frequency import MEASURES, FrequencyError, cloud_frequency, periods_for
+from ..core.frequency import MEASURES, OBSERVATIONS, FrequencyError, cloud_frequency, periods_for
 from ..core.masks import MaskError, parse_classes
 from ..core.progress import Cancelled
 from .common import (
@@ -46,6 +46,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
     PERIOD = "PERIOD"
     CONCURRENCY = "CONCURRENCY"
     MEASURE = "MEASURE"
+    OBSERVATIONS = "OBSERVATIONS"
     PROBABILITY_ASSET = "PROBABILITY_ASSET"
     NODATA_CLASSES = "NODATA_CLASSES"
     FAIL_ON_READ_ERROR = "FAIL_ON_READ_ERROR"
@@ -71,6 +72,11 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             "duplicates of one datatake are combined, and scenes from several UTM zones are resampled (nearest, "
             "exact) onto the grid. Valid = every SCL class but no data (0) and defective (1); cloudy = the "
             "cloud classes (8, 9, 10 by default), plus shadows (3) when asked.\n\n"
+            "'Observations' 'One per product, as published (2024 release)' counts as the reference dataset's "
+            "published code does (odc.stac.load's default grouping): one observation per STAC item, items of "
+            "exactly the same datetime fused band by band, so a pixel where two MGRS tiles of one acquisition "
+            "overlap counts twice; its period must lie within one calendar year (the code makes one layer per "
+            "year). See docs/variants.md for what it changes.\n\n"
             "Grid: the extent in the target CRS (default: the extent's CRS if projected, else the UTM zone of "
             "its centre; EPSG:27700 for the UK) at the resolution, edges on multiples of the resolution; or the "
             "grid of an existing raster. Period: one band for the whole period, or one per month.\n\n"
@@ -102,6 +108,13 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             options=[self.tr("Cloud frequency (SCL)"), self.tr("Mean cloud probability")], defaultValue=0),
             self.tr("Cloud frequency: SCL cloudy / valid observations. Mean cloud probability: the mean of the "
                     "probability asset over the observations with data (the reference product's).")))
+        self.addParameter(with_help(QgsProcessingParameterEnum(
+            self.OBSERVATIONS, self.tr("Observations"),
+            options=[self.tr("One per acquisition (datatake)"), self.tr("One per product, as published (2024 release)")],
+            defaultValue=0),
+            self.tr("One per acquisition (default, the documented method): the products of one datatake counted "
+                    "once per pixel. One per product: each STAC item counts, same-datetime items fused, as the "
+                    "2024 release's code does (overlaps of MGRS tiles count twice).")))
         self.addParameter(with_help(QgsProcessingParameterString(
             self.PROBABILITY_ASSET, self.tr("Probability asset (0–100 %)"), "cloud"),
             self.tr("Read by the mean cloud probability; Earth Search Collection 1 calls it 'cloud'.")))
@@ -158,6 +171,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
                     "cloud probability needs Earth Search Collection 1 (collection 'sentinel-2-c1-l2a'), whose items "
                     "carry Sen2Cor's 'cloud' probability; or choose the cloud frequency measure.")
         periods = periods_for(PERIODS[self.parameterAsEnum(parameters, self.PERIOD, context)], scenes)
+        observations = OBSERVATIONS[self.parameterAsEnum(parameters, self.OBSERVATIONS, context)]
         outputs = {
             "probability": output_path(self, parameters, self.OUTPUT_PROBABILITY, context, "tif"),
             "valid": output_path(self, parameters, self.OUTPUT_VALID, context, "tif"),
@@ -168,7 +182,9 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         }
         feedback.pushInfo(
             f"Grid {grid.shape[1]} × {grid.shape[0]} pixels of {grid.resolution:g} m in {grid.crs}; "
-            f"{len(scenes)} scenes, {len({s.datatake_id for s in scenes})} acquisitions; {len(periods)} band(s); "
+            f"{len(scenes)} scenes, {len({s.datatake_id for s in scenes})} acquisitions "
+            f"({'one observation per product, as published' if observations == 'product' else 'one observation per acquisition'}); "
+            f"{len(periods)} band(s); "
             f"measure: {'mean of ' + repr(asset) if measure == 'mean_probability' else 'cloud frequency'}."
         )
         executor = scheduler_from_parameters(self, parameters, context, feedback)
@@ -180,7 +196,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
                     progress=FeedbackProgress(feedback), measure=measure, probability_asset=asset,
                     nodata_classes=nodata_classes,
                     fail_on_read_error=self.parameterAsBool(parameters, self.FAIL_ON_READ_ERROR, context),
-                    scheduler=executor,
+                    scheduler=executor, observations=observations,
                 )
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; finished tiles are kept and a re-run resumes from them. Nothing was written."))

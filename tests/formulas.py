@@ -125,3 +125,28 @@ def weighted_mean(values: np.ndarray, zone, transform, nodata=None) -> tuple[flo
     if not has.any():
         return float("nan"), 0.0
     return float((v[has] * shares[has]).sum() / shares[has].sum()), float(shares[has].sum())
+
+
+def exactextract_median(values, weights=None) -> float:
+    """The median as exactextract computes it (its ``WeightedQuantiles``, src/weighted_quantiles.cpp,
+    transcribed): equal values are merged into one element with the sum of their weights
+    (coverage fractions); with the elements sorted by value, x_1 < … < x_n with weights w_i and
+    C_i = w_1 + … + w_(i−1), s_i = (i − 1)·w_i + (n − 1)·C_i; h = s_n / 2; the median is x where
+    s reaches h, interpolated linearly in s between the two elements around it (x_n when h = s_n).
+    [1, 1, 2] with equal weights gives 1.5; equal weights over distinct values give numpy's median."""
+    v = np.asarray(values, float).ravel()
+    w = np.ones_like(v) if weights is None else np.asarray(weights, float).ravel()
+    keep = (w > 0) & np.isfinite(v)
+    x, inverse = np.unique(v[keep], return_inverse=True)
+    if not len(x):
+        return float("nan")
+    wx = np.bincount(inverse, weights=w[keep])
+    n = len(x)
+    cum = np.concatenate([[0.0], np.cumsum(wx)[:-1]])
+    s = np.arange(n) * wx + (n - 1) * cum
+    h = 0.5 * s[-1]
+    right = int(np.searchsorted(s, h, side="right"))
+    if right >= n:
+        return float(x[-1])
+    left = right - 1
+    return float(x[left] + (h - s[left]) * (x[right] - x[left]) / (s[right] - s[left]))
