@@ -32,6 +32,9 @@ from .cache import remove_stale_parts
 from .progress import NullProgress, Progress
 
 NODATA = -9999.0
+# the GeoTIFF tag on the published variant's outputs: "1" (its band-1 rows, the probability) or "2"
+# (its band-2 rows, which the published table calls acquisition_count_* but are no count)
+PUBLISHED_TAG = "CLOUDPROB_PUBLISHED_2024_BAND"
 
 
 class FitError(ValueError):
@@ -779,6 +782,9 @@ def _deviation_adjustment(cloudy_path, valid_path, out_smoothed, out_adjusted, o
             with contextlib.ExitStack() as stack:
                 outs = [stack.enter_context(rasterio.open(tmp_adjusted[t], "w", **profile)) if t else None
                         for t in (out_adjusted, out_adjusted_count if published else None)]
+                for band, out in enumerate(outs, start=1):
+                    if published and out is not None:  # read by zonal statistics: band 2 is no count
+                        out.update_tags(**{PUBLISHED_TAG: str(band)})
                 jobs = [(strip, b, m, threshold_pct) for strip in strips]
                 for strip, (adjusted, total, count) in zip(strips, each(_strip_adjusted, jobs)):
                     after_sum += total

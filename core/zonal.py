@@ -53,6 +53,16 @@ class ZonalResult:
     no_data: list[str] = field(default_factory=list)  # ids without a cell with data
 
 
+def _published_band2(path: str) -> bool:
+    """Whether ``path`` is the 2024 release's adjusted band 2 (cloudprob:smoothprobability, METHOD=2)."""
+    import rasterio
+
+    from .smoothing import PUBLISHED_TAG
+
+    with rasterio.open(path) as ds:
+        return ds.tags().get(PUBLISHED_TAG) == "2"
+
+
 def _same_grid(a: str, b: str) -> bool:
     import rasterio
 
@@ -114,6 +124,13 @@ def zonal_statistics(
             raise ZonalError(f"The {what} raster is not on the probability raster's grid (size, transform and CRS).")
     if spread_path and not valid_path:
         raise ZonalError("The interval needs the acquisition counts (VALID) besides the spread.")
+    interval = bool(valid_path) and not _published_band2(valid_path)
+    if valid_path and not interval:
+        progress.warning(
+            "The 'acquisition count' raster is the 2024 release's adjusted band 2 (as published): its "
+            "acquisition_count_* columns describe that surface, not numbers of acquisitions, and the 95 % "
+            "interval, which needs real counts, is left empty.")
+        spread_path = None
     with rasterio.open(raster_path) as ds:
         crs, transform, raster_bounds = ds.crs, ds.transform, tuple(ds.bounds)
         geographic = ds.crs.is_geographic
@@ -155,8 +172,8 @@ def zonal_statistics(
         # batches of areas: exactextract reads each area's window, and the cells it hands back
         # for the medians are those of one batch, never the raster's; on a Dask cluster each
         # batch is a task, and the parts are put together in the same order
-        jobs = [(raster_path, valid_path, spread_path, work.iloc[start:start + batch_size], geographic, transform)
-                for start in range(0, len(work), batch_size)]
+        jobs = [(raster_path, valid_path, spread_path, work.iloc[start:start + batch_size], geographic, transform,
+                 interval) for start in range(0, len(work), batch_size)]
         parts = []
         executor = executor_for(scheduler)
         try:
@@ -186,13 +203,15 @@ def _zonal_batch(job, progress=None):
     import pandas as pd
     from exactextract import exact_extract
 
-    raster_path, valid_path, spread_path, batch, geographic, transform = job
+    raster_path, valid_path, spread_path, batch, geographic, transform, interval = job
     part = _cell_statistics(raster_path, batch, "probability", geographic, transform)
     part["covered_cells"] = part.pop("probability_count")
     if valid_path:
         counts = _cell_statistics(valid_path, batch, "acquisition_count", geographic, transform)
         for s in PROBABILITY_STATS:
             part[f"acquisition_count_{s}"] = counts[f"acquisition_count_{s}"]
+        if not interval:
+            return pd.DataFrame(part, index=batch.index)
         mean = part["probability_mean"]
         if spread_path:
             weight = "(coverage_weight=area_spherical_m2)" if geographic else ""

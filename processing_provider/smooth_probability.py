@@ -15,7 +15,7 @@ from qgis.core import (
 
 from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
-from ..core.smoothing import reference_adjustment, smooth_probability
+from ..core.smoothing import published_adjustment, reference_adjustment, smooth_probability
 from .common import add_scheduler_parameter, output_path, scheduler_from_parameters
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
@@ -43,6 +43,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
     FIT_FROM = "FIT_FROM"
     OUTPUT_SMOOTHED = "OUTPUT_SMOOTHED"
     OUTPUT_ADJUSTED = "OUTPUT_ADJUSTED"
+    OUTPUT_ADJUSTED_COUNT = "OUTPUT_ADJUSTED_COUNT"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(
@@ -55,6 +56,16 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             "neighbourhood are unchanged; outliers (building edges, orbit seams) are pulled toward it. The "
             "smoothed output is lag. a, b, m, R² and the pixels shifted go to the log and to a .regression.json "
             "file beside the adjusted raster.\n\n"
+            "Method 'As published (2024 release)': what the reference dataset's published code computes, exactly "
+            "(docs/variants.md says how it differs). Its two-band raster (p, n) becomes one table of rows, one per "
+            "band and pixel, x the row's value; the lag as above; d = 100 × (lag − x) / x (the code's join puts the "
+            "pixel and the lag the other way round); m = the median of d over the rows of both bands; d' = d "
+            "beyond the threshold, else m; least squares lag = a + b × d' over both bands' rows; result = lag − "
+            "b × (d' − m). 'Adjusted probability' holds band 1's rows (the published probability_* columns), "
+            "'Adjusted band 2' band 2's (the published acquisition_count_* columns: a surface near the lag, not a "
+            "count). Pixels without observations, 0 % pixels and pixels without neighbours stop the published "
+            "code; here they are no data, counted in the log and the .regression.json. Use counts made with one "
+            "observation per product to reproduce the published table.\n\n"
             "Method 'Smoothed counts': acquisition-weighted smoothing of the counts from 'Per-pixel cloud probability': smoothed = "
             "K∗cloudy / K∗valid in percent, with a box or Gaussian kernel of the given size (pixels, odd). "
             "Pixels with more acquisitions weigh more and pixels without data weigh nothing; beyond the "
@@ -79,10 +90,12 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.VALID, self.tr("Valid observations")))
         self.addParameter(with_help(QgsProcessingParameterEnum(
             self.METHOD, self.tr("Method"),
-            options=[self.tr("Smoothed counts"), self.tr("Reference adjustment")], defaultValue=0),
+            options=[self.tr("Smoothed counts"), self.tr("Reference adjustment"),
+                     self.tr("As published (2024 release)")], defaultValue=0),
             self.tr("Smoothed counts: smoothed cloudy / smoothed valid counts, regression on covariates. Reference "
                     "adjustment: each pixel's deviation from its acquisition-weighted neighbourhood (the reference "
-                    "product's).")))
+                    "product's documented method). As published: the 2024 release's code, exactly (pooled over "
+                    "the probability and count bands, pixel and lag swapped).")))
         self.addParameter(QgsProcessingParameterNumber(
             self.KERNEL_SIZE, self.tr("Kernel size (pixels, odd)"), QgsProcessingParameterNumber.Type.Integer, 21,
             False, 1, 1001))
@@ -106,6 +119,11 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             self.tr("The smoothed probability, or with the reference adjustment the neighbourhood's (lag).")))
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_ADJUSTED, self.tr("Adjusted probability (%)"), optional=True))
+        self.addParameter(with_help(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_ADJUSTED_COUNT, self.tr("Adjusted band 2, as published (not a count)"), optional=True,
+            createByDefault=False),
+            self.tr("Method 'As published' only: the 2024 release's adjusted band-2 rows, which its table calls "
+                    "acquisition_count_*. Give it to zonal statistics as VALID to reproduce that table.")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         cloudy = self.parameterAsRasterLayer(parameters, self.CLOUDY, context)
@@ -123,9 +141,15 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         fit_from = (self.parameterAsFile(parameters, self.FIT_FROM, context) or "").strip() or None
         if fit_from and not adjust:
             feedback.pushWarning(self.tr("No adjustment asked for: the fit to reuse is not used."))
-        if self.parameterAsEnum(parameters, self.METHOD, context) == 1:
+        method = self.parameterAsEnum(parameters, self.METHOD, context)
+        if method in (1, 2):
+            out_count = None
+            if method == 2 and adjust:
+                out_count = output_path(self, parameters, self.OUTPUT_ADJUSTED_COUNT, context, "tif")
+            elif parameters.get(self.OUTPUT_ADJUSTED_COUNT) not in (None, ""):
+                feedback.pushWarning(self.tr("'Adjusted band 2' is made only by the method 'As published'."))
             return self._reference(parameters, context, feedback, cloudy.source(), valid.source(), size, out_smoothed,
-                                   out_adjusted, executor, fit_from)
+                                   out_adjusted, executor, fit_from, out_count if method == 2 else False)
         try:
             with core_logging_to(feedback):
                 result = smooth_probability(
@@ -154,35 +178,57 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         return outputs
 
     def _reference(self, parameters, context, feedback, cloudy, valid, size, out_smoothed, out_adjusted, executor,
-                   fit_from=None):
+                   fit_from=None, out_count=False):
+        """The documented reference adjustment, or with ``out_count`` not False the published one."""
+        published = out_count is not False
         threshold = self.parameterAsDouble(parameters, self.DEVIATION_THRESHOLD, context)
         if self.parameterAsEnum(parameters, self.KERNEL_SHAPE, context) != 0 or \
                 self.parameterAsLayerList(parameters, self.COVARIATES, context):
-            feedback.pushWarning(self.tr("The reference method uses a box kernel and no covariates; "
+            feedback.pushWarning(self.tr("The reference methods use a box kernel and no covariates; "
                                          "the kernel shape and covariates are ignored."))
+        common = dict(size=size, threshold_pct=threshold, progress=FeedbackProgress(feedback), scheduler=executor,
+                      fit_from=fit_from if out_adjusted else None)
         try:
             with core_logging_to(feedback):
-                result = reference_adjustment(cloudy, valid, out_smoothed, out_adjusted, size=size,
-                                              threshold_pct=threshold, progress=FeedbackProgress(feedback),
-                                              scheduler=executor, fit_from=fit_from if out_adjusted else None)
+                if published:
+                    result = published_adjustment(cloudy, valid, out_smoothed, out_adjusted, out_count, **common)
+                else:
+                    result = reference_adjustment(cloudy, valid, out_smoothed, out_adjusted, **common)
         except Cancelled:
             feedback.pushWarning(self.tr("Cancelled; nothing was written."))
             return {}
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from exc
         feedback.pushInfo(_fit_origin(result.fit_from))
-        feedback.pushInfo(
-            f"Reference adjustment: p = {result.intercept:.4f} + {result.slope:+.6f} × d' (percent per percent of "
-            f"deviation); median deviation m = {result.median_deviation_pct:.4f} %; R² {result.r2:.4f} over "
-            f"{result.pixels} pixels; {result.shifted} pixels deviating more than {result.threshold_pct:g} % shifted; "
-            f"mean {result.mean_before:.2f} % → {result.mean_after:.2f} %."
-        )
+        if published:
+            feedback.pushInfo(
+                f"As published (2024 release): lag = {result.intercept:.4f} + {result.slope:+.6f} × d' over the rows of "
+                f"both bands; median deviation m = {result.median_deviation_pct:.4f} %; R² {result.r2:.4f} over "
+                f"{result.pixels} rows; {result.shifted} rows deviating more than {result.threshold_pct:g} % shifted; "
+                f"mean probability {result.mean_before:.2f} % → {result.mean_after:.2f} %.")
+            if result.rows_left_out:
+                feedback.pushWarning(
+                    f"{result.rows_left_out} rows (pixel × band) have no deviation — {result.pixels_without_observation} "
+                    "pixels without any observation, the rest 0 % pixels or pixels without neighbours — and are no data "
+                    "in both results; the published code stops on them (infinite deviations in its fit).")
+        else:
+            feedback.pushInfo(
+                f"Reference adjustment: p = {result.intercept:.4f} + {result.slope:+.6f} × d' (percent per percent of "
+                f"deviation); median deviation m = {result.median_deviation_pct:.4f} %; R² {result.r2:.4f} over "
+                f"{result.pixels} pixels; {result.shifted} pixels deviating more than {result.threshold_pct:g} % "
+                f"shifted; mean {result.mean_before:.2f} % → {result.mean_after:.2f} %."
+            )
         StylePostProcessor.attach(context, out_smoothed, "cloud_probability.qml",
                                   name="Neighbourhood cloud probability (%)")
         outputs = {self.OUTPUT_SMOOTHED: out_smoothed}
         if out_adjusted:
-            StylePostProcessor.attach(context, out_adjusted, "cloud_probability.qml", name="Adjusted cloud probability (%)")
+            name = "Adjusted cloud probability, as published (%)" if published else "Adjusted cloud probability (%)"
+            StylePostProcessor.attach(context, out_adjusted, "cloud_probability.qml", name=name)
             outputs[self.OUTPUT_ADJUSTED] = out_adjusted
+        if published and out_count:
+            StylePostProcessor.attach(context, out_count, "cloud_probability.qml",
+                                      name="Adjusted band 2, as published (not a count)")
+            outputs[self.OUTPUT_ADJUSTED_COUNT] = out_count
         return outputs
 
 

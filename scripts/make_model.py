@@ -47,7 +47,8 @@ def build():
                     "21×21 neighbourhood; and exact area-weighted mean, median, min, max and standard deviation of the "
                     "adjusted probability and of the acquisition count per small area, with a 95 % interval "
                     "(GeoPackage and CSV). Measure 0 and method 0 give the cloud-frequency chain instead (SCL cloudy / "
-                    "valid, smoothed counts with a regression on the smoothed count). The adjustment's fit depends "
+                    "valid, smoothed counts with a regression on the smoothed count). Variant 1 reproduces the "
+                    "dataset's published 2024 release exactly (docs/variants.md). The adjustment's fit depends "
                     "on the extent: the same area in a larger run can move.",
     })
 
@@ -79,6 +80,15 @@ def build():
     method.setHelp("Smoothed counts: regression on the smoothed count. Reference adjustment: each pixel's deviation "
                    "from its acquisition-weighted neighbourhood (the reference product's).")
     param(method, 120, 660)
+    variant = QgsProcessingParameterEnum("VARIANT", "Variant", ["The documented method", "As published (2024 release)"],
+                                         defaultValue=0)
+    variant.setHelp("The documented method (default): one observation per acquisition and the reference adjustment as "
+                    "the dataset describes it. As published (2024 release): what the dataset's published code "
+                    "computes, to reproduce its table: one observation per STAC item, the deviation pooled over the "
+                    "probability and count bands, and acquisition_count_* columns that describe its adjusted band 2, "
+                    "not counts; overrides Measure and Adjustment; the period must lie within one calendar year. "
+                    "docs/variants.md says how the two differ.")
+    param(variant, 120, 780)
     scheduler = QgsProcessingParameterString("DASK_SCHEDULER", "Dask scheduler address", "", optional=True)
     scheduler.setHelp("A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786; empty: run on this computer.")
     scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
@@ -114,7 +124,9 @@ def build():
         "SCENES": Source.fromChildOutput("search", "OUTPUT"), "AOI": p("AOI"), "TARGET_CRS": p("TARGET_CRS"),
         "RESOLUTION": p("RESOLUTION"), "MASK_SOURCE": Source.fromStaticValue(0), "CLOUD_CLASSES": Source.fromStaticValue("8,9,10"),
         "COUNT_SHADOWS": Source.fromStaticValue(False), "BUFFER": Source.fromStaticValue(0.0), "PERIOD": Source.fromStaticValue(0),
-        "CONCURRENCY": Source.fromStaticValue(4), "MEASURE": p("MEASURE"),
+        "CONCURRENCY": Source.fromStaticValue(4), "MEASURE": Source.fromExpression("if(@VARIANT = 1, 1, @MEASURE)"),
+        "OBSERVATIONS": Source.fromExpression("if(@VARIANT = 1, 1, 0)"),
+        "FAIL_ON_READ_ERROR": Source.fromStaticValue(False),
         "PROBABILITY_ASSET": Source.fromStaticValue("cloud"), "NODATA_CLASSES": Source.fromStaticValue(""),
         "DASK_SCHEDULER": p("DASK_SCHEDULER"),
     }, {"OUTPUT_PROBABILITY": ("PROBABILITY", "Raw cloud probability (%)"),
@@ -124,13 +136,17 @@ def build():
         "CLOUDY": Source.fromChildOutput("frequency", "OUTPUT_CLOUDY"),
         "VALID": Source.fromChildOutput("frequency", "OUTPUT_VALID"),
         "KERNEL_SIZE": Source.fromStaticValue(21), "KERNEL_SHAPE": Source.fromStaticValue(0),
-        "ADJUST": Source.fromStaticValue(True), "METHOD": p("METHOD"), "DEVIATION_THRESHOLD": Source.fromStaticValue(5.0),
+        "ADJUST": Source.fromStaticValue(True), "METHOD": Source.fromExpression("if(@VARIANT = 1, 2, @METHOD)"), "DEVIATION_THRESHOLD": Source.fromStaticValue(5.0),
         "DASK_SCHEDULER": p("DASK_SCHEDULER"),
     }, {"OUTPUT_SMOOTHED": ("SMOOTHED", "Smoothed cloud probability (%)"),
-        "OUTPUT_ADJUSTED": ("ADJUSTED", "Adjusted cloud probability (%)")})
+        "OUTPUT_ADJUSTED": ("ADJUSTED", "Adjusted cloud probability (%)"),
+        "OUTPUT_ADJUSTED_COUNT": ("ADJUSTED_COUNT", "Adjusted band 2, as published (not a count)")})
     child("cloudprob:zonalstatistics", "zonal", "Cloud probability per small area", 420, 540, {
         "INPUT_RASTER": Source.fromChildOutput("smoothing", "OUTPUT_ADJUSTED"), "ZONES": p("ZONES"),
-        "ZONE_ID_FIELD": p("ZONE_ID_FIELD"), "VALID": Source.fromChildOutput("frequency", "OUTPUT_VALID"),
+        # the published table's acquisition_count_* columns are its adjusted band 2; the documented ones are counts
+        "ZONE_ID_FIELD": p("ZONE_ID_FIELD"),
+        "VALID": Source.fromExpression("if(@VARIANT = 1, var('Smooth_and_adjust_OUTPUT_ADJUSTED_COUNT'), "
+                                       "var('Per-pixel_cloud_probability_OUTPUT_VALID'))"),
         "SPREAD": Source.fromChildOutput("frequency", "OUTPUT_STDEV"), "DASK_SCHEDULER": p("DASK_SCHEDULER"),
     }, {"OUTPUT": ("SMALL_AREAS", "Small areas with cloud probability"), "OUTPUT_CSV": ("SMALL_AREAS_CSV", "Small areas (CSV)")})
     model.updateDestinationParameters()  # what the model designer does on save: outputs become parameters

@@ -93,13 +93,16 @@ def zones_gpkg(folder: Path, bounds, count: int, seed: int) -> Path:
     return path
 
 
-def compare_pixels(ours: np.ndarray, npz, band: int, transform):
-    """Our raster against the oracle's rows of one band, matched by cell centre coordinates."""
+def compare_pixels(ours: np.ndarray, npz, band: int, transform, skip=None):
+    """Our raster against the oracle's rows of one band, matched by cell centre coordinates (``skip``:
+    pixels left out of the comparison)."""
     values, xs, ys = npz["values"][band], npz["x"], npz["y"]
     cols = np.rint((xs - transform.c) / transform.a - 0.5).astype(int)
     rows = np.rint((ys - transform.f) / transform.e - 0.5).astype(int)
     theirs = np.full(ours.shape, np.nan)
     theirs[np.ix_(rows, cols)] = values
+    if skip is not None:
+        theirs[skip] = np.nan
     assert np.array_equal(np.isnan(ours), np.isnan(theirs)), "no data in different places"
     ok = ~np.isnan(ours)
     diff = np.abs(ours[ok] - theirs[ok])
@@ -107,10 +110,11 @@ def compare_pixels(ours: np.ndarray, npz, band: int, transform):
     return diff.max()
 
 
-def compare_tables(ours, theirs_csv: Path, id_field: str = "code"):
+def compare_tables(ours, theirs_csv: Path, id_field: str = "code", skip=()):
     import pandas as pd
 
-    theirs = pd.read_csv(theirs_csv).set_index(id_field)
+    theirs = pd.read_csv(theirs_csv, dtype={id_field: str}).set_index(id_field)
+    theirs = theirs[~theirs.index.isin(list(skip))]
     ours = ours.set_index(id_field).loc[theirs.index]
     worst = {}
     for prefix in ("probability", "acquisition_count"):
@@ -167,3 +171,173 @@ def test_adjustment_and_table_equal_the_published_code(tmp_path, published_pytho
     table = zonal_statistics(str(out["adjusted"]), gpd.read_file(zones, layer="zones"), "code",
                              valid_path=str(out["adjusted_count"])).table
     compare_tables(table, tmp_path / "oracle.csv")
+
+
+def _served_items(running, ids, path: Path) -> Path:
+    features = json.loads((running.workdir / "served_items.json").read_text())["features"]
+    chosen = [f for f in features if f["id"] in ids]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": chosen}))
+    return path
+
+
+def published_chain(tmp_path, running, published_python, aoi, epsg, zones, layer, id_field, start, end):
+    """Both pipelines on the same served scenes, grid and zones: (ours: dict of outputs, oracle folder)."""
+    import geopandas as gpd
+    from qgis import processing
+
+    xmin, ymin, xmax, ymax = aoi
+    extent = f"{xmin},{xmax},{ymin},{ymax} [EPSG:{epsg}]"
+    processing.run("cloudprob:searchscenes", {
+        "STAC_URL": running.stac.url, "COLLECTION": "sentinel-2-c1-l2a", "AOI": extent, "START_DATE": start,
+        "END_DATE": end, "MAX_SCENE_CLOUD": 100, "OUTPUT": str(tmp_path / "scenes.gpkg")})
+    freq = processing.run("cloudprob:cloudfrequency", {
+        "SCENES": str(tmp_path / "scenes.gpkg"), "AOI": extent, "TARGET_CRS": f"EPSG:{epsg}", "RESOLUTION": 20,
+        "MEASURE": 1, "OBSERVATIONS": 1, "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+        "OUTPUT_VALID": str(tmp_path / "n.tif"), "OUTPUT_CLOUDY": str(tmp_path / "cloudy.tif")})
+    smooth = processing.run("cloudprob:smoothprobability", {
+        "CLOUDY": freq["OUTPUT_CLOUDY"], "VALID": freq["OUTPUT_VALID"], "METHOD": 2, "KERNEL_SIZE": 21,
+        "DEVIATION_THRESHOLD": 5.0, "OUTPUT_SMOOTHED": str(tmp_path / "lag.tif"),
+        "OUTPUT_ADJUSTED": str(tmp_path / "adjusted.tif"), "OUTPUT_ADJUSTED_COUNT": str(tmp_path / "adjusted_count.tif")})
+    zonal = processing.run("cloudprob:zonalstatistics", {
+        "INPUT_RASTER": smooth["OUTPUT_ADJUSTED"], "VALID": smooth["OUTPUT_ADJUSTED_COUNT"],
+        "ZONES": f"{zones}|layername={layer}", "ZONE_ID_FIELD": id_field,
+        "OUTPUT": str(tmp_path / "areas.gpkg"), "OUTPUT_CSV": str(tmp_path / "areas.csv")})
+    ids = set(gpd.read_file(tmp_path / "scenes.gpkg")["item_id"])
+    items = _served_items(running, ids, tmp_path / "items.json")
+    with rasterio.open(freq["OUTPUT_VALID"]) as ds:
+        t, rows, cols = ds.transform, ds.height, ds.width
+    oracle_dir = tmp_path / "oracle"
+    oracle_dir.mkdir()
+    oracle(published_python, "composite", items, epsg, ",".join(str(v) for v in tuple(t)[:6]), rows, cols,
+           oracle_dir / "two_band.tif")
+    oracle(published_python, "adjust", oracle_dir / "two_band.tif", zones, layer, id_field, oracle_dir / "adjusted.npz",
+           oracle_dir / "table.csv")
+    return dict(freq=freq, smooth=smooth, zonal=zonal, transform=t), oracle_dir
+
+
+def check_chain(ours, oracle_dir, id_field, zones):
+    """Our chain against the oracle's. odc-stac reads through GDAL's warper, whose nearest neighbour goes
+    through an approximate transformer, where the plugin's lookup is exact: where an output cell's centre
+    falls exactly on a source pixel's edge (in the sample archive, one cell: column fraction 0.0 in UTM 31)
+    the two take the pixels on either side, and one observation differs. Those pixels (each off by one
+    observation's whole percent, at most 1 in 5,000) and the areas that hold one are left out; the counts
+    must be equal everywhere and everything else agree to 1e-3."""
+    import geopandas as gpd
+    import pandas as pd
+    from shapely.geometry import box
+
+    with rasterio.open(oracle_dir / "two_band.tif") as ds:
+        their_p, their_n = ds.read(1).astype(np.float64), ds.read(2).astype(np.float64)
+    n = read(ours["freq"]["OUTPUT_VALID"])
+    p = 100.0 * read(ours["freq"]["OUTPUT_CLOUDY"]) / np.where(n > 0, n, np.nan)
+    assert np.array_equal(n, their_n), f"counts differ at {np.count_nonzero(n != their_n)} pixels"
+    assert np.array_equal(np.isnan(p), np.isnan(their_p))
+    off = np.abs(p - their_p) > TOL
+    one_observation = np.abs(p - their_p) * n
+    assert np.all(np.abs(one_observation[off] - np.rint(one_observation[off])) < 1e-2), "not one observation's value"
+    assert np.count_nonzero(off) <= max(1, n.size // 5000), f"{np.count_nonzero(off)} pixels differ"
+    npz = np.load(oracle_dir / "adjusted.npz")
+    t = ours["transform"]
+    for band, key in ((0, "OUTPUT_ADJUSTED"), (1, "OUTPUT_ADJUSTED_COUNT")):
+        mine = read(ours["smooth"][key])
+        mine[off] = np.nan
+        compare_pixels(mine, npz, band, t, skip=off)
+    table = pd.read_csv(ours["zonal"]["OUTPUT_CSV"], dtype={id_field: str})
+    assert table["probability_ci95_low"].isna().all(), "an interval built on the published band 2, which is no count"
+    cells = [box(t.c + c * t.a, t.f + (r + 1) * t.e, t.c + (c + 1) * t.a, t.f + r * t.e) for r, c in np.argwhere(off)]
+    areas = gpd.read_file(zones[0], layer=zones[1])
+    touched = set(areas[areas.intersects(gpd.GeoSeries(cells, crs=areas.crs).unary_union)][id_field]) if cells else set()
+    assert len(touched) <= 3, touched
+    return compare_tables(table[~table[id_field].isin(touched)], oracle_dir / "table.csv", id_field, skip=touched), off
+
+
+@pytest.fixture(scope="module")
+def sample_chain(tmp_path_factory, qgis_processing, sample_servers, sample_archive, published_python):
+    from conftest import ensure_provider
+
+    ensure_provider()
+    folder = tmp_path_factory.mktemp("published-sample")
+    info = json.loads((sample_archive / "archive.json").read_text())
+    zones = (sample_archive / "zones" / "small_areas.gpkg", "small_areas")
+    ours, oracle_dir = published_chain(folder, sample_servers, published_python, info["aoi_27700"], 27700, zones[0],
+                                       zones[1], "code", "2024-01-01", "2024-12-31")
+    return dict(folder=folder, ours=ours, oracle=oracle_dir, zones=zones, aoi=info["aoi_27700"])
+
+
+def test_sample_archive_as_published(sample_chain):
+    """The published variant end to end through Processing on the sample archive (whose products of one
+    datatake share a datetime, so odc-stac fuses them) equals the published code run on the same items."""
+    report = json.loads((sample_chain["folder"] / "adjusted.regression.json").read_text())
+    assert report["method"].startswith("published") and report["rows_left_out"] == 0
+    assert report["pixels_without_observation"] == 0
+    worst, off = check_chain(sample_chain["ours"], sample_chain["oracle"], "code", sample_chain["zones"])
+    print(f"sample archive: {np.count_nonzero(off)} pixel(s) read differently by GDAL's approximate warper; "
+          f"worst per-area differences {worst}")
+
+
+def test_model_variant_1_is_the_published_table(sample_chain, sample_servers, tmp_path):
+    """cloudprob:annualcloudprobability with VARIANT=1 and only the README's parameters makes the published
+    table: the same columns and values as the published code's (the areas the one edge pixel touches aside)."""
+    import pandas as pd
+    from qgis import processing
+
+    xmin, ymin, xmax, ymax = sample_chain["aoi"]
+    zones = sample_chain["zones"]
+    processing.run("cloudprob:annualcloudprobability", {
+        "STAC_URL": sample_servers.stac.url, "COLLECTION": "sentinel-2-c1-l2a",
+        "AOI": f"{xmin},{xmax},{ymin},{ymax} [EPSG:27700]", "START_DATE": "2024-01-01", "END_DATE": "2024-12-31",
+        "ZONES": f"{zones[0]}|layername={zones[1]}", "ZONE_ID_FIELD": "code", "TARGET_CRS": "EPSG:27700",
+        "RESOLUTION": 20, "VARIANT": 1, "zonal:SMALL_AREAS": str(tmp_path / "areas.gpkg"),
+        "zonal:SMALL_AREAS_CSV": str(tmp_path / "areas.csv")})
+    ours = pd.read_csv(tmp_path / "areas.csv", dtype={"code": str})
+    chain = pd.read_csv(sample_chain["ours"]["zonal"]["OUTPUT_CSV"], dtype={"code": str})
+    columns = [f"{p}_{s}" for p in ("probability", "acquisition_count") for s in STATS]
+    pd.testing.assert_frame_equal(ours[["code"] + columns], chain[["code"] + columns])
+    assert ours["probability_ci95_low"].isna().all()
+
+
+def test_pixels_without_observation_are_no_data_and_counted(tmp_path):
+    """Where the published code's fit fails (a pixel without observation, a 0 % pixel), the variant leaves
+    no data in both results and counts the rows; the rest is fitted as usual."""
+    from cloud_probability.core.smoothing import published_adjustment
+
+    shape = (70, 90)
+    p = field(shape, 3)
+    n = np.random.default_rng(3).integers(1, 40, shape)
+    n[10:14, 20:25] = 0  # 20 pixels no date sees
+    p[50, 60] = 0.0  # a real 0 %: its band-1 deviation is infinite
+    cloudy, valid = write_counts(tmp_path, p, n)
+    out = {k: tmp_path / f"{k}.tif" for k in ("lag", "adjusted", "adjusted_count")}
+    fit = published_adjustment(str(cloudy), str(valid), str(out["lag"]), str(out["adjusted"]), str(out["adjusted_count"]))
+    band1, band2 = read(out["adjusted"]), read(out["adjusted_count"])
+    assert fit.pixels_without_observation == 20
+    assert fit.rows_left_out == 2 * 20 + 1
+    assert fit.pixels == 2 * n.size - 41
+    assert np.isnan(band1[10:14, 20:25]).all() and np.isnan(band2[10:14, 20:25]).all()
+    assert np.isnan(band1[50, 60]) and not np.isnan(band2[50, 60])
+    assert np.count_nonzero(np.isnan(band1)) == 21 and np.count_nonzero(np.isnan(band2)) == 20
+    report = json.loads((tmp_path / "adjusted.regression.json").read_text())
+    assert report["rows_left_out"] == 41 and report["pixels_without_observation"] == 20
+
+
+def test_a_period_across_two_calendar_years_is_refused():
+    """The published code makes one layer per calendar year: counting as it does across two is refused."""
+    from cloud_probability.core.frequency import FrequencyError, cloud_frequency, grid_for_area
+    from cloud_probability.core.masks import PRESETS
+    from cloud_probability.core.stac import normalise_item
+
+    def item(i, when):
+        return normalise_item({
+            "type": "Feature", "stac_version": "1.0.0", "id": f"S2A_T31UCT_{when:%Y%m%d}_L2A", "collection": "c",
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 51], [1, 51], [1, 52], [0, 52], [0, 51]]]},
+            "bbox": [0, 51, 1, 52], "properties": {"datetime": f"{when:%Y-%m-%dT10:00:00Z}", "platform": "sentinel-2a"},
+            "assets": {"scl": {"href": f"http://127.0.0.1:9/{i}/SCL.tif"}, "cloud": {"href": f"http://127.0.0.1:9/{i}/c.tif"}},
+            "links": []})
+
+    from datetime import date
+
+    scenes = [item(0, date(2023, 12, 30)), item(1, date(2024, 1, 4))]
+    grid = grid_for_area((540_000, 170_000, 541_000, 171_000), "EPSG:27700", 20)
+    with pytest.raises(FrequencyError, match="one layer per calendar year.*2023–2024"):
+        cloud_frequency(scenes, grid, PRESETS["scl"], {"probability": "p.tif", "valid": "v.tif", "cloudy": "c.tif"},
+                        measure="mean_probability", observations="product")
