@@ -71,10 +71,13 @@ class CloudProbabilityProvider(QgsProcessingProvider):
     def unload(self) -> None:  # noqa: D102
         from qgis.core import QgsApplication
 
-        try:
-            QgsApplication.processingRegistry().providerAdded.disconnect(self._registered)
-        except TypeError:  # already disconnected
-            pass
+        # at qgis_process's exit on QGIS 3.44 the registry is already gone (None): nothing to disconnect
+        registry = QgsApplication.processingRegistry()
+        if registry is not None:
+            try:
+                registry.providerAdded.disconnect(self._registered)
+            except (TypeError, RuntimeError):  # already disconnected, or its C++ object deleted
+                pass
         super().unload()
 
     def _load_models(self) -> None:
