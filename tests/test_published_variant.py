@@ -75,7 +75,7 @@ def read(path) -> np.ndarray:
         return np.where(a == ds.nodata, np.nan, a) if ds.nodata is not None else a
 
 
-def zones_gpkg(folder: Path, bounds, count: int, seed: int) -> Path:
+def zones_gpkg(folder: Path, bounds, count: int, seed: int, crs: str = "EPSG:27700") -> Path:
     """``count`` polygons (boxes and triangles, partly off the grid's cells) inside ``bounds``, id field ``code``."""
     import geopandas as gpd
     from shapely.geometry import Polygon, box
@@ -89,7 +89,7 @@ def zones_gpkg(folder: Path, bounds, count: int, seed: int) -> Path:
         shapes.append(box(x, y, x + w, y + h) if k % 2 else Polygon([(x, y), (x + w, y), (x + w / 3, y + h)]))
     path = folder / "zones.gpkg"
     gpd.GeoDataFrame({"code": [f"Z{k:04d}" for k in range(count)]}, geometry=shapes,
-                     crs="EPSG:27700").to_file(path, layer="zones", driver="GPKG")
+                     crs=crs).to_file(path, layer="zones", driver="GPKG")
     return path
 
 
@@ -180,7 +180,8 @@ def _served_items(running, ids, path: Path) -> Path:
     return path
 
 
-def published_chain(tmp_path, running, published_python, aoi, epsg, zones, layer, id_field, start, end):
+def published_chain(tmp_path, running, published_python, aoi, epsg, zones, layer, id_field, start, end,
+                    resolution=20):
     """Both pipelines on the same served scenes, grid and zones: (ours: dict of outputs, oracle folder)."""
     import geopandas as gpd
     from qgis import processing
@@ -191,7 +192,7 @@ def published_chain(tmp_path, running, published_python, aoi, epsg, zones, layer
         "STAC_URL": running.stac.url, "COLLECTION": "sentinel-2-c1-l2a", "AOI": extent, "START_DATE": start,
         "END_DATE": end, "MAX_SCENE_CLOUD": 100, "OUTPUT": str(tmp_path / "scenes.gpkg")})
     freq = processing.run("cloudprob:cloudfrequency", {
-        "SCENES": str(tmp_path / "scenes.gpkg"), "AOI": extent, "TARGET_CRS": f"EPSG:{epsg}", "RESOLUTION": 20,
+        "SCENES": str(tmp_path / "scenes.gpkg"), "AOI": extent, "TARGET_CRS": f"EPSG:{epsg}", "RESOLUTION": resolution,
         "MEASURE": 1, "OBSERVATIONS": 1, "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
         "OUTPUT_VALID": str(tmp_path / "n.tif"), "OUTPUT_CLOUDY": str(tmp_path / "cloudy.tif")})
     smooth = processing.run("cloudprob:smoothprobability", {
@@ -203,6 +204,7 @@ def published_chain(tmp_path, running, published_python, aoi, epsg, zones, layer
         "ZONES": f"{zones}|layername={layer}", "ZONE_ID_FIELD": id_field,
         "OUTPUT": str(tmp_path / "areas.gpkg"), "OUTPUT_CSV": str(tmp_path / "areas.csv")})
     ids = set(gpd.read_file(tmp_path / "scenes.gpkg")["item_id"])
+    epsg = int(epsg)
     items = _served_items(running, ids, tmp_path / "items.json")
     with rasterio.open(freq["OUTPUT_VALID"]) as ds:
         t, rows, cols = ds.transform, ds.height, ds.width
@@ -341,3 +343,26 @@ def test_a_period_across_two_calendar_years_is_refused():
     with pytest.raises(FrequencyError, match="one layer per calendar year.*2023–2024"):
         cloud_frequency(scenes, grid, PRESETS["scl"], {"probability": "p.tif", "valid": "v.tif", "cloudy": "c.tif"},
                         measure="mean_probability", observations="product")
+
+
+def test_real_series_as_published(tmp_path, provider, realdata, published_python):
+    """A real-data series: the 36 real dates of 2017 of the eo-learn patch (s2cloudless probabilities and
+    masks over Slovenia, written as Collection-1 items; one datatake split over two products of one datetime,
+    which odc-stac fuses), its top 65 rows, where every pixel has observations and a probability above 0 %
+    (the published code stops elsewhere). The published variant equals the published code run on it."""
+    import realdata_archives
+    import servers
+
+    archive = realdata_archives.write_eolearn_c1_archive(BUILD / "realdata-eolearn-c1", realdata)
+    t = realdata_archives.eolearn_c1_layers(realdata)["transform"]
+    aoi = (t.c, t.f - 65 * 10.0, t.c + 100 * 10.0, t.f)
+    zones = zones_gpkg(tmp_path, aoi, 30, 17, crs="EPSG:32633")
+    with servers.SampleServers(archive, tmp_path / "servers") as running:
+        ours, oracle_dir = published_chain(tmp_path, running, published_python, aoi, 32633, zones, "zones", "code",
+                                           "2017-01-01", "2017-12-31", resolution=10)
+    report = json.loads((tmp_path / "adjusted.regression.json").read_text())
+    assert report["rows_left_out"] == 0 and report["pixels"] == 2 * 65 * 100
+    worst, off = check_chain(ours, oracle_dir, "code", (zones, "zones"))
+    assert not off.any()  # on the sources' own grid no cell centre lies on an edge
+    n = read(ours["freq"]["OUTPUT_VALID"])
+    assert n.max() == 36  # the split datatake's two products share a datetime: fused, one observation
