@@ -207,7 +207,7 @@ def datatake_mask_on_grid(
         try:
             first = scene_mask_on_grid(products[0], spec, grid, lookup, overviews)
         finally:
-            cf.wait(futures)  # none left running when this one failed
+            wait_all(futures)  # none left running when this one failed
         masks = [first] + [f.result() for f in futures]
     else:
         masks = _sequential_masks(products, spec, grid, lookup, overviews)
@@ -220,6 +220,16 @@ def datatake_mask_on_grid(
     if combined is None:
         combined = np.full(grid.shape, NODATA, np.uint8)
     return dilate_clouds(combined, spec.buffer_m, grid.resolution)
+
+
+def wait_all(futures, poll_s: float = 0.05) -> None:
+    """Until every future has finished or been cancelled. ``cf.wait`` alone never returns for a
+    future that ``Executor.shutdown(cancel_futures=True)`` cancelled before a worker picked it up:
+    its waiters are told of a cancel only when a worker takes the item, and the shutdown took it
+    off the queue (a screening Cancel left threads blocked here for good, and the process could not
+    exit). ``Future.done()`` counts such a cancel, so it is polled."""
+    while not all(f.done() for f in futures):
+        cf.wait(futures, timeout=poll_s)
 
 
 def _sequential_masks(products, spec, grid, lookup, overviews):

@@ -1202,6 +1202,67 @@ def test_cancel_stops_reads_in_flight(cog_server):
     assert not cphttp._WATCHDOG._requests, "requests still in flight after Cancel"
 
 
+def _screening_threads_left(timeout: float) -> list[threading.Thread]:
+    end = time.monotonic() + timeout
+    while True:
+        alive = [t for t in threading.enumerate()
+                 if t.name.startswith(("cloudprob-read", "cloudprob-screen")) and t.is_alive()]
+        if not alive or time.monotonic() > end:
+            return alive
+        time.sleep(0.05)
+
+
+@pytest.mark.fault("cog", "behaves")
+def test_cancel_leaves_no_screening_thread_behind(cog_server):
+    """Cancel while acquisitions of four products each wait on their products' reads (a slow server,
+    two threads, so reads are still queued): Cancel returns, and every reading and screening thread
+    ends. Before, a thread waiting on a product read that the shutdown cancelled before it ran waited
+    forever (concurrent.futures tells waiters of such a cancel only when a worker picks the read up),
+    and the process could not exit."""
+    items = []
+    for k in range(8):
+        for j, name in enumerate(COG_GOOD):
+            item = _cog_item(10 * k + j, cog_server.url("trickle", name))
+            item["properties"]["datetime"] = f"2024-06-{k + 1:02d}T10:30:00Z"  # one datatake of 4 products
+            item["id"] = f"PRODUCT_{k}_{j}"
+            items.append(item)
+    from cloud_probability.core.stac import normalise_item
+
+    scenes = [normalise_item(i) for i in items]
+    assert len({s.datatake_id for s in scenes}) == 8
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        _cog_screen(scenes, _CancelAfter(0.5), concurrency=2)
+    assert time.monotonic() - t0 < 2.5
+    left = _screening_threads_left(5.0)
+    assert not left, f"{len(left)} screening threads still alive after Cancel: {[t.name for t in left]}"
+
+
+@pytest.mark.fault("cog", "behaves")
+def test_waiting_on_reads_a_shutdown_cancelled_returns():
+    """The stdlib behaviour behind the screening threads left blocked: a read still queued when its pool
+    is shut down with cancel_futures=True is cancelled without its waiters being told, so
+    ``concurrent.futures.wait`` does not return for it; :func:`core.screening.wait_all` does."""
+    import concurrent.futures as cf
+
+    from cloud_probability.core.screening import wait_all
+
+    release = threading.Event()
+    pool = cf.ThreadPoolExecutor(max_workers=1)
+    running = pool.submit(release.wait, 5)
+    queued = pool.submit(time.sleep, 0)
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert queued.cancelled()
+    _, not_done = cf.wait([queued], timeout=0.3)
+    assert not_done == {queued}  # what datatake_mask_on_grid used to wait on forever
+    release.set()
+    t0 = time.monotonic()
+    waiter = threading.Thread(target=wait_all, args=([running, queued],), daemon=True)
+    waiter.start()
+    waiter.join(2.0)
+    assert not waiter.is_alive() and time.monotonic() - t0 < 2.0
+
+
 @pytest.mark.fault("cog", "error")
 def test_corrupt_deflate_is_an_error_never_wrong_pixels(realdata, monkeypatch):
     """Bits flipped one at a time in a tile made of the real sen2r SCL (and in its checksum),
