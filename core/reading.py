@@ -23,6 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .stac import CATALOGUE_REL
+
 # GDAL settings for reading COGs over HTTP, as GDAL's documentation advises for cloud-optimised
 # GeoTIFFs (benchmarks/bench_reader.py measured the variants). The HEAD request stays: with
 # CPL_VSIL_CURL_USE_HEAD=NO, GDAL 3.6 opens with a GET without Range and the server starts
@@ -110,7 +112,8 @@ class Href(str):
 
 def catalogue_of(scene) -> Catalogue:
     """The catalogue a :class:`~core.stac.Scene` came from: its ``catalogue`` (the API the search
-    asked, when the scene carries it), else its item's ``root``/``self``/``parent``/
+    asked, when the scene carries it), else the search's own record of that API in the item
+    (:data:`core.stac.CATALOGUE_REL`, kept through the scenes layer), else its item's ``root``/``self``/``parent``/
     ``collection`` links (a STAC API gives every item these; any web address among them makes
     it that catalogue's item), else :data:`LOCAL` (an item made on this machine)."""
     from .planetary import signing_for
@@ -122,7 +125,7 @@ def catalogue_of(scene) -> Catalogue:
     if links is None:  # not a core.stac.Scene: its item's links
         links = [(link.get("rel"), link.get("href")) for link in (getattr(scene, "item", None) or {}).get("links") or []
                  if isinstance(link, dict)]
-    for rel in ("root", "self", "parent", "collection"):
+    for rel in (CATALOGUE_REL, "root", "self", "parent", "collection"):
         for link_rel, link_href in links:
             if link_rel == rel and isinstance(link_href, str):
                 href = link_href.strip()

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from urllib.parse import urljoin, urlsplit
 
 from .progress import Cancelled, NullProgress, Progress, check_cancel
-from .stac import ItemError, Scene, normalise_item, parse_datetime
+from .stac import ItemError, Scene, normalise_item, parse_datetime, with_catalogue
 
 EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
 DEFAULT_COLLECTION = "sentinel-2-c1-l2a"  # Collection 1: carries the `cloud` asset
@@ -901,7 +901,9 @@ def _search(client: Any, request: SearchRequest, progress: Progress) -> SearchRe
             result.returned += len(features)
             for feature in features:
                 try:
-                    scene = normalise_item(feature)
+                    # the API decides what its items may point to, not the items' own links
+                    scene = normalise_item(with_catalogue(feature, request.url.strip())
+                                           if isinstance(feature, dict) else feature)
                 except ItemError as exc:
                     result.dropped["not a usable item"] = result.dropped.get("not a usable item", 0) + 1
                     progress.warning(f"Skipped an item: {exc}")

@@ -53,6 +53,18 @@ class ItemError(ValueError):
     """A STAC item that is not a usable Sentinel-2 scene; the message says why."""
 
 
+# the link the search adds to each item it returns: the STAC API it was found in, which decides what
+# the item's assets may point to (core.reading.catalogue_of), whatever links the item carries itself
+CATALOGUE_REL = "cloudprob:catalogue"
+
+
+def with_catalogue(item: dict, api_url: str) -> dict:
+    """``item`` with its catalogue recorded as a link of :data:`CATALOGUE_REL` (any such link it
+    brought itself removed: only the search says where an item came from)."""
+    links = [link for link in item.get("links") or [] if not (isinstance(link, dict) and link.get("rel") == CATALOGUE_REL)]
+    return dict(item, links=links + [{"rel": CATALOGUE_REL, "href": api_url}])
+
+
 @dataclass(frozen=True)
 class Scene:
     """One Sentinel-2 product (one STAC item), normalised.

@@ -90,6 +90,7 @@ class FaultServer:
     def __init__(self, items: list[dict]):
         self.items = items
         self.hits: Counter = Counter()  # case -> requests; "case/search" -> search pages asked for
+        self.custom: dict[str, list[dict]] = {}  # case "custom-<name>": one page of these items
         self.stop = threading.Event()
         outer = self
 
@@ -218,7 +219,9 @@ class FaultServer:
 
     def search(self, handler, case: str, number: int):
         items = self.items
-        if case == "ok":  # 3 pages of 10, a count: the baseline every other case departs from
+        if case.startswith("custom-"):  # one page of the items a test put there
+            self.send(handler, 200, self.page(case, self.custom[case[len("custom-"):]], None))
+        elif case == "ok":  # 3 pages of 10, a count: the baseline every other case departs from
             self.send(handler, 200, self.page(case, items[(number - 1) * 10:number * 10], number + 1 if number < 3 else None, 30))
         elif case == "retryafter":
             self.send(handler, 503, {"code": "ServiceUnavailable"}, headers={"Retry-After": "3600"})
@@ -1390,6 +1393,44 @@ def test_a_web_catalogue_cannot_point_to_local_files(cog_server, cog_baseline, c
     monkeypatch.setenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", "YES")
     allowed = _cog_screen([_cog_scene(0, existing, _links(PUBLIC_CATALOGUE))])
     assert allowed["PRODUCT_0"] == cog_baseline["PRODUCT_0"]
+
+
+@pytest.mark.fault("catalogue", "behaves")
+def test_items_without_links_follow_the_api_they_were_found_in(faults, cog_server, cog_files, monkeypatch, tmp_path):
+    """A STAC API whose items carry no root/self links: its items are that API's, not a local catalogue's —
+    the rule follows the search, not the item's links. Its file:// hrefs, bare paths and a file:// copy of
+    a good COG are refused (before, the last was read with status ok), also after the scenes went through
+    the scenes layer's JSON; its loopback hrefs are read (the API is on loopback)."""
+    from cloud_probability.core.reading import catalogue_of
+    from cloud_probability.core.stac import scene_from_json
+
+    monkeypatch.delenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", raising=False)
+    copy_of_a = tmp_path / "A.tif"
+    copy_of_a.write_bytes((cog_files["folder"] / "A.tif").read_bytes())
+    hrefs = ["file:///etc/passwd", "/etc/passwd", f"file://{copy_of_a}", cog_server.url("good", "A")]
+    items = []
+    for i, href in enumerate(hrefs):
+        item = copy.deepcopy(faults.items[i])
+        item["id"] = f"NOLINKS_{i}"
+        item["links"] = []
+        item["geometry"], item["bbox"] = None, None  # read over the test area whatever its footprint
+        item["properties"]["s2:datatake_id"] = f"GS2B_20240517T0900{i:02d}_000000_N05.10"  # an acquisition each
+        item["assets"] = {"scl": {"href": href, "type": "image/tiff; application=geotiff"}}
+        items.append(item)
+    faults.custom["nolinks"] = items
+    api = faults.url("custom-nolinks")
+    result = search_scenes(_request(api))
+    scenes = {s.item_id: s for s in result.scenes}
+    assert len(scenes) == 4
+    for scene in list(scenes.values()) + [scene_from_json(s.item_json()) for s in scenes.values()]:
+        assert catalogue_of(scene).url == api, scene.item_id
+    out = _cog_screen(list(scenes.values()))
+    for i, href in enumerate(hrefs[:3]):
+        fractions, error = out[f"NOLINKS_{i}"]
+        assert fractions is None and error == (
+            f"{href}: refused: a file on this computer, which the catalogue at {api} may not point to "
+            "(set CLOUDPROB_ALLOW_LOCAL_ASSETS=YES to allow it)"), error
+    assert out["NOLINKS_3"][1] is None and out["NOLINKS_3"][0].valid_pixels > 0
 
 
 @pytest.mark.fault("catalogue", "behaves")
