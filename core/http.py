@@ -449,6 +449,7 @@ class Client:
             else:
                 most = MAX_ERROR_BODY
             claimed = names.get("content-length")
+            claimed_n = None
             if claimed is not None and status < 300:
                 try:
                     claimed_n = int(claimed)
@@ -474,6 +475,11 @@ class Client:
                     response.close()
                 else:
                     raise TransportError(f"{url}: the answer runs past the {most:,} bytes this read accepts", "too-large")
+            if claimed_n is not None and len(body) < claimed_n:
+                # the connection dropped mid-body: urllib3 1.26 does not enforce Content-Length and
+                # hands back the part; a transport failure, retried as one
+                raise TransportError(f"{url}: the answer was cut short ({len(body):,} of the {claimed_n:,} bytes "
+                                     "announced)", "connection")
             response.release_conn()
             return Response(status, response.reason or "", names, bytes(body), url)
         except _Stopped:
