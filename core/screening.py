@@ -242,6 +242,12 @@ def _sequential_masks(products, spec, grid, lookup, overviews):
             return  # covered: the other products of this acquisition add nothing
 
 
+# what a catalogue's proj: fields may describe before they are taken on trust: square pixels of 1 m to
+# 1 km (Sentinel-2's are 10, 20 and 60 m) and a raster at most 1000 km across (its tiles are 110 km)
+METADATA_PIXEL_M = (1.0, 1000.0)
+METADATA_EXTENT_M = 1_000_000.0
+
+
 def _grid_from_metadata(scene: Scene, key: str, area, area_epsg: int, resolution: float, halo_m: float,
                         clip: bool = False):
     """The grid from the item's ``proj:`` fields (no request), or False when they are missing:
@@ -266,6 +272,14 @@ def _grid_from_metadata(scene: Scene, key: str, area, area_epsg: int, resolution
     transform = Affine(*values[:6])
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
         return False  # only north-up grids are taken on trust
+    a, e, rows, cols = transform.a, -transform.e, int(shape[0]), int(shape[1])
+    if not (METADATA_PIXEL_M[0] <= a <= METADATA_PIXEL_M[1] and abs(a - e) <= 1e-6 * a and rows > 0 and cols > 0
+            and rows * e <= METADATA_EXTENT_M and cols * a <= METADATA_EXTENT_M):
+        # a grid the metadata cannot mean: taken on trust it would size the arrays (15 GiB for pixels of
+        # 20 m × 1 µm) or the fractions (1000 km pixels) wrongly
+        raise MaskError(
+            f"{scene.item_id}: its catalogue's proj:transform and proj:shape describe pixels of {a:g} × {e:g} m, "
+            f"{cols} × {rows} of them, which no Sentinel-2 product has: not read (the catalogue's metadata is wrong).")
     return grid_around(f"EPSG:{int(epsg)}", transform, int(shape[1]), int(shape[0]), area, area_epsg, resolution, halo_m,
                        clip=clip)
 

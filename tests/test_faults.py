@@ -1294,6 +1294,33 @@ def test_a_body_cut_short_is_retried(cog_server, cog_baseline):
     assert cog_server.hits[("GET", "cut")] - before == 2 * cog_server.answers_cut  # each cut one asked again, once
 
 
+@pytest.mark.fault("cog", "behaves", memory=True)
+@pytest.mark.parametrize("pixel", [(20.0, -1e-6), (1e-6, -1e-6), (1e6, -1e6), (20.0, -10.0)])
+def test_absurd_projection_metadata_names_the_product_and_bounds_memory(cog_server, cog_baseline, pixel):
+    """A catalogue's proj:transform with pixels of 20 m × 1 µm, 1 µm, 1000 km, or not square: the grid it
+    implies is absurd (before, 20 m × 1 µm made the screening allocate 15 GiB and MemoryError ended the
+    whole screening; 1 µm and 1000 km gave wrong numbers without a word). That product is unreadable and
+    named, the others are read as usual, and memory stays bounded by the area."""
+    a, e = pixel
+    bad = _cog_item(9, cog_server.url("good", "E"))
+    bad["assets"]["scl"].update({"proj:transform": [a, 0.0, COG_ORIGIN[0], 0.0, e, COG_ORIGIN[1]],
+                                 "proj:shape": [800, 800], "proj:epsg": 32631})
+    from cloud_probability.core.stac import normalise_item
+
+    tracemalloc.start()
+    try:
+        t0 = time.monotonic()
+        out = _cog_screen(_good_scenes(cog_server) + [normalise_item(bad)])
+        took, peak = time.monotonic() - t0, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    fractions, error = out.pop("PRODUCT_9")
+    assert out == cog_baseline and fractions is None
+    assert error.startswith("PRODUCT_9: its catalogue's proj:transform and proj:shape describe pixels of "), error
+    assert "not read" in error
+    assert peak < 300e6 and took < BOUND_S
+
+
 @pytest.mark.fault("cog", "error")
 def test_corrupt_deflate_is_an_error_never_wrong_pixels(realdata, monkeypatch):
     """Bits flipped one at a time in a tile made of the real sen2r SCL (and in its checksum),
