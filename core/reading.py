@@ -804,6 +804,7 @@ def open_source(href: str, band: int = 1, resolution: float | None = None) -> It
     path = _gdal_path(href, gdal_target, places)
     try:
         with gdal_http_env(), rasterio.open(path) as ds:
+            _say_unverified(ds, href)
             level = _gdal_overview_level(ds, band, resolution)
             if level is None:
                 yield _GdalSource(ds, band)
@@ -812,6 +813,26 @@ def open_source(href: str, band: int = 1, resolution: float | None = None) -> It
                     yield _GdalSource(ov, band)
     except _read_errors() as exc:
         raise ReadError(explain(href, _unsigned(f"{href}: {exc}", path, gdal_target))) from exc
+
+
+_UNVERIFIED_SAID: set = set()
+
+
+def _say_unverified(ds, href: str) -> None:
+    """Say, once per host, that a DEFLATE raster read through GDAL is not checked: GDAL's TIFF
+    reader stops inflating when a tile's bytes are out, before the zlib checksum, so a corrupted
+    tile gives wrong pixels without a word (core.cog checks every tile's checksum and refuses it)."""
+    from .progress import log
+
+    if "deflate" not in str(getattr(ds.compression, "value", ds.compression) or "").lower():
+        return
+    host = _host(str(href)) if "://" in str(href) else "local files"
+    if host in _UNVERIFIED_SAID:
+        return
+    _UNVERIFIED_SAID.add(host)
+    log.warning("%s is read through GDAL, which does not verify the DEFLATE checksums of its tiles: a corrupted tile "
+                "would give wrong pixels without an error (the plugin's own reader, used unless "
+                "CLOUDPROB_NATIVE_COG=NO or the layout needs GDAL, refuses such tiles).", host)
 
 
 def _gdal_path(href: str, target: str, places) -> str:

@@ -345,6 +345,10 @@ def observe(
     return obs
 
 
+class ScreeningError(Exception):
+    """The screening cannot be made; the message says why."""
+
+
 @dataclass
 class ScreenResult:
     observations: list[Observation]
@@ -393,6 +397,12 @@ def screen_scenes(
         # which footprints touch the area, here: shapely sets GEOS up anew in each thread it runs in
         area_lonlat = area_in_crs(area, area_epsg, 4326)
         members = [[s for s in g if _touches(s, area_lonlat)] for g in groups]
+        if not any(members) and all(s.geometry for g in groups for s in g):
+            west, south, east, north = (round(v, 4) for v in area_lonlat.bounds)
+            raise ScreeningError(
+                f"The area ({west}, {south}, {east}, {north} in longitude/latitude) lies outside the footprint of every "
+                f"one of the {len(scenes)} scenes: none covers it, so every acquisition would be 'no data in the "
+                "area'. Check the area's coordinates and CRS, or search scenes for this area.")
         futures = [pool.submit(work, g, m) for g, m in zip(groups, members)]
         waiting = set(futures)
         n = 0

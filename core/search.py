@@ -720,13 +720,20 @@ def open_client(request: SearchRequest, progress: Progress | None = None):
 
     stac_io = make_stac_io(request, progress)
     try:
-        try:
-            client = Client.open(request.url.strip(), stac_io=stac_io)
-        except (SearchError, Cancelled):
-            raise
-        except Exception as exc:  # pystac and JSON errors all mean the same to the user
-            raise _explain(request.url, exc) from exc
-        conforms = client.to_dict().get("conformsTo") or []
+        def mapped(call):
+            """``call()``, its failures as the user's sentences: pystac wraps what a read raised (our
+            Cancel included) into its own STACError while it resolves the root's links."""
+            try:
+                return call()
+            except (SearchError, Cancelled):
+                raise
+            except Exception as exc:  # pystac and JSON errors all mean the same to the user
+                if progress is not None and progress.is_canceled():
+                    raise Cancelled("cancelled by the user") from exc
+                raise _explain(request.url, exc) from exc
+
+        client = mapped(lambda: Client.open(request.url.strip(), stac_io=stac_io))
+        conforms = mapped(client.to_dict).get("conformsTo") or []
         if not any("item-search" in c for c in conforms):
             raise SearchError(
                 f"{request.url} is not a STAC API with item search (it declares no 'item-search' conformance class)."

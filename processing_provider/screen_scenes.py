@@ -19,7 +19,7 @@ from qgis.core import (
 
 from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
-from ..core.screening import passes, screen_scenes
+from ..core.screening import ScreeningError, passes, screen_scenes
 from .common import add_mask_parameters, area_from_parameters, mask_spec, scenes_from_source
 from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
@@ -184,6 +184,8 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
         except Cancelled:
             feedback.pushWarning(self.tr("Screening cancelled; nothing was written."))
             return {}
+        except ScreeningError as exc:
+            raise QgsProcessingException(str(exc)) from exc
 
         fields = acquisition_fields()
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.Type.MultiPolygon,

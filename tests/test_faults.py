@@ -586,6 +586,29 @@ def test_url_without_scheme_is_caught_before_any_work(url, expected):
     assert str(caught.value) == expected
 
 
+@pytest.mark.fault("stac", "behaves")
+def test_cancel_while_the_api_root_is_read_again(realdata):
+    """Cancel while pystac-client reads the API's root a second time (resolving its links): Cancel, not
+    pystac's "does not resolve to a STAC object" (issue 23), and no request thread left."""
+    with FaultServer(_items(realdata, 30)) as server:
+        answer = server.dispatch
+        roots = []
+
+        def second_root_hangs(handler, body):
+            if urlsplit(handler.path).path.rstrip("/") == "/ok":
+                roots.append(handler.path)
+                if len(roots) >= 2:
+                    server.stop.wait(30)
+                    return None
+            return answer(handler, body)
+
+        server.dispatch = second_root_hangs
+        out, took = _timed(search_scenes, _request(server.url("ok")), progress=Recorder(cancel_after_s=0.5))
+    assert isinstance(out, Cancelled), repr(out)
+    assert len(roots) >= 2 and took < 3.0
+    assert not _workers_left()
+
+
 # --- STAC search through cloudprob:searchscenes ---------------------------------------------
 
 
@@ -1321,6 +1344,29 @@ def test_absurd_projection_metadata_names_the_product_and_bounds_memory(cog_serv
     assert peak < 300e6 and took < BOUND_S
 
 
+@pytest.mark.fault("cog", "behaves")
+def test_the_gdal_path_says_it_cannot_verify_deflate(cog_server, monkeypatch, caplog):
+    """With CLOUDPROB_NATIVE_COG=NO a tile with a flipped bit decodes through GDAL without an error
+    (GDAL's TIFF reader does not reach the zlib checksum), where the plugin's reader refuses it (issue 23).
+    The GDAL path cannot verify: it says so, once per host, in the run's log."""
+    import logging
+
+    from cloud_probability.core import reading
+
+    flipped = [_cog_scene(0, cog_server.url("good", "E-flipped"))]
+    native = _cog_screen(flipped)["PRODUCT_0"]
+    assert native[0] is None and "corrupt DEFLATE tile" in native[1]
+    monkeypatch.setenv("CLOUDPROB_NATIVE_COG", "NO")
+    monkeypatch.setattr(reading, "_UNVERIFIED_SAID", set())
+    with caplog.at_level(logging.WARNING, logger="cloud_probability"):
+        through_gdal = _cog_screen(flipped + [_cog_scene(1, cog_server.url("good", "A"))])
+    assert through_gdal["PRODUCT_0"][1] is None  # read, unverified: what the warning is about
+    said = [r.getMessage() for r in caplog.records if "does not verify the DEFLATE checksums" in r.getMessage()]
+    assert said == [f"127.0.0.1:{cog_server.port} is read through GDAL, which does not verify the DEFLATE checksums "
+                    "of its tiles: a corrupted tile would give wrong pixels without an error (the plugin's own reader, "
+                    "used unless CLOUDPROB_NATIVE_COG=NO or the layout needs GDAL, refuses such tiles)."]
+
+
 @pytest.mark.fault("cog", "error")
 def test_corrupt_deflate_is_an_error_never_wrong_pixels(realdata, monkeypatch):
     """Bits flipped one at a time in a tile made of the real sen2r SCL (and in its checksum),
@@ -1958,6 +2004,29 @@ def test_an_area_outside_every_scene_is_refused_before_any_read(cog_server, freq
     assert np.allclose([float(v) for v in found.groups()], expected, atol=2e-4)
     assert _requests(cog_server) == before
     assert list((tmp_path / "outside").iterdir()) == [] and list((tmp_path / "cache").iterdir()) == []
+
+
+@pytest.mark.fault("inputs", "error")
+def test_screening_an_area_outside_every_scene_is_an_error(cog_server, cog_baseline):
+    """Was: exit 0 and a row of 'no data in the area' per acquisition (issue 23). Over the COGs the same
+    scenes give the baseline; 100 km away the screening is refused before a request, with the area named."""
+    from shapely.geometry import box
+
+    from cloud_probability.core.masks import PRESETS
+    from cloud_probability.core.screening import ScreeningError, screen_scenes
+
+    footprint = _cogs_footprint()
+    scenes = [_cog_scene(i, cog_server.url("good", n), geometry=footprint) for i, n in enumerate(COG_GOOD)]
+    assert _cog_screen(scenes) == cog_baseline
+    before = _requests(cog_server)
+    x0, y1 = FAR_ORIGIN
+    with pytest.raises(ScreeningError) as caught:
+        screen_scenes(scenes, box(x0, y1 - 16000, x0 + 16000, y1), 32631, PRESETS["scl"])
+    assert re.fullmatch(
+        r"The area \([-\d.]+, [-\d.]+, [-\d.]+, [-\d.]+ in longitude/latitude\) lies outside the footprint of every "
+        r"one of the 4 scenes: none covers it, so every acquisition would be 'no data in the area'\. Check the "
+        r"area's coordinates and CRS, or search scenes for this area\.", str(caught.value)), str(caught.value)
+    assert _requests(cog_server) == before
 
 
 @pytest.mark.fault("inputs", "error")
