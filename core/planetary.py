@@ -287,7 +287,7 @@ def fetch_token(token_url: str, account: str, container: str, deadline: float | 
     if not isinstance(value, str) or not value or len(value) > MAX_TOKEN_CHARS or not _TOKEN_CHARS.fullmatch(value):
         raise _error(f"{what}: its 'token' is not a URL query")
     try:
-        from .stac import parse_datetime
+        from .dates import parse_datetime
 
         expiry = parse_datetime(str(expiry_text))
     except (ValueError, TypeError):

@@ -23,7 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .stac import CATALOGUE_REL
+from .catalogue import LOCAL, Catalogue, Href, catalogue_of  # noqa: F401 (read from here by callers)
+from .planetary import signing_for
 
 # GDAL settings for reading COGs over HTTP, as GDAL's documentation advises for cloud-optimised
 # GeoTIFFs (benchmarks/bench_reader.py measured the variants). The HEAD request stays: with
@@ -59,80 +60,6 @@ class RefusedAsset(ReadError):
 
 # ---------------------------------------------------------------------------------------------
 # Where assets may be read from
-
-@dataclass(frozen=True)
-class Catalogue:
-    """Where a scene's item came from: ``url`` of the STAC API or catalogue, or None for items
-    made on this machine (a script, a file). Decides which hrefs may be read (:func:`check_href`)
-    and how they are signed: ``signing`` is a :class:`core.planetary.Signing` (Planetary
-    Computer's SAS tokens), None, or ``"auto"`` (decided when read, by
-    :func:`core.planetary.signing_for`). :func:`catalogue_of` decides it when the scene is read, so
-    that a pickled href (a Dask task) signs on a worker as it would here."""
-
-    url: str | None
-    signing: object = field(default="auto", compare=False)  # the same catalogue, however it signs
-
-    @property
-    def signer(self):
-        """The :class:`core.planetary.Signing` of this catalogue's assets, or None."""
-        if isinstance(self.signing, str):
-            from . import planetary
-
-            return planetary.signing_for(self.url)
-        return self.signing
-
-    @property
-    def kind(self) -> str:
-        """``local`` (no URL, or a file), ``loopback``, ``private`` or ``public``, by its address."""
-        if not self.url or not self.url.lower().startswith(("http://", "https://")):
-            return "local"
-        return _host_kind(_hostname(self.url))
-
-    def describe(self) -> str:
-        return "a catalogue on this computer" if self.url is None else f"the catalogue at {self.url}"
-
-
-LOCAL = Catalogue(None)
-
-
-class Href(str):
-    """An asset href that remembers the :class:`Catalogue` it came from (see :func:`asset_href`);
-    every read function checks it against it."""
-
-    catalogue: Catalogue
-
-    def __new__(cls, value: str, catalogue: Catalogue):
-        self = super().__new__(cls, value)
-        self.catalogue = catalogue
-        return self
-
-    def __reduce__(self):  # pickled with its catalogue (tiles run as Dask tasks)
-        return (Href, (str(self), self.catalogue))
-
-
-def catalogue_of(scene) -> Catalogue:
-    """The catalogue a :class:`~core.stac.Scene` came from: its ``catalogue`` (the API the search
-    asked, when the scene carries it), else the search's own record of that API in the item
-    (:data:`core.stac.CATALOGUE_REL`, kept through the scenes layer), else its item's ``root``/``self``/``parent``/
-    ``collection`` links (a STAC API gives every item these; any web address among them makes
-    it that catalogue's item), else :data:`LOCAL` (an item made on this machine)."""
-    from .planetary import signing_for
-
-    url = getattr(scene, "catalogue", None)
-    if url:
-        return Catalogue(str(url), signing_for(str(url)))
-    links = getattr(scene, "links", None)
-    if links is None:  # not a core.stac.Scene: its item's links
-        links = [(link.get("rel"), link.get("href")) for link in (getattr(scene, "item", None) or {}).get("links") or []
-                 if isinstance(link, dict)]
-    for rel in (CATALOGUE_REL, "root", "self", "parent", "collection"):
-        for link_rel, link_href in links:
-            if link_rel == rel and isinstance(link_href, str):
-                href = link_href.strip()
-                if "://" in href and not href.lower().startswith("file:"):
-                    return Catalogue(href, signing_for(href))
-    return Catalogue(None, signing_for(None))
-
 
 def asset_href(scene, name: str) -> Href | None:
     """``scene.asset_href(name)``, remembering the scene's catalogue: the read functions of this
@@ -174,16 +101,32 @@ def check_href(href: str, catalogue: Catalogue | None = None) -> tuple[str, obje
 
     catalogue = catalogue or getattr(href, "catalogue", None) or LOCAL
     places = _places(catalogue)
-    signer = catalogue.signer
+    signer = catalogue_signer(catalogue)
     if signer is not None:
         places = dataclasses.replace(places, signer=signer)
     return _check_href(href, catalogue, places)
 
 
+def catalogue_kind(catalogue: Catalogue) -> str:
+    """``local`` (no URL, or a file), ``loopback``, ``private`` or ``public``: by the catalogue's
+    address, its host name resolved once."""
+    if not catalogue.url or not catalogue.url.lower().startswith(("http://", "https://")):
+        return "local"
+    return _host_kind(_hostname(catalogue.url))
+
+
+def catalogue_signer(catalogue: Catalogue):
+    """The :class:`core.planetary.Signing` of the catalogue's assets, or None: its own, or when
+    ``"auto"`` what :func:`core.planetary.signing_for` decides now (on a Dask worker as here)."""
+    if isinstance(catalogue.signing, str):
+        return signing_for(catalogue.url)
+    return catalogue.signing
+
+
 def _places(catalogue: Catalogue):
     from . import http
 
-    kind = catalogue.kind
+    kind = catalogue_kind(catalogue)
     if kind == "local":
         return http.ANYWHERE
     allowed = local_assets_allowed()
@@ -198,7 +141,7 @@ def _check_href(href: str, catalogue: Catalogue, places) -> tuple[str, object]:
                                                    match.group(1).lower() == "file") else ""
     if len(scheme) == 1:  # a Windows drive letter (C:/…), a local path
         scheme = ""
-    kind = catalogue.kind
+    kind = catalogue_kind(catalogue)
     allowed = local_assets_allowed()
     if scheme in ("http", "https"):
         host = _hostname(text)
@@ -889,7 +832,7 @@ def explain(href: str, message: str) -> str:
     if not status or status.group(1) not in ("403", "409"):
         return message
     catalogue = getattr(href, "catalogue", None) or LOCAL
-    signer = catalogue.signer
+    signer = catalogue_signer(catalogue)
     if signer is not None and signer.applies(str(href)):
         return message + (f" — the storage refused the SAS token from {signer.token_url}, also a new one: the "
                           "token service may not give tokens for this container")

@@ -25,7 +25,8 @@ from typing import Any, Iterator
 from urllib.parse import urljoin, urlsplit
 
 from .progress import Cancelled, NullProgress, Progress, check_cancel
-from .stac import ItemError, Scene, normalise_item, parse_datetime, with_catalogue
+from .catalogue import with_catalogue
+from .stac import ItemError, Scene, normalise_item, parse_datetime
 
 EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
 DEFAULT_COLLECTION = "sentinel-2-c1-l2a"  # Collection 1: carries the `cloud` asset

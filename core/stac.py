@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from .catalogue import Href, catalogue_of
+from .dates import parse_datetime  # noqa: F401 (the STAC model's datetimes; read from here by callers)
+
 # Canonical asset names are Earth Search v1's; band codes (v0, Planetary Computer) map onto them.
 BAND_CODE_TO_ASSET = {
     "B01": "coastal",
@@ -51,18 +54,6 @@ _TILE = re.compile(r"^(\d{1,2})([C-X])([A-Z]{2})$")
 
 class ItemError(ValueError):
     """A STAC item that is not a usable Sentinel-2 scene; the message says why."""
-
-
-# the link the search adds to each item it returns: the STAC API it was found in, which decides what
-# the item's assets may point to (core.reading.catalogue_of), whatever links the item carries itself
-CATALOGUE_REL = "cloudprob:catalogue"
-
-
-def with_catalogue(item: dict, api_url: str) -> dict:
-    """``item`` with its catalogue recorded as a link of :data:`CATALOGUE_REL` (any such link it
-    brought itself removed: only the search says where an item came from)."""
-    links = [link for link in item.get("links") or [] if not (isinstance(link, dict) and link.get("rel") == CATALOGUE_REL)]
-    return dict(item, links=links + [{"rel": CATALOGUE_REL, "href": api_url}])
 
 
 @dataclass(frozen=True)
@@ -111,34 +102,18 @@ class Scene:
 
     def asset_href(self, name: str) -> str | None:
         """Href of a canonical asset (``scl``, ``red``…) or a band code (``SCL``, ``B04``…), as a
-        :class:`core.reading.Href` that remembers the item's catalogue: every read checks it
-        against that catalogue (issue 14's rule) and signs it as that catalogue requires
+        :class:`core.catalogue.Href` that remembers the item's catalogue: every read checks it
+        against that catalogue and signs it as that catalogue requires
         (Planetary Computer's SAS tokens), whichever stage reads it."""
         key = BAND_CODE_TO_ASSET.get(name, name)
         href = self.assets.get(key)
         if href is None:
             return None
-        from .reading import Href, catalogue_of
-
         return Href(href, catalogue_of(self))
 
     def item_json(self) -> str:
         """The item as compact JSON, for storing in a layer field."""
         return zlib.decompress(self.item_z).decode() if self.item_z else "{}"
-
-
-def parse_datetime(value: str) -> datetime:
-    """Parse a STAC datetime (``Z`` or offset, with or without fraction) into aware UTC."""
-    text = value.strip()
-    if text.endswith("Z") or text.endswith("z"):
-        text = text[:-1] + "+00:00"
-    # Python 3.11's fromisoformat accepts any number of fraction digits only from 3.11 on;
-    # clip to microseconds anyway so older interpreters in other QGIS builds agree.
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
-    when = datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc)
 
 
 def _first(props: Mapping[str, Any], *names: str) -> Any:

@@ -482,7 +482,7 @@ def test_check_href_reads_only_from_the_catalogues_kind_of_place(monkeypatch, ca
 def test_an_href_remembers_its_scene_s_catalogue_through_pickling():
     import pickle
 
-    from cloud_probability.core.reading import Catalogue, Href, asset_href, catalogue_of
+    from cloud_probability.core.reading import Catalogue, Href, asset_href, catalogue_kind, catalogue_of
     from cloud_probability.core.stac import normalise_item
 
     item = {"type": "Feature", "id": "x", "properties": {"datetime": "2024-01-01T00:00:00Z"},
@@ -491,7 +491,7 @@ def test_an_href_remembers_its_scene_s_catalogue_through_pickling():
                       {"rel": "root", "href": "https://stac.example/v1/"}]}
     scene = normalise_item(item)
     assert catalogue_of(scene) == Catalogue("https://stac.example/v1/")
-    assert catalogue_of(normalise_item({**item, "links": [{"rel": "root", "href": "./catalog.json"}]})).kind == "local"
+    assert catalogue_kind(catalogue_of(normalise_item({**item, "links": [{"rel": "root", "href": "./catalog.json"}]}))) == "local"
     href = asset_href(scene, "scl")
     again = pickle.loads(pickle.dumps(href))
     assert isinstance(again, Href) and again == href and again.catalogue == Catalogue("https://stac.example/v1/")

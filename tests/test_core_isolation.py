@@ -50,3 +50,43 @@ def test_core_modules_import_without_qgis(tmp_path):
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _core_graph() -> dict[str, set[str]]:
+    """core's modules and the core modules each imports, anywhere in it (inside functions too: an import
+    hidden in a function is still a dependency)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(CORE.glob("*.py")):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:  # from . import http
+                    deps.update(a.name for a in node.names)
+        graph[path.stem] = {d for d in deps if (CORE / f"{d}.py").exists()} - {path.stem}
+    return graph
+
+
+def test_core_has_no_import_circle():
+    """Each core module imports only modules below it: a circle (stac → reading → planetary → stac was one)
+    means no module of it can be read, tested or moved apart from the others."""
+    graph = _core_graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(module):
+        state[module] = 1
+        stack.append(module)
+        for dep in sorted(graph[module]):
+            if state.get(dep) == 1:
+                raise AssertionError("import circle in core/: " + " → ".join(stack[stack.index(dep):] + [dep]))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    assert {"stac", "catalogue", "reading", "planetary"} <= set(graph)
