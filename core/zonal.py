@@ -8,6 +8,7 @@ empty ones reported and left NULL. Zones must be polygons.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -380,7 +381,7 @@ def zonal_statistics_in_process(
     other GEOS version and it crashes; a plain Python process loads nothing of QGIS. Cancel
     stops the helper.
     """
-    import json
+
     import subprocess
     import sys
     import time
@@ -401,20 +402,29 @@ def zonal_statistics_in_process(
             cmd += ["--spread", spread_path]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([plugin_parent] + [p for p in sys.path if p and os.path.isdir(p)])
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # its output goes to files, never to pipes nobody reads while it runs (a pipe holds 64 KB: a
+        # helper writing more would block for good); its progress and warnings come as lines of stdout
+        log_path, err_path = os.path.join(tmp, "stdout.txt"), os.path.join(tmp, "stderr.txt")
+        with open(log_path, "w") as log, open(err_path, "w") as err:
+            proc = subprocess.Popen(cmd + ["--report"], env=env, stdout=log, stderr=err, text=True)
+        reader = _ReportReader(log_path, progress)
         try:
             while proc.poll() is None:
                 if progress.is_canceled():
                     proc.kill()
                     proc.wait()
                     check_cancel(progress)
+                reader.forward()
                 time.sleep(0.1)
-            stdout, stderr = proc.communicate()
+            reader.forward()
         finally:
             if proc.poll() is None:
                 proc.kill()
+                proc.wait()
         if proc.returncode != 0:
-            lines = (stderr or stdout or "").strip().splitlines()
+            with open(err_path, errors="replace") as fh:
+                fh.seek(max(0, os.path.getsize(err_path) - 8192))
+                lines = fh.read().strip().splitlines()
             message = lines[-1] if lines else f"exit code {proc.returncode}"
             raise ZonalError(f"Zonal statistics failed: {message}")
         with open(out) as fh:
@@ -425,10 +435,43 @@ def zonal_statistics_in_process(
     return ZonalResult(table, data["invalid"], data["empty"], data["no_data"])
 
 
+class _LineProgress(NullProgress):
+    """The helper's progress and warnings as lines of its stdout, for :class:`_ReportReader`."""
+
+    def set_progress(self, value: float) -> None:
+        print(f"progress {float(value):.3f}", flush=True)
+
+    def warning(self, message: str) -> None:
+        print("warning " + json.dumps(message), flush=True)
+
+
+class _ReportReader:
+    """Reads the helper's report lines as they come and hands them to ``progress``."""
+
+    def __init__(self, path: str, progress: Progress):
+        self.path, self.progress, self.offset = path, progress, 0
+
+    def forward(self) -> None:
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1  # whole lines only; the rest next time
+        self.offset += end
+        for line in chunk[:end].decode("utf-8", "replace").splitlines():
+            kind, _, rest = line.partition(" ")
+            try:
+                if kind == "progress":
+                    self.progress.set_progress(min(99.0, float(rest)))
+                elif kind == "warning":
+                    self.progress.warning(json.loads(rest))
+            except ValueError:
+                continue  # not a report line
+
+
 def main(argv=None) -> int:
     """``python -m cloud_probability.core.zonal RASTER ZONES.gpkg ID_FIELD OUT.json [--valid V]``."""
     import argparse
-    import json
+
 
     import geopandas as gpd
 
@@ -439,10 +482,12 @@ def main(argv=None) -> int:
     parser.add_argument("out")
     parser.add_argument("--valid")
     parser.add_argument("--spread")
+    parser.add_argument("--report", action="store_true", help="progress and warnings as lines of stdout")
     args = parser.parse_args(argv)
     zones = gpd.read_file(args.zones, layer="zones")
     try:
-        result = zonal_statistics(args.raster, zones, args.id_field, args.valid, spread_path=args.spread)
+        result = zonal_statistics(args.raster, zones, args.id_field, args.valid, spread_path=args.spread,
+                                  progress=_LineProgress() if args.report else None)
     except ZonalError as exc:
         raise SystemExit(str(exc)) from exc
     table = result.table.astype(object).where(result.table.notna(), None)

@@ -483,3 +483,48 @@ def test_processing_fit_from(provider, two_runs, tmp_path):
             "OUTPUT_SMOOTHED": QgsProcessing.TEMPORARY_OUTPUT, "OUTPUT_ADJUSTED": QgsProcessing.TEMPORARY_OUTPUT})
     help_text = QgsApplication.processingRegistry().algorithmById("cloudprob:smoothprobability").shortHelpString()
     assert "fitted over the extent of the counts" in help_text and "FIT_FROM" in help_text
+
+
+def test_the_zonal_helper_process_never_blocks_on_its_output_and_forwards_its_log(tmp_path, monkeypatch):
+    """The helper process (how QGIS runs the zonal statistics) writing far more than a pipe holds to stderr
+    (Python's import trace, PYTHONVERBOSE=1: megabytes) still finishes: before, its stderr was a pipe nobody read while it
+    ran, and past 64 KB the helper blocked for good. Its progress and its warnings reach the caller."""
+    import threading
+
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from cloud_probability.core.progress import NullProgress
+    from cloud_probability.core.smoothing import PUBLISHED_TAG
+
+    values = np.arange(400, dtype=np.float32).reshape(20, 20)
+    raster = _write(tmp_path / "p.tif", values, from_origin(0, 400, 20, 20), nodata=-9999.0)
+    zones = gpd.GeoDataFrame({"code": [f"z{i}" for i in range(300)]},
+                             geometry=[box(i % 20 * 20, i // 20 * 20, i % 20 * 20 + 20, i // 20 * 20 + 20)
+                                       for i in range(300)], crs="EPSG:27700")
+    band2 = _write(tmp_path / "band2.tif", values, from_origin(0, 400, 20, 20), nodata=-9999.0)
+    with rasterio.open(band2, "r+") as ds:  # the published variant's band 2: the helper must say it is no count
+        ds.update_tags(**{PUBLISHED_TAG: "2"})
+
+    class Seen(NullProgress):
+        def __init__(self):
+            self.progress, self.warnings = [], []
+
+        def set_progress(self, value):
+            self.progress.append(value)
+
+        def warning(self, message):
+            self.warnings.append(message)
+
+    seen = Seen()
+    monkeypatch.setenv("PYTHONVERBOSE", "1")  # a line per module imported, per cache file looked at…
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(result=zonal_statistics_in_process(
+        raster, zones, "code", valid_path=band2, progress=seen)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the zonal helper process blocked"
+    t = done["result"].table.set_index("code")
+    assert t.loc["z0", "probability_mean"] == pytest.approx(values[19, 0])
+    assert len(seen.progress) > 2 and seen.progress[-1] == 100.0
+    assert len(seen.warnings) == 1 and "2024 release's adjusted band 2" in seen.warnings[0]
