@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .masks import CLEAR, CLOUD, NODATA, MaskError
+from .catalogue import Href, catalogue_of
 from .reading import Grid, read_on_grid
 from .stac import Scene
 
@@ -85,7 +86,8 @@ def scene_mask(scene: Scene, grid: Grid, threshold: float) -> np.ndarray:
     layers, valid = [], np.ones(grid.shape, bool)
     for band in BANDS:
         key = _asset_key(scene, band)
-        dn, ok = read_on_grid(scene.item["assets"][key]["href"], grid, resampling="bilinear")
+        # the href remembers the scene's catalogue: checked against it and signed as it signs, like every read
+        dn, ok = read_on_grid(Href(scene.item["assets"][key]["href"], catalogue_of(scene)), grid, resampling="bilinear")
         layers.append(np.clip(to_reflectance(dn, scene, key), 0.0, None))
         valid &= ok & (dn > 0)
     reflectance = np.stack(layers, axis=-1)

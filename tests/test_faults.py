@@ -1534,6 +1534,26 @@ def test_items_without_links_follow_the_api_they_were_found_in(faults, cog_serve
     assert out["NOLINKS_3"][1] is None and out["NOLINKS_3"][0].valid_pixels > 0
 
 
+@pytest.mark.fault("catalogue", "error")
+def test_s2cloudless_reads_go_through_the_catalogue_checks(cog_files, monkeypatch):
+    """The s2cloudless mask read its L1C bands from the raw item hrefs, so a web catalogue's file:// href
+    was opened (issue 24: unchecked, unsigned). Its reads now carry the scene's catalogue like every other."""
+    from cloud_probability.core.reading import ReadError, RefusedAsset
+    from cloud_probability.core.s2cloudless_mask import BANDS, scene_mask
+
+    monkeypatch.delenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", raising=False)
+    existing = "file://" + str(cog_files["folder"] / "A.tif")
+    item = _cog_item(0, existing, _links(PUBLIC_CATALOGUE))
+    item["assets"] = {band: {"href": existing} for band in BANDS}
+    from cloud_probability.core.stac import normalise_item
+
+    scene = normalise_item(item)
+    with pytest.raises((RefusedAsset, ReadError)) as caught:
+        scene_mask(scene, _freq_grid(COG_ORIGIN), 0.4)
+    assert str(caught.value).startswith(f"{existing}: refused: a file on this computer, which the catalogue at "
+                                        f"{PUBLIC_CATALOGUE} may not point to"), str(caught.value)
+
+
 @pytest.mark.fault("catalogue", "behaves")
 @pytest.mark.parametrize("href", ["http://169.254.169.254/latest/meta-data/iam/x.tif", "http://[fe80::1]/x.tif",
                                   "http://[::ffff:169.254.169.254]/x.tif", "http://0.0.0.0/x.tif"])
