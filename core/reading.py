@@ -18,7 +18,7 @@ import math
 import re
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -776,6 +776,15 @@ def _say_unverified(ds, href: str) -> None:
     log.warning("%s is read through GDAL, which does not verify the DEFLATE checksums of its tiles: a corrupted tile "
                 "would give wrong pixels without an error (the plugin's own reader, used unless "
                 "CLOUDPROB_NATIVE_COG=NO or the layout needs GDAL, refuses such tiles).", host)
+
+
+def layer_source(href) -> str:
+    """The GDAL path that opens ``href`` as a map layer, as every read opens it: checked against its
+    catalogue (:class:`RefusedAsset` when it may not point there), its host checked, signed as the
+    catalogue signs (:class:`ReadError` when no token comes)."""
+    target, places = check_href(href)
+    _check_gdal_host(target, places)
+    return _gdal_path(href, target, places)
 
 
 def _gdal_path(href: str, target: str, places) -> str:

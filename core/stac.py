@@ -15,7 +15,7 @@ import json
 import re
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Mapping
 
 from .catalogue import Href, catalogue_of

@@ -26,7 +26,6 @@ import sys
 
 
 def composite(items_path, epsg, transform, rows, cols, out_path):
-    import numpy as np  # noqa: F401  (the published module imports it; kept for parity)
     import odc.stac
     import pystac
     import rioxarray  # noqa: F401  (the .rio accessor, as spf.py imports it)

@@ -254,3 +254,36 @@ def test_bad_input_is_said_not_searched(dock):
     dock.area_layer.setChecked(True)
     dock.search()
     assert "polygon layer" in dock.status.text()
+
+
+def test_a_web_catalogues_file_href_is_not_opened_from_the_dock(dock, qtbot, sample_archive, monkeypatch):
+    """*Add acquisition to map* opens each asset as every read does: checked against the scene's catalogue
+    and signed as it signs. Before, the dock opened any href on the GUI thread, so a web catalogue's
+    file:// href became a map layer of this computer's file (issue 24). The same acquisition with its
+    items as a web catalogue's pointing to local copies of its files: nothing opened, and said why."""
+    import json
+
+    from qgis.core import QgsProject
+
+    monkeypatch.delenv("CLOUDPROB_ALLOW_LOCAL_ASSETS", raising=False)
+    with qtbot.waitSignal(dock.finished, timeout=180_000) as blocker:
+        dock.search()
+    assert blocker.args == [True], dock.status.text()
+    row = dock.rows[0]
+    web = "https://93.184.215.14/v1"  # a public address: never asked, only its kind counts
+    items = json.loads(row["stac_items"])
+    for item in items:
+        item["links"] = [dict(link, href=web) if link.get("rel") == "cloudprob:catalogue" else link
+                         for link in item["links"]]
+        for asset in item["assets"].values():
+            relative = asset["href"].split("/", 3)[-1]  # the sample archive's own layout behind the server
+            asset["href"] = "file://" + str(sample_archive / relative)
+    assert any((sample_archive / a["href"][len("file://"):].split(str(sample_archive) + "/")[-1]).exists()
+               for a in items[0]["assets"].values())
+    row["stac_items"] = json.dumps(items)
+    dock.select_row(0)
+    before = set(QgsProject.instance().mapLayers())
+    added = dock.add_selected_scene()
+    assert added == [] and set(QgsProject.instance().mapLayers()) == before
+    assert "Not opened: file://" in dock.status.text()
+    assert f"refused: a file on this computer, which the catalogue at {web} may not point to" in dock.status.text()

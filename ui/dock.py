@@ -15,6 +15,7 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsFeatureRequest,
     QgsMapLayerProxyModel,
+    QgsMessageLog,
     QgsProcessingAlgRunnerTask,
     QgsProcessingContext,
     QgsProcessingFeedback,
@@ -525,7 +526,7 @@ class CloudProbabilityDock(QgsDockWidget):
             return []
         import json
 
-        from ..core.reading import vsi_path
+        from ..core.reading import ReadError, RefusedAsset, layer_source
         from ..core.screening import acquisition
         from ..core.stac import normalise_item
 
@@ -542,22 +543,33 @@ class CloudProbabilityDock(QgsDockWidget):
             index, f"{row['date']} {_short_platform(first.platform)}{orbit}: {len(summary.distinct)} products")
         colour_group = group.addGroup("True colour")
         scl_group = group.addGroup("Scene classification (SCL)")
-        added = []
+        added, refused = [], []
+
+        def source(href):
+            """The layer's GDAL path, checked and signed as every read is; None (and said) when refused."""
+            try:
+                return layer_source(href)
+            except (RefusedAsset, ReadError) as exc:
+                refused.append(str(exc))
+                return None
+
         for scene in summary.distinct:
             scl = scene.asset_href("scl")
-            if scl:
-                layer = QgsRasterLayer(vsi_path(scl), f"{scene.item_id} SCL")
+            path = source(scl) if scl else None
+            if path:
+                layer = QgsRasterLayer(path, f"{scene.item_id} SCL")
                 if layer.isValid():
                     layer.loadNamedStyle(str(STYLES / "scl.qml"))
                     project.addMapLayer(layer, False)
                     scl_group.addLayer(layer)
                     added.append(layer)
+            layer = None
             if scene.asset_href("visual"):
-                layer = QgsRasterLayer(vsi_path(scene.asset_href("visual")), f"{scene.item_id} true colour")
+                path = source(scene.asset_href("visual"))
+                layer = QgsRasterLayer(path, f"{scene.item_id} true colour") if path else None
             elif all(scene.asset_href(b) for b in ("red", "green", "blue")):
-                layer = _rgb_layer(scene)
-            else:
-                layer = None
+                paths = [source(scene.asset_href(b)) for b in ("red", "green", "blue")]
+                layer = _rgb_layer(scene, paths) if all(paths) else None
             if layer is not None and layer.isValid():
                 project.addMapLayer(layer, False)
                 colour_group.addLayer(layer)
@@ -573,7 +585,11 @@ class CloudProbabilityDock(QgsDockWidget):
         QTimer.singleShot(0, fold)  # again once the layer tree view has shown the new layers
         self.added_group = group
         self.status.setText(f"Added {len(added)} layers of the acquisition {summary.datatake_id} "
-                            f"({len(summary.distinct)} products: {', '.join(summary.mgrs_tiles)}).")
+                            f"({len(summary.distinct)} products: {', '.join(summary.mgrs_tiles)})."
+                            + (f" Not opened: {refused[0]}" + (f" (and {len(refused) - 1} more)" if len(refused) > 1
+                                                                else "") if refused else ""))
+        for message in refused:
+            QgsMessageLog.logMessage(f"Not opened: {message}", "Cloud probability", Qgis.MessageLevel.Warning)
         self.zoom_to_area()
         return added
 
@@ -656,15 +672,13 @@ def _selected_copy(layer: QgsVectorLayer) -> str:
     return path
 
 
-def _rgb_layer(scene) -> QgsRasterLayer:
-    """Red, green and blue COGs stacked in a VRT, stretched over 0–0.25 reflectance."""
+def _rgb_layer(scene, sources: list[str]) -> QgsRasterLayer:
+    """Red, green and blue COGs (their checked GDAL paths) stacked in a VRT, stretched over 0–0.25 reflectance."""
     from osgeo import gdal
     from qgis.core import QgsContrastEnhancement, QgsMultiBandColorRenderer
 
-    from ..core.reading import vsi_path
-
     path = QgsProcessingUtils.generateTempFilename(f"{scene.item_id}_rgb.vrt")
-    gdal.BuildVRT(path, [vsi_path(scene.asset_href(b)) for b in ("red", "green", "blue")], separate=True)
+    gdal.BuildVRT(path, sources, separate=True)
     layer = QgsRasterLayer(path, f"{scene.item_id} true colour")
     if layer.isValid():
         renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 1, 2, 3)
