@@ -17,6 +17,7 @@ import numpy as np
 from .cache import remove_stale_parts
 from .masks import CLEAR, MaskError, MaskSpec
 from .progress import NullProgress, Progress, check_cancel
+from .rasters import NODATA, atomic, geotiff_profile
 from .reading import Grid, GridLookup, ReadError, gdal_http_env, read_on_grid
 from .screening import datatake_mask_on_grid, group_by_datatake
 from .stac import Scene
@@ -68,17 +69,12 @@ def _to_cog(src: str, dst: str) -> None:
     """Rewrite ``src`` as a Cloud Optimized GeoTIFF at ``dst`` (written beside it, then renamed)."""
     from osgeo import gdal
 
-    part = f"{dst}.cog-{os.getpid()}.tif"
-    try:
+    with atomic(dst) as part:
         done = gdal.Translate(part, src, format="COG", creationOptions=[
             "COMPRESS=DEFLATE", "PREDICTOR=2", "OVERVIEW_RESAMPLING=AVERAGE", "BLOCKSIZE=512", "BIGTIFF=IF_SAFER"])
         if done is None:
             raise CompositeError(f"Could not write {dst} as a COG.")
         done = None  # close before the rename
-        os.replace(part, dst)
-    finally:
-        if os.path.exists(part):
-            os.remove(part)
 
 
 def clear_composite(
@@ -106,13 +102,8 @@ def clear_composite(
     rows, cols = grid.shape
     tiles = [(r0, c0, min(tile_px, rows - r0), min(tile_px, cols - c0))
              for r0 in range(0, rows, tile_px) for c0 in range(0, cols, tile_px)]
-    profile = dict(driver="GTiff", width=cols, height=rows, count=len(bands), dtype="uint16", crs=grid.crs,
-                   transform=grid.transform, nodata=0, compress="DEFLATE", predictor=2, photometric="RGB" if len(bands) == 3 else None,
-                   BIGTIFF="IF_SAFER")
-    if rows >= 256 and cols >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    profile = {k: v for k, v in profile.items() if v is not None}
-    tmp = f"{out_path}.part-{os.getpid()}.tif"
+    profile = geotiff_profile(grid, "uint16", len(bands), NODATA["uint16"], photometric="RGB" if len(bands) == 3 else None)
+    tmp = f"{out_path}.part-{os.getpid()}.tif"  # the GeoTIFF the tiles are written to, then made a COG
     clear_total = 0
     pool = cf.ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="cloudprob-composite")
     try:

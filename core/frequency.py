@@ -42,6 +42,7 @@ from . import http
 from .cache import TileCache, remove_stale_parts
 from .masks import CLOUD, NODATA, SHADOW, MaskError, MaskSpec
 from .progress import NullProgress, Progress, check_cancel, finished
+from .rasters import NODATA as RASTER_NODATA, add_overviews, atomic, geotiff_profile
 from .reading import (
     Grid, GridLookup, ReadError, area_in_crs, classes_on_grid, gdal_http_env, network_bytes, network_bytes_reset,
     read_on_grid,
@@ -50,7 +51,7 @@ from .screening import datatake_mask_on_grid, group_by_datatake
 from .stac import Scene, parse_datetime
 
 CACHE_VERSION = 2  # bump when tile results change for the same inputs
-PROBABILITY_NODATA = -9999.0
+PROBABILITY_NODATA = RASTER_NODATA["float32"]
 MEASURES = ("frequency", "mean_probability")
 MEAN_NODATA_CLASSES = (0,)  # the mean measure's own rule: only SCL "no data" is no observation
 # What one observation of a pixel is: "datatake", one per acquisition (its products combined, the
@@ -743,67 +744,50 @@ def _write_outputs(grid: Grid, tiles, tile_paths: dict, periods, outputs: dict[s
                    mean: bool) -> dict:
     """Assemble the rasters from the tile files; temporary files renamed at the end."""
     import rasterio
-    from rasterio.enums import Resampling
     from rasterio.windows import Window
 
-    rows, cols = grid.shape
     bands = len(periods)
-    tiled = rows >= 256 and cols >= 256
-    common = dict(driver="GTiff", width=cols, height=rows, count=bands, crs=grid.crs, transform=grid.transform,
-                  compress="DEFLATE", BIGTIFF="IF_SAFER", num_threads="ALL_CPUS")
-    if tiled:
-        common.update(tiled=True, blockxsize=256, blockysize=256)
-    tmp = {k: f"{v}.part-{os.getpid()}.tif" for k, v in outputs.items() if v}
     total_valid = np.zeros(bands, np.float64)
     total_cloudy = np.zeros(bands, np.float64)
     # a pixel without a valid observation has no data in every output (valid 0 is no data, so
     # statistics of the count skip it as they skip the probability); cloudy keeps its zeros
-    kinds = {
-        "valid": (dict(dtype="uint16", nodata=0, predictor=2), "count", "valid observations"),
-        "cloudy": ((dict(dtype="float32", predictor=3) if mean else dict(dtype="uint16", predictor=2)),
-                   "expected count, sum of probability / 100" if mean else "count",
-                   "cloudy observations"),
-        "probability": (dict(dtype="float32", nodata=PROBABILITY_NODATA, predictor=3), "percent",
-                        "mean cloud probability" if mean else "cloud frequency"),
-        "stdev": (dict(dtype="float32", nodata=PROBABILITY_NODATA, predictor=3), "percent",
-                  "standard deviation of one observation"),
+    kinds = {  # (data type, no data, unit, what)
+        "valid": ("uint16", RASTER_NODATA["uint16"], "count", "valid observations"),
+        "cloudy": ("float32" if mean else "uint16", None,
+                   "expected count, sum of probability / 100" if mean else "count", "cloudy observations"),
+        "probability": ("float32", PROBABILITY_NODATA, "percent", "mean cloud probability" if mean else "cloud frequency"),
+        "stdev": ("float32", PROBABILITY_NODATA, "percent", "standard deviation of one observation"),
     }
-    try:
-        with contextlib.ExitStack() as stack:
-            ds = {k: stack.enter_context(rasterio.open(path, "w", **kinds[k][0], **common)) for k, path in tmp.items()}
-            for r0, c0, h, w in tiles:
-                with np.load(tile_paths[(r0, c0)]) as done:
-                    valid, cloudy = done["valid"], done["cloudy"]
-                    squares = done["squares"] if "squares" in done else None
-                if mean:  # fixed point (percent × 10⁴) to fractions: Σ p/100 and Σ (p/100)²
-                    cloudy = cloudy / (FIXED_POINT * 100.0)
-                    squares = squares / (FIXED_POINT * 100.0) ** 2
-                window = Window(c0, r0, w, h)
-                ds["valid"].write(valid, window=window)
-                ds["cloudy"].write(cloudy.astype(np.float32) if mean else cloudy, window=window)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    prob = np.where(valid > 0, 100.0 * cloudy / np.maximum(valid, 1), PROBABILITY_NODATA)
-                ds["probability"].write(prob.astype(np.float32), window=window)
-                if "stdev" in ds:
-                    sd = observation_stdev(valid, cloudy, squares)
-                    ds["stdev"].write(np.where(np.isnan(sd), PROBABILITY_NODATA, sd).astype(np.float32), window=window)
-                total_valid += valid.reshape(bands, -1).sum(axis=1)
-                total_cloudy += cloudy.reshape(bands, -1).sum(axis=1)
-            for k, d in ds.items():
-                for i, p in enumerate(periods, start=1):
-                    d.set_band_description(i, f"{kinds[k][2]}, {p.label} ({kinds[k][1]})")
-                d.update_tags(units=kinds[k][1], acquisitions=str(n_acq), software="cloud_probability", **tags)
-            # QGIS draws rasters under ~4000 px fine without pyramids; larger ones get them
-            factors = [f for f in (2, 4, 8, 16, 32, 64) if min(rows, cols) // f >= 256] if min(rows, cols) >= 4096 else []
-            if factors:
-                for k, d in ds.items():
-                    d.build_overviews(factors, Resampling.nearest if k == "valid" else Resampling.average)
-        for k in tmp:
-            os.replace(tmp[k], outputs[k])
-    finally:
-        for path in tmp.values():
-            if os.path.exists(path):
-                os.remove(path)
+    with contextlib.ExitStack() as stack:  # every output renamed into place only once all are written
+        ds = {}
+        for k, path in outputs.items():
+            if path:
+                dtype, nodata = kinds[k][:2]
+                profile = geotiff_profile(grid, dtype, bands, nodata, num_threads="ALL_CPUS")
+                ds[k] = stack.enter_context(rasterio.open(stack.enter_context(atomic(path)), "w", **profile))
+        for r0, c0, h, w in tiles:
+            with np.load(tile_paths[(r0, c0)]) as done:
+                valid, cloudy = done["valid"], done["cloudy"]
+                squares = done["squares"] if "squares" in done else None
+            if mean:  # fixed point (percent × 10⁴) to fractions: Σ p/100 and Σ (p/100)²
+                cloudy = cloudy / (FIXED_POINT * 100.0)
+                squares = squares / (FIXED_POINT * 100.0) ** 2
+            window = Window(c0, r0, w, h)
+            ds["valid"].write(valid, window=window)
+            ds["cloudy"].write(cloudy.astype(np.float32) if mean else cloudy, window=window)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                prob = np.where(valid > 0, 100.0 * cloudy / np.maximum(valid, 1), PROBABILITY_NODATA)
+            ds["probability"].write(prob.astype(np.float32), window=window)
+            if "stdev" in ds:
+                sd = observation_stdev(valid, cloudy, squares)
+                ds["stdev"].write(np.where(np.isnan(sd), PROBABILITY_NODATA, sd).astype(np.float32), window=window)
+            total_valid += valid.reshape(bands, -1).sum(axis=1)
+            total_cloudy += cloudy.reshape(bands, -1).sum(axis=1)
+        for k, d in ds.items():
+            for i, p in enumerate(periods, start=1):
+                d.set_band_description(i, f"{kinds[k][3]}, {p.label} ({kinds[k][2]})")
+            d.update_tags(units=kinds[k][2], acquisitions=str(n_acq), software="cloud_probability", **tags)
+            add_overviews(d, categorical=k == "valid")
     return {
         "mean_probability_pct": [float(100 * c / v) if v else None for c, v in zip(total_cloudy, total_valid)],
         "valid_observations": [int(v) for v in total_valid],

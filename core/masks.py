@@ -9,7 +9,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-CLEAR, CLOUD, SHADOW, SNOW, NODATA = 0, 1, 2, 3, 255
+from .rasters import NODATA as RASTER_NODATA
+
+CLEAR, CLOUD, SHADOW, SNOW, NODATA = 0, 1, 2, 3, RASTER_NODATA["uint8"]
 MASK_LEGEND = {CLEAR: "clear", CLOUD: "cloud", SHADOW: "cloud shadow", SNOW: "snow / ice", NODATA: "no data"}
 
 SCL_NAMES = {

@@ -25,6 +25,7 @@ import numpy as np
 
 from .catalogue import LOCAL, Catalogue, Href, catalogue_of  # noqa: F401 (read from here by callers)
 from .planetary import signing_for
+from .rasters import write_raster  # noqa: F401 (the one writer; read from here by callers)
 
 # GDAL settings for reading COGs over HTTP, as GDAL's documentation advises for cloud-optimised
 # GeoTIFFs (benchmarks/bench_reader.py measured the variants). The HEAD request stays: with
@@ -995,43 +996,3 @@ def _warp_on_grid(ds, grid: Grid, band: int, resampling: str) -> tuple[np.ndarra
     with WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.shape[1], height=grid.shape[0],
                    resampling=Resampling[resampling]) as vrt:
         return vrt.read(band), vrt.read_masks(band) > 0
-
-
-def write_raster(path: str, data: np.ndarray, grid: Grid, nodata: float | None, tags: dict | None = None) -> None:
-    """Write ``data`` on ``grid`` as a tiled, DEFLATE-compressed GeoTIFF with overviews.
-
-    Written to a temporary file beside ``path`` and renamed at the end: a failed or cancelled
-    run never leaves a half-written raster behind.
-    """
-    import os
-
-    import rasterio
-    from rasterio.enums import Resampling
-
-    from .cache import remove_stale_parts
-
-    remove_stale_parts(path)  # left by a run killed while writing
-    bands = data[np.newaxis] if data.ndim == 2 else data
-    tmp = f"{path}.part-{os.getpid()}-{threading.get_ident()}.tif"
-    profile = dict(
-        driver="GTiff", width=bands.shape[2], height=bands.shape[1], count=bands.shape[0], dtype=bands.dtype.name,
-        crs=grid.crs, transform=grid.transform, nodata=nodata, tiled=True, blockxsize=256, blockysize=256,
-        compress="DEFLATE", predictor=2 if bands.dtype.kind in "iu" else 3, BIGTIFF="IF_SAFER",
-    )
-    if bands.shape[1] < 256 or bands.shape[2] < 256:
-        profile.update(tiled=False)
-        profile.pop("blockxsize")
-        profile.pop("blockysize")
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(bands)
-            if tags:
-                dst.update_tags(**{k: str(v) for k, v in tags.items()})
-            factors = [f for f in (2, 4, 8, 16, 32) if min(bands.shape[1:]) // f >= 64]
-            if factors:
-                categorical = bands.dtype.kind in "iu"
-                dst.build_overviews(factors, Resampling.nearest if categorical else Resampling.average)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

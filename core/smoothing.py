@@ -30,8 +30,9 @@ import numpy as np
 
 from .cache import remove_stale_parts
 from .progress import NullProgress, Progress
+from .rasters import NODATA as RASTER_NODATA, atomic, geotiff_profile
 
-NODATA = -9999.0
+NODATA = RASTER_NODATA["float32"]
 # the GeoTIFF tag on the published variant's outputs: "1" (its band-1 rows, the probability) or "2"
 # (its band-2 rows, which the published table calls acquisition_count_* but are no count)
 PUBLISHED_TAG = "CLOUDPROB_PUBLISHED_2024_BAND"
@@ -155,14 +156,12 @@ def _output_profile(cloudy_path: str, valid_path: str) -> dict:
     checking that both counts are on one grid (size, transform and CRS, exactly)."""
     import rasterio
 
+    from .reading import Grid
+
     with rasterio.open(cloudy_path) as dc, rasterio.open(valid_path) as dv:
         if (dc.width, dc.height, tuple(dc.transform), dc.crs) != (dv.width, dv.height, tuple(dv.transform), dv.crs):
             raise ValueError("The cloudy and valid count rasters are not on the same grid (size, transform and CRS).")
-        profile = dict(driver="GTiff", width=dc.width, height=dc.height, count=1, dtype="float32", crs=dc.crs,
-                       transform=dc.transform, nodata=NODATA, compress="DEFLATE", predictor=3, BIGTIFF="IF_SAFER")
-    if profile["width"] >= 256 and profile["height"] >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    return profile
+        return geotiff_profile(Grid(dc.crs, dc.transform, (dc.height, dc.width)), "float32", 1, NODATA)
 
 
 def smooth_probability(
@@ -225,38 +224,36 @@ def smooth_probability(
     xty = np.zeros(k + 1)
     yty = 0.0
     total = 0
-    tmp_smoothed = f"{out_smoothed}.part-{os.getpid()}.tif"
-    tmp_kv = f"{out_smoothed}.kv-{os.getpid()}.tif"
-    written: list[str] = [tmp_smoothed, tmp_kv]
+    tmp_kv = f"{out_smoothed}.kv-{os.getpid()}.tif"  # scratch: K∗valid, the adjustment's covariate
     from .executor import executor_for
 
     executor = executor_for(scheduler, local_threads=LOCAL_THREADS)
     try:
-        jobs = [(str(cloudy_path), str(valid_path), covariates, size, shape, width, bounds, adjust) for bounds in strips]
-        with rasterio.open(tmp_smoothed, "w", **profile) as out, rasterio.open(tmp_kv, "w", **profile) as outkv:
-            for n, part in executor.map(_counts_strip, jobs, progress):
-                r0, r1 = strips[n][:2]
-                out.write(part["smoothed"][None], window=Window(0, r0, width, r1 - r0))
-                outkv.write(part["kv"][None], window=Window(0, r0, width, r1 - r0))
-                if adjust:  # added in strip order, wherever the strip ran
-                    xtx += part["xtx"]
-                    xty += part["xty"]
-                    yty += part["yty"]
-                    total += part["total"]
-                progress.set_progress((50.0 if adjust else 95.0) * (n + 1) / len(strips))
-        result = None
-        if adjust and out_adjusted:
-            result = _adjust(tmp_smoothed, tmp_kv, covariates, names, xtx, xty, yty, total, out_adjusted, profile,
-                             strips, executor, progress, fixed)
-        os.replace(tmp_smoothed, out_smoothed)
-        written.remove(tmp_smoothed)
-        progress.set_progress(100.0)
-        return result
+        with contextlib.ExitStack() as files:
+            # the smoothed raster is renamed into place only once the adjustment is written too
+            tmp_smoothed = files.enter_context(atomic(out_smoothed))
+            jobs = [(str(cloudy_path), str(valid_path), covariates, size, shape, width, bounds, adjust) for bounds in strips]
+            with rasterio.open(tmp_smoothed, "w", **profile) as out, rasterio.open(tmp_kv, "w", **profile) as outkv:
+                for n, part in executor.map(_counts_strip, jobs, progress):
+                    r0, r1 = strips[n][:2]
+                    out.write(part["smoothed"][None], window=Window(0, r0, width, r1 - r0))
+                    outkv.write(part["kv"][None], window=Window(0, r0, width, r1 - r0))
+                    if adjust:  # added in strip order, wherever the strip ran
+                        xtx += part["xtx"]
+                        xty += part["xty"]
+                        yty += part["yty"]
+                        total += part["total"]
+                    progress.set_progress((50.0 if adjust else 95.0) * (n + 1) / len(strips))
+            result = None
+            if adjust and out_adjusted:
+                result = _adjust(tmp_smoothed, tmp_kv, covariates, names, xtx, xty, yty, total, out_adjusted, profile,
+                                 strips, executor, progress, fixed)
+            progress.set_progress(100.0)
+            return result
     finally:
         executor.close()
-        for path in written:
-            if os.path.exists(path):
-                os.remove(path)
+        if os.path.exists(tmp_kv):
+            os.remove(tmp_kv)
 
 
 def _counts_strip(job, progress=None) -> dict:
@@ -331,21 +328,15 @@ def _adjust(smoothed_path, kv_path, covariates, names, xtx, xty, yty, total, out
     ss_tot = yty - total * mean_y**2
     ss_res = yty - 2 * beta @ xty + beta @ xtx @ beta
     r2 = float(1 - ss_res / ss_tot) if ss_tot > 0 else 0.0
-    tmp = f"{out_adjusted}.part-{os.getpid()}.tif"
     width = profile["width"]
     total_after = 0.0
     jobs = [(smoothed_path, kv_path, covariates, width, bounds[:2], beta, means) for bounds in strips]
-    try:
-        with rasterio.open(tmp, "w", **profile) as out:
-            for n, (adjusted, part) in executor.map(_counts_adjusted, jobs, progress):
-                r0, r1 = strips[n][:2]
-                total_after += part
-                out.write(adjusted[None], window=Window(0, r0, width, r1 - r0))
-                progress.set_progress(50.0 + 45.0 * (n + 1) / len(strips))
-        os.replace(tmp, out_adjusted)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic(out_adjusted) as tmp, rasterio.open(tmp, "w", **profile) as out:
+        for n, (adjusted, part) in executor.map(_counts_adjusted, jobs, progress):
+            r0, r1 = strips[n][:2]
+            total_after += part
+            out.write(adjusted[None], window=Window(0, r0, width, r1 - r0))
+            progress.set_progress(50.0 + 45.0 * (n + 1) / len(strips))
     result = Regression(names, [float(b) for b in beta[1:]], float(beta[0]), r2, int(total), [float(m) for m in means],
                         float(mean_y), total_after / total, fit_from=fixed.get("fit_from") if fixed else None)
     with open(os.path.splitext(out_adjusted)[0] + ".regression.json", "w") as fh:
@@ -709,106 +700,100 @@ def _deviation_adjustment(cloudy_path, valid_path, out_smoothed, out_adjusted, o
             progress.set_progress(min(99.0, 100.0 * steps[0] / steps[1]))
             yield result
 
-    tmp_smoothed = f"{out_smoothed}.part-{os.getpid()}.tif"
-    written = [tmp_smoothed]
     try:
-        # pass 1: lag written; the sums of the fit and d's first histogram, added in strip order
-        keys = ("p_sum", "p_count", "n_fit", "n_in", "p", "pp", "p_in", "d_out", "dd_out", "pd_out", "no_observation")
-        s = dict.fromkeys(keys, 0)
-        first = _Histogram(*FIRST_BINS)
-        d_max = -np.inf
-        with rasterio.open(tmp_smoothed, "w", **profile) as out:
-            for strip, part in zip(strips, each(_strip_sums, [(strip, threshold_pct) for strip in strips])):
-                out.write(part["lag"][None], window=Window(0, strip.r0, width, strip.r1 - strip.r0))
-                for k in keys:
-                    s[k] += part[k]
-                first.counts += part["hist"]
-                first.below += part["below"]
-                d_max = max(d_max, part["d_max"])
-        n_fit, n_in = s["n_fit"], s["n_in"]
-        if n_fit < 3:
-            raise ValueError("Too few pixels with a neighbourhood to fit the adjustment (the counts have no data?).")
+        with contextlib.ExitStack() as files:  # the outputs, renamed into place together once all are written
+            tmp_smoothed = files.enter_context(atomic(out_smoothed))
+            # pass 1: lag written; the sums of the fit and d's first histogram, added in strip order
+            keys = ("p_sum", "p_count", "n_fit", "n_in", "p", "pp", "p_in", "d_out", "dd_out", "pd_out", "no_observation")
+            s = dict.fromkeys(keys, 0)
+            first = _Histogram(*FIRST_BINS)
+            d_max = -np.inf
+            with rasterio.open(tmp_smoothed, "w", **profile) as out:
+                for strip, part in zip(strips, each(_strip_sums, [(strip, threshold_pct) for strip in strips])):
+                    out.write(part["lag"][None], window=Window(0, strip.r0, width, strip.r1 - strip.r0))
+                    for k in keys:
+                        s[k] += part[k]
+                    first.counts += part["hist"]
+                    first.below += part["below"]
+                    d_max = max(d_max, part["d_max"])
+            n_fit, n_in = s["n_fit"], s["n_in"]
+            if n_fit < 3:
+                raise ValueError("Too few pixels with a neighbourhood to fit the adjustment (the counts have no data?).")
 
-        # pass 2: the exact median of d
-        def histogram_of(lo, hi, bins):
-            hist = _Histogram(lo, hi, bins)
-            for _, (below, counts) in executor.map(_strip_histogram, [(st, lo, hi, bins) for st in strips], progress):
-                hist.below += below
-                hist.counts += counts
-            return hist
+            # pass 2: the exact median of d
+            def histogram_of(lo, hi, bins):
+                hist = _Histogram(lo, hi, bins)
+                for _, (below, counts) in executor.map(_strip_histogram, [(st, lo, hi, bins) for st in strips], progress):
+                    hist.below += below
+                    hist.counts += counts
+                return hist
 
-        def collect(lo, hi):
-            below, uniques, counts = 0, [], []
-            for _, (b, u, c) in executor.map(_strip_collect, [(st, lo, hi) for st in strips], progress):
-                below += b
-                uniques.append(u)
-                counts.append(c)
-            u, inverse = np.unique(np.concatenate(uniques), return_inverse=True)
-            return below, u, np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64)).astype(np.int64)
+            def collect(lo, hi):
+                below, uniques, counts = 0, [], []
+                for _, (b, u, c) in executor.map(_strip_collect, [(st, lo, hi) for st in strips], progress):
+                    below += b
+                    uniques.append(u)
+                    counts.append(c)
+                u, inverse = np.unique(np.concatenate(uniques), return_inverse=True)
+                return below, u, np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64)).astype(np.int64)
 
-        middle = []
-        for rank in ([] if fixed else sorted({(n_fit - 1) // 2, n_fit // 2})):
-            hist = first
-            if rank >= first.below + int(first.counts.sum()):  # the middle lies beyond 1000 %
-                hist = histogram_of(FIRST_BINS[1], float(np.nextafter(d_max, np.inf)), FIRST_BINS[2])
-            middle.append(_exact_order_statistic(rank, hist, histogram_of, collect))
-        m = float(fixed["median_deviation_pct"]) if fixed else float(sum(middle) / len(middle))
-        steps[0] = 2 * len(strips)
+            middle = []
+            for rank in ([] if fixed else sorted({(n_fit - 1) // 2, n_fit // 2})):
+                hist = first
+                if rank >= first.below + int(first.counts.sum()):  # the middle lies beyond 1000 %
+                    hist = histogram_of(FIRST_BINS[1], float(np.nextafter(d_max, np.inf)), FIRST_BINS[2])
+                middle.append(_exact_order_statistic(rank, hist, histogram_of, collect))
+            m = float(fixed["median_deviation_pct"]) if fixed else float(sum(middle) / len(middle))
+            steps[0] = 2 * len(strips)
 
-        # the fit, from pass 1's sums: over the pixels within the threshold d' = m
-        sum_d = s["d_out"] + m * n_in
-        sum_dd = s["dd_out"] + m * m * n_in
-        sum_pd = s["pd_out"] + m * s["p_in"]
-        xtx = np.array([[n_fit, sum_d], [sum_d, sum_dd]], dtype=np.float64)
-        xty = np.array([s["p"], sum_pd])
-        if abs(np.linalg.det(xtx)) <= 1e-12 * max(1.0, sum_dd * n_fit):
-            a, b = s["p"] / n_fit, 0.0  # every deviation within the threshold: nothing to regress on
-        else:
-            a, b = (float(v) for v in np.linalg.solve(xtx, xty))
-        if fixed:  # the previous run's fit, not this extent's
-            a, b = float(fixed["intercept"]), float(fixed["slope"])
-        mean_p = s["p"] / n_fit
-        ss_tot = s["pp"] - n_fit * mean_p * mean_p
-        ss_res = s["pp"] - 2 * (a * s["p"] + b * sum_pd) + (a * a * n_fit + 2 * a * b * sum_d + b * b * sum_dd)
-        r2 = float(1.0 - ss_res / ss_tot) if ss_tot > 0 else 0.0
+            # the fit, from pass 1's sums: over the pixels within the threshold d' = m
+            sum_d = s["d_out"] + m * n_in
+            sum_dd = s["dd_out"] + m * m * n_in
+            sum_pd = s["pd_out"] + m * s["p_in"]
+            xtx = np.array([[n_fit, sum_d], [sum_d, sum_dd]], dtype=np.float64)
+            xty = np.array([s["p"], sum_pd])
+            if abs(np.linalg.det(xtx)) <= 1e-12 * max(1.0, sum_dd * n_fit):
+                a, b = s["p"] / n_fit, 0.0  # every deviation within the threshold: nothing to regress on
+            else:
+                a, b = (float(v) for v in np.linalg.solve(xtx, xty))
+            if fixed:  # the previous run's fit, not this extent's
+                a, b = float(fixed["intercept"]), float(fixed["slope"])
+            mean_p = s["p"] / n_fit
+            ss_tot = s["pp"] - n_fit * mean_p * mean_p
+            ss_res = s["pp"] - 2 * (a * s["p"] + b * sum_pd) + (a * a * n_fit + 2 * a * b * sum_d + b * b * sum_dd)
+            r2 = float(1.0 - ss_res / ss_tot) if ss_tot > 0 else 0.0
 
-        # pass 3: adjusted = p − b·(d' − m) (published: lag − b·(d' − m), both bands)
-        shifted = n_fit - n_in if b != 0.0 else 0
-        after_sum, after_count = 0.0, 0
-        targets = [t for t in (out_adjusted, out_adjusted_count if published else None) if t]
-        tmp_adjusted = {t: f"{t}.part-{os.getpid()}.tif" for t in targets}
-        written.extend(tmp_adjusted.values())
-        if targets:
-            with contextlib.ExitStack() as stack:
-                outs = [stack.enter_context(rasterio.open(tmp_adjusted[t], "w", **profile)) if t else None
-                        for t in (out_adjusted, out_adjusted_count if published else None)]
-                for band, out in enumerate(outs, start=1):
-                    if published and out is not None:  # read by zonal statistics: band 2 is no count
-                        out.update_tags(**{PUBLISHED_TAG: str(band)})
-                jobs = [(strip, b, m, threshold_pct) for strip in strips]
-                for strip, (adjusted, total, count) in zip(strips, each(_strip_adjusted, jobs)):
-                    after_sum += total
-                    after_count += count
-                    layers = adjusted if published else adjusted[None]
-                    for out, layer in zip(outs, layers):
-                        if out is not None:
-                            out.write(layer[None], window=Window(0, strip.r0, width, strip.r1 - strip.r0))
-        p_count = s["p_count"]
-        result = ReferenceAdjustment(
-            intercept=a, slope=b, median_deviation_pct=m, r2=r2, pixels=int(n_fit), shifted=int(shifted),
-            threshold_pct=float(threshold_pct), kernel_size=int(size),
-            mean_before=s["p_sum"] / p_count if p_count else float("nan"),
-            mean_after=(after_sum / after_count if (after_count and out_adjusted) else float("nan")),
-            fit_from=None if fixed is None or isinstance(fit_from, dict) else str(fit_from),
-        )
-        if published:
-            result.rows_left_out = int(2 * height * width - n_fit)
-            result.pixels_without_observation = int(s["no_observation"])
-        os.replace(tmp_smoothed, out_smoothed)
-        written.remove(tmp_smoothed)
-        for target, tmp in tmp_adjusted.items():
-            os.replace(tmp, target)
-            written.remove(tmp)
+            # pass 3: adjusted = p − b·(d' − m) (published: lag − b·(d' − m), both bands)
+            shifted = n_fit - n_in if b != 0.0 else 0
+            after_sum, after_count = 0.0, 0
+            targets = [t for t in (out_adjusted, out_adjusted_count if published else None) if t]
+            tmp_adjusted = {t: files.enter_context(atomic(t)) for t in targets}
+            if targets:
+                with contextlib.ExitStack() as stack:
+                    outs = [stack.enter_context(rasterio.open(tmp_adjusted[t], "w", **profile)) if t else None
+                            for t in (out_adjusted, out_adjusted_count if published else None)]
+                    for band, out in enumerate(outs, start=1):
+                        if published and out is not None:  # read by zonal statistics: band 2 is no count
+                            out.update_tags(**{PUBLISHED_TAG: str(band)})
+                    jobs = [(strip, b, m, threshold_pct) for strip in strips]
+                    for strip, (adjusted, total, count) in zip(strips, each(_strip_adjusted, jobs)):
+                        after_sum += total
+                        after_count += count
+                        layers = adjusted if published else adjusted[None]
+                        for out, layer in zip(outs, layers):
+                            if out is not None:
+                                out.write(layer[None], window=Window(0, strip.r0, width, strip.r1 - strip.r0))
+            p_count = s["p_count"]
+            result = ReferenceAdjustment(
+                intercept=a, slope=b, median_deviation_pct=m, r2=r2, pixels=int(n_fit), shifted=int(shifted),
+                threshold_pct=float(threshold_pct), kernel_size=int(size),
+                mean_before=s["p_sum"] / p_count if p_count else float("nan"),
+                mean_after=(after_sum / after_count if (after_count and out_adjusted) else float("nan")),
+                fit_from=None if fixed is None or isinstance(fit_from, dict) else str(fit_from),
+            )
+            if published:
+                result.rows_left_out = int(2 * height * width - n_fit)
+                result.pixels_without_observation = int(s["no_observation"])
         if out_adjusted:
             report = dict(asdict(result), method=_REPORT_METHOD[method], formula=_REPORT_FORMULA[method])
             if not published:
@@ -819,6 +804,3 @@ def _deviation_adjustment(cloudy_path, valid_path, out_smoothed, out_adjusted, o
         return result
     finally:
         executor.close()
-        for path in written:
-            if os.path.exists(path):
-                os.remove(path)
