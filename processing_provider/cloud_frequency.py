@@ -72,7 +72,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             "duplicates of one datatake are combined, and scenes from several UTM zones are resampled (nearest, "
             "exact) onto the grid. Valid = every SCL class but no data (0) and defective (1); cloudy = the "
             "cloud classes (8, 9, 10 by default), plus shadows (3) when asked.\n\n"
-            "'Observations' 'One per product, as published (2024 release)' counts as the reference dataset's "
+            "'Observations' 'One per product (2024 release)' counts as the reference dataset's "
             "published code does (odc.stac.load's default grouping): one observation per STAC item, items of "
             "exactly the same datetime fused band by band, so a pixel where two MGRS tiles of one acquisition "
             "overlap counts twice; its period must lie within one calendar year (the code makes one layer per "
@@ -110,7 +110,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
                     "probability asset over the observations with data (the reference product's).")))
         self.addParameter(with_help(QgsProcessingParameterEnum(
             self.OBSERVATIONS, self.tr("Observations"),
-            options=[self.tr("One per acquisition (datatake)"), self.tr("One per product, as published (2024 release)")],
+            options=[self.tr("One per acquisition (datatake)"), self.tr("One per product (2024 release)")],
             defaultValue=0),
             self.tr("One per acquisition (default, the documented method): the products of one datatake counted "
                     "once per pixel. One per product: each STAC item counts, same-datetime items fused, as the "

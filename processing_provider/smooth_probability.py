@@ -120,7 +120,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_ADJUSTED, self.tr("Adjusted probability (%)"), optional=True))
         self.addParameter(with_help(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_ADJUSTED_COUNT, self.tr("Adjusted band 2, as published (not a count)"), optional=True,
+            self.OUTPUT_ADJUSTED_COUNT, self.tr("Adjusted band 2 (not a count)"), optional=True,
             createByDefault=False),
             self.tr("Method 'As published' only: the 2024 release's adjusted band-2 rows, which its table calls "
                     "acquisition_count_*. Give it to zonal statistics as VALID to reproduce that table.")))
