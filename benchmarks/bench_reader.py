@@ -149,6 +149,7 @@ class TlsNginx(servers._Server):
         temp.mkdir(exist_ok=True)
         conf = workdir / "nginx.conf"
         conf.write_text(f"""
+{servers.nginx_user_directive()}
 worker_processes 1;
 daemon off;
 pid {workdir}/nginx.pid;

@@ -9,7 +9,10 @@ in the same order either way, so the outputs are bit for bit the same.
 Workers need ``cloud_probability.core`` and its numeric dependencies, never QGIS: install the
 wheel built from this repository on them, or hand the package over with
 ``Client.upload_file``. They read the inputs the jobs name (rasters, COGs over HTTP), so raster
-paths must be on a file system the workers share (as on an HPC cluster).
+paths must be on a file system the workers share (as on an HPC cluster). The scheduler needs
+the package too: recent ``distributed`` unpickles the task graph on the scheduler, and every
+task fails there ("Error during deserialization of the task graph") where ``cloud_probability``
+cannot be imported; :class:`DaskExecutor` says so in a sentence.
 """
 from __future__ import annotations
 
@@ -59,6 +62,10 @@ class LocalExecutor:
 
     def close(self) -> None:  # noqa: D102
         pass
+
+
+# what distributed's scheduler says when it cannot unpickle a task (a module it cannot import)
+GRAPH_ERROR = "Error during deserialization of the task graph"
 
 
 class DaskExecutor:
@@ -118,7 +125,12 @@ class DaskExecutor:
                 keep = deque()
                 for index, future in flight:
                     if future in finished:
-                        result = future.result()  # a task's own error is raised here, as it would be locally
+                        try:
+                            result = future.result()  # a task's own error is raised here, as it would be locally
+                        except RuntimeError as exc:
+                            if GRAPH_ERROR in str(exc):
+                                raise RuntimeError(self._graph_sentence()) from exc
+                            raise
                         self.bytes_received += _size(result)
                         done_early[index] = result
                     else:
@@ -134,6 +146,15 @@ class DaskExecutor:
         finally:
             if flight:
                 self.client.cancel([f for _, f in flight])
+
+    def _graph_sentence(self) -> str:
+        try:
+            address = self.client.scheduler.address
+        except Exception:  # the sentence matters more than the address
+            address = "given"
+        return (f"The Dask scheduler at {address} could not read the tasks ({GRAPH_ERROR}): the scheduler, "
+                f"like every worker, must be able to import cloud_probability. Install the wheel that 'make wheel' "
+                f"builds into the Python that runs 'dask scheduler', as on the workers, and start it again.")
 
     def close(self) -> None:
         """Close the client if this executor opened it."""

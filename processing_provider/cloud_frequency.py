@@ -110,7 +110,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
                     "probability asset over the observations with data (the reference product's).")))
         self.addParameter(with_help(QgsProcessingParameterEnum(
             self.OBSERVATIONS, self.tr("Observations"),
-            options=[self.tr("One per acquisition"), self.tr("One per product (2024 release)")],
+            options=[self.tr("One per acquisition (datatake)"), self.tr("One per product (2024 release)")],
             defaultValue=0),
             self.tr("One per acquisition (default, the documented method): the products of one datatake counted "
                     "once per pixel. One per product: each STAC item counts, same-datetime items fused, as the "

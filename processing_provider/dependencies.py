@@ -6,12 +6,24 @@ the plugin as without it; a real import happens only just before a run (:func:`c
 and after an install (:func:`import_problems`).
 
 Where packages go: ``pip install --user`` with ``PYTHONUSERBASE`` set to a folder of the QGIS
-profile (:func:`packages_base`), whose site-packages the plugin appends to ``sys.path`` when it
-loads (:func:`activate`). That needs no root and no virtual environment, leaves the user's own
-``~/.local`` and every other Python program alone, and keeps pip aware of what QGIS's Python
-already has (``--target`` would reinstall numpy and the rest beside Debian's). A constraints
-file pins the numpy that is loaded and every other distribution QGIS's Python can see
-(:func:`constraints_text`), so pip never brings a second numpy or upgrades a Debian package.
+profile (:func:`packages_base`), whose site-packages the plugin puts on ``sys.path`` where a user
+site goes, before the system's site-packages, when it loads (:func:`activate`). That needs no root
+and no virtual environment, leaves the user's own ``~/.local`` and every other Python program
+alone, and keeps pip aware of what QGIS's Python already has (``--target`` would reinstall numpy
+and the rest beside Debian's).
+
+pip runs in QGIS's own interpreter (:func:`qgis_python`), never a ``python3`` found on PATH: the
+embedded Python of the QGIS binary may take its ``sys.executable`` from PATH (a pyenv shim, another
+Python), and the bootstrap refuses an interpreter of another version or installation.
+
+A constraints file (:func:`pins`, :func:`constraints_text`) pins what the packages must live with:
+the numpy QGIS has loaded, every compiled distribution QGIS's Python has (Debian's pandas, scipy,
+rasterio, PyQt5… built for that numpy and the system's GDAL, GEOS and PROJ: pip must never bring a
+second one), and the version ranges those compiled distributions themselves require. Pure-Python
+distributions are not pinned: pip keeps the installed one when it satisfies the packages and puts a
+newer one into the profile's folder when it does not (Debian 12's requests 2.28.1 against
+pystac-client's requests >= 2.28.2). When a requirement cannot be met, :func:`explain_conflict`
+says which one and what to do.
 
 No ``qgis`` import at module level: the path logic is plain Python and testable as such.
 """
@@ -128,9 +140,13 @@ def missing_sentence(what: str, modules: Sequence[str], python: Path | str | Non
 
 
 def shell_command(requirements: Sequence[str], python: Path | str | None = None) -> str:
-    """The pip command a shell user can run instead: QGIS's Python, the user site, the loaded numpy kept."""
-    python = python or qgis_python() or "python3"
-    words = [f'"{python}"', "-m", "pip", "install", "--user"]
+    """The pip command a shell user can run instead: QGIS's Python, the user site, the loaded numpy kept.
+
+    Never a bare ``python3``: the one on PATH may be another Python than QGIS's. Without QGIS's
+    interpreter the command says to run it with that Python.
+    """
+    python = python or qgis_python()
+    words = [f'"{python}"' if python else "<the Python QGIS runs>", "-m", "pip", "install", "--user"]
     if _externally_managed():
         words.append("--break-system-packages")
     words += [f'"{r}"' for r in requirements]
@@ -184,7 +200,8 @@ def python_candidates(executable: str | None, exec_prefix: str, platform: str, v
     prefix = Path(exec_prefix)
     exe = Path(executable) if executable else None
     candidates: list[Path] = []
-    if exe is not None and _PYTHON_NAME.match(exe.name):
+    if exe is not None and _PYTHON_NAME.match(exe.name) and _same_folder(exe.parent, _home_folders(prefix, exe, platform,
+                                                                                                    environ)):
         candidates.append(exe)
     if platform.startswith("win"):
         roots = []
@@ -203,6 +220,37 @@ def python_candidates(executable: str | None, exec_prefix: str, platform: str, v
                 candidates += [contents / "MacOS" / "bin" / f"python{short}", contents / "MacOS" / "bin" / "python3"]
         candidates += [prefix / "bin" / f"python{short}", prefix / "bin" / "python3"]
     return list(dict.fromkeys(candidates))
+
+
+def _home_folders(prefix: Path, exe: Path | None, platform: str, environ: Mapping[str, str]) -> list[Path]:
+    """The folders where this installation's own interpreter lies: ``sys.executable`` counts only there.
+
+    The embedded Python of the QGIS binary on Linux sets ``sys.executable`` from the first
+    ``python3`` on PATH, which can be a pyenv shim or another installation: pip run with it would
+    install for that Python, not for QGIS's.
+    """
+    if platform.startswith("win"):
+        roots = [Path(environ["OSGEO4W_ROOT"])] if environ.get("OSGEO4W_ROOT") else []
+        if prefix.parent.name.lower() == "apps":
+            roots.append(prefix.parent.parent)
+        return [prefix, prefix / "Scripts", *[root / "bin" for root in roots]]
+    folders = [prefix / "bin"]
+    if platform == "darwin" and exe is not None:
+        contents = next((p for p in exe.parents if p.name == "Contents"), None)
+        if contents is not None:
+            folders.append(contents / "MacOS" / "bin")
+    return folders
+
+
+def _same_folder(folder: Path, homes: Sequence[Path]) -> bool:
+    """``folder`` is one of ``homes`` (symbolic links resolved: /bin is /usr/bin on Debian)."""
+    def key(p: Path) -> str:
+        try:
+            return os.path.normcase(str(p.resolve()))
+        except OSError:
+            return os.path.normcase(os.path.abspath(p))
+
+    return key(folder) in {key(h) for h in homes}
 
 
 def qgis_python(executable: str | None = None, exec_prefix: str | None = None, platform: str | None = None,
@@ -248,9 +296,12 @@ def site_dir(base: str | Path) -> Path:
 
 
 def activate(base: str | Path | None = None) -> bool:
-    """Append ``base``'s site-packages to ``sys.path`` (with its .pth files) if it exists; True if added.
+    """Put ``base``'s site-packages on ``sys.path`` (with its .pth files) if it exists; True if added.
 
-    Appended, not prepended: what QGIS's Python already has keeps precedence, as pip assumed.
+    It goes where Python puts a user site, before the first site-packages: the order pip assumed
+    when it installed there with ``--user``. A pure-Python package pip put there because the
+    system's was too old (requests) then wins over it, and nothing compiled is ever there to win
+    (the constraints kept every compiled distribution QGIS's Python has).
     """
     import site
 
@@ -258,9 +309,30 @@ def activate(base: str | Path | None = None) -> bool:
     importlib.invalidate_caches()
     if not folder.is_dir() or str(folder) in sys.path:
         return False
-    site.addsitedir(str(folder))
+    before = list(sys.path)
+    site.addsitedir(str(folder))  # appends the folder and what its .pth files name
+    added = [p for p in sys.path[len(before):] if p not in before]
+    at = _first_site_packages(before)
+    if added and at is not None:
+        sys.path[:] = before[:at] + added + before[at:]
     importlib.invalidate_caches()
     return True
+
+
+def _first_site_packages(path: Sequence[str]) -> int | None:
+    """Index in ``path`` of the first site-packages folder (the system's, a virtual environment's, a user's)."""
+    import site
+
+    sites = list(getattr(site, "getsitepackages", lambda: [])())
+    user = getattr(site, "getusersitepackages", lambda: None)()
+    if user:
+        sites.append(user)
+    keys = {os.path.normcase(os.path.abspath(p)) for p in sites}
+    for index, entry in enumerate(path):
+        if entry and (os.path.normcase(os.path.abspath(entry)) in keys
+                      or Path(entry).name in ("site-packages", "dist-packages")):
+            return index
+    return None
 
 
 # ------------------------------------------------------------------ the pip run
@@ -285,22 +357,84 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def constraints_text(base: str | Path | None = None, installing: Iterable[str] = ()) -> str:
-    """A pip constraints file: the loaded numpy (``numpy.__version__``) and every distribution
-    QGIS's Python sees outside ``base``, at the version it has, except those being installed.
+@dataclass(frozen=True)
+class Pin:
+    """One line of the constraints file: ``name`` (PEP 503), ``spec`` (``==1.24.2``, ``<13,>=12.11``),
+    ``reason``, the words that say why the installer keeps it (shown when pip cannot meet it), and
+    ``owner``, the distribution of QGIS's Python that a user would update to lift it."""
 
-    pip then installs only what is missing and fails with a conflict, instead of shadowing or
-    upgrading a package QGIS already loads (Debian's numpy, pandas, requests…).
+    name: str
+    spec: str
+    reason: str
+    owner: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.name}{self.spec}"
+
+
+# a Requires-Dist entry without marker: "name (>=1, <2)" (older metadata) or "name>=1,<2"
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*\(?\s*([<>=!~][^;()]*?)\s*\)?\s*$")
+
+
+def _extension_suffixes() -> tuple[str, ...]:
+    import importlib.machinery
+
+    return tuple(importlib.machinery.EXTENSION_SUFFIXES) + (".pyd", ".so")
+
+
+def compiled(dist) -> bool | None:
+    """Whether an installed distribution ships extension modules: True, False, or None (cannot tell).
+
+    From its file list (RECORD) where it has one, else from the folders of its top-level modules
+    (top_level.txt, or its own name): Debian's egg-info has no file list.
+    """
+    suffixes = _extension_suffixes()
+    files = dist.files
+    if files:
+        return any(str(f).endswith(suffixes) for f in files)
+    try:
+        location = Path(str(dist.locate_file("")))
+    except Exception:  # a distribution type without files on disk
+        return None
+    tops = (dist.read_text("top_level.txt") or "").split() or [(dist.metadata.get("Name") or "").replace("-", "_")]
+    found = False
+    for top in filter(None, tops):
+        folder = location / top
+        if folder.is_dir():
+            found = True
+            if any(str(p).endswith(suffixes) for p in folder.rglob("*")):
+                return True
+        for module in location.glob(f"{top}.*"):
+            found = True
+            if str(module).endswith(suffixes):
+                return True
+    return False if found else None
+
+
+def pins(base: str | Path | None = None, installing: Iterable[str] = ()) -> list[Pin]:
+    """What the packages must live with in QGIS's Python, except what is in ``base`` or being installed.
+
+    * the numpy loaded (``numpy.__version__``): everything compiled in QGIS's Python is built for it;
+    * every compiled distribution QGIS's Python sees, at its version (pip must not bring a second
+      one: a wheel of rasterio, shapely or pyproj bundles another GDAL, GEOS or PROJ, and one of
+      PyQt5 another Qt), and one whose files say nothing either way, to be safe;
+    * the version ranges those compiled distributions require themselves (scipy's numpy < 1.27,
+      PyQt5's PyQt5-sip < 13…), so pip never upgrades what they import past what they accept.
+
+    Pure-Python distributions are not pinned: pip keeps the installed one when it satisfies the
+    requirements and installs a newer one into ``base`` when it does not.
     """
     import importlib.metadata
 
     import numpy
 
     skip = {canonical(n) for n in installing}
-    lines = ["# Written by the Cloud probability plugin: what QGIS's Python already has stays as it is.",
-             f"numpy=={numpy.__version__}"]
+    found = [Pin("numpy", f"=={numpy.__version__}",
+                 f"QGIS has loaded numpy {numpy.__version__}, which its compiled packages are built for", "numpy")]
     seen = {"numpy"} | skip
     folder = Path(base) if base is not None else None
+    kept = []
     for dist in importlib.metadata.distributions():
         name = dist.metadata.get("Name") or ""
         key = canonical(name)
@@ -313,22 +447,103 @@ def constraints_text(base: str | Path | None = None, installing: Iterable[str] =
             location = None
         if folder is not None and location is not None and _inside(location, folder):
             continue
-        version = dist.version or ""
-        if _PEP440.match(version):
-            lines.append(f"{key}=={version.strip()}")
+        version = (dist.version or "").strip()
+        if not _PEP440.match(version):
+            continue
+        is_compiled = compiled(dist)
+        if is_compiled is False:
+            continue
+        what = "compiled for it" if is_compiled else "which may be compiled for it"
+        found.append(Pin(key, f"=={version}", f"QGIS's Python has {name} {version}, {what}", name))
+        kept.append((name, version, dist))
+    for name, version, dist in kept:
+        for requirement in dist.requires or ():
+            if ";" in requirement:
+                continue  # extras and markers: not what it needs to import here
+            match = _REQUIREMENT.match(requirement)
+            if not match or canonical(match.group(1)) in skip:
+                continue
+            spec = re.sub(r"\s+", "", match.group(2))
+            found.append(Pin(canonical(match.group(1)), spec,
+                             f"{name} {version} in QGIS's Python needs {match.group(1)}{spec}", name))
+    return found
+
+
+def constraints_text(base: str | Path | None = None, installing: Iterable[str] = (),
+                     found: Sequence[Pin] | None = None) -> str:
+    """The pip constraints file of :func:`pins` (or of ``found``), each line saying why."""
+    lines = ["# Written by the Cloud probability plugin: what the packages must live with in QGIS's Python.",
+             "# Pure-Python packages are not pinned: pip may put a newer one beside QGIS's."]
+    for pin in (pins(base, installing) if found is None else found):
+        lines.append(f"{pin.line}  # {pin.reason}")
     return "\n".join(lines) + "\n"
+
+
+_CAUSE = re.compile(r"^\s*(?P<who>\S+) (?P<version>\S+) depends on (?P<requirement>.+?)\s*$")
+_CONSTRAINT = re.compile(r"^\s*The user requested \(constraint\) (?P<pin>.+?)\s*$")
+
+
+def _requirement_name(requirement: str) -> str:
+    return canonical(re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0])
+
+
+def explain_conflict(log: str, found: Sequence[Pin], requested: Sequence[str] = ()) -> str | None:
+    """One sentence for pip's ResolutionImpossible in ``log``: which requirement cannot be met, by
+    what QGIS's Python has, and what to do; None if pip did not say a constraint was in the way."""
+    lines = log.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if "conflict is caused by" in line)
+    except StopIteration:
+        return None
+    causes, constraints = [], []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            if causes or constraints:
+                break
+            continue
+        constraint = _CONSTRAINT.match(line)
+        cause = _CAUSE.match(line)
+        if constraint:
+            constraints.append(constraint.group("pin"))
+        elif cause:
+            causes.append(cause.groupdict())
+    wanted = {_requirement_name(r) for r in requested}
+    for text in constraints:
+        name_part = re.match(r"^\s*([A-Za-z0-9._-]+)(.*)$", text)
+        if not name_part:
+            continue
+        name, spec = canonical(name_part.group(1)), re.sub(r"\s+", "", name_part.group(2))
+        pin = next((p for p in found if p.name == name and p.spec == spec), None) \
+            or next((p for p in found if p.name == name), None)
+        need = next((c for c in causes if _requirement_name(c["requirement"]) == name), None)
+        if pin is None or need is None:
+            continue
+        who = need["who"]
+        if canonical(who) in wanted or not requested:
+            older = f"ask for an older {who} that works with it"
+        else:
+            older = f"ask for an older {join_words(list(requested))} whose {who} works with it"
+        return (f"{who} {need['version']} needs {need['requirement']}, but {pin.reason}, and the installer leaves "
+                f"that as it is: {older}, or update {pin.owner} with the installer QGIS came from (apt, OSGeo4W "
+                f"Setup or conda) and restart QGIS")
+    return None
 
 
 # Runs in the interpreter found by qgis_python: refuses another Python version, explains a
 # missing pip, then hands the remaining arguments to pip.
 BOOTSTRAP = """\
-import importlib.util, runpy, sys
+import importlib.util, os, runpy, sys
 want = sys.argv.pop(1)
+want_home = sys.argv.pop(1)
 have = '%d.%d' % sys.version_info[:2]
 print('Python %s at %s (prefix %s)' % (sys.version.split()[0], sys.executable, sys.prefix), flush=True)
 if have != want:
     sys.exit('This interpreter is Python %s but QGIS runs Python %s: packages built for it would not import.'
              % (have, want))
+home = os.path.normcase(os.path.realpath(sys.base_prefix))
+if home != want_home:
+    sys.exit('This interpreter belongs to the Python installed in %s, but QGIS runs the one in %s: packages '
+             'installed for it would not be the ones QGIS imports.' % (home, want_home))
 if importlib.util.find_spec('pip') is None:
     sys.exit("QGIS's Python has no pip: install it first (Debian/Ubuntu: sudo apt install python3-pip).")
 sys.argv[0] = 'pip'
@@ -339,6 +554,7 @@ runpy.run_module('pip', run_name='__main__', alter_sys=True)
 def pip_arguments(requirements: Sequence[str], constraints: Path, extra: Sequence[str] = ()) -> list[str]:
     """The interpreter's arguments for ``pip install --user`` of ``requirements`` under ``constraints``."""
     return ["-c", BOOTSTRAP, f"{sys.version_info[0]}.{sys.version_info[1]}",
+            os.path.normcase(os.path.realpath(sys.base_prefix)),
             "install", "--user", "--prefer-binary", "--no-warn-script-location", "--disable-pip-version-check",
             "--no-input", "--no-color", "--progress-bar", "off", "-c", str(constraints), *extra, *requirements]
 

@@ -120,7 +120,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(
             self.OUTPUT_ADJUSTED, self.tr("Adjusted probability (%)"), optional=True))
         self.addParameter(with_help(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_ADJUSTED_COUNT, self.tr("Adjusted band 2 (2024 release)"), optional=True,
+            self.OUTPUT_ADJUSTED_COUNT, self.tr("Adjusted band 2 (not a count)"), optional=True,
             createByDefault=False),
             self.tr("Method 'As published' only: the 2024 release's adjusted band-2 rows, which its table calls "
                     "acquisition_count_*. Give it to zonal statistics as VALID to reproduce that table.")))
@@ -227,7 +227,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             outputs[self.OUTPUT_ADJUSTED] = out_adjusted
         if published and out_count:
             StylePostProcessor.attach(context, out_count, "cloud_probability.qml",
-                                      name="Adjusted band 2 of the 2024 release (%, not a count)")
+                                      name="Adjusted band 2, as published (not a count)")
             outputs[self.OUTPUT_ADJUSTED_COUNT] = out_count
         return outputs
 

@@ -140,7 +140,7 @@ def build():
         "DASK_SCHEDULER": p("DASK_SCHEDULER"),
     }, {"OUTPUT_SMOOTHED": ("SMOOTHED", "Smoothed cloud probability (%)"),
         "OUTPUT_ADJUSTED": ("ADJUSTED", "Adjusted cloud probability (%)"),
-        "OUTPUT_ADJUSTED_COUNT": ("ADJUSTED_COUNT", "Adjusted band 2 (2024 release)")})
+        "OUTPUT_ADJUSTED_COUNT": ("ADJUSTED_COUNT", "Adjusted band 2 (not a count)")})
     child("cloudprob:zonalstatistics", "zonal", "Cloud probability per small area", 420, 540, {
         "INPUT_RASTER": Source.fromChildOutput("smoothing", "OUTPUT_ADJUSTED"), "ZONES": p("ZONES"),
         # the published table's acquisition_count_* columns are its adjusted band 2; the documented ones are counts

@@ -9,7 +9,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 # What a user needs, and only that: a new top-level folder must be added here on purpose.
-SHIPPED=(__init__.py plugin.py metadata.txt LICENSE icons core processing_provider ui)
+SHIPPED=(__init__.py plugin.py metadata.txt LICENSE resources.qrc icons core processing_provider ui)
 if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     echo "make_zip.sh: $root is not a git checkout; the zip is made from its tracked files" >&2
     exit 2

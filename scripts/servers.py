@@ -89,6 +89,25 @@ class _Server:
             pass
 
 
+def nginx_user_directive() -> str:
+    """nginx's ``user`` line: the workers run as the user who started nginx.
+
+    Started by root, nginx's master hands requests to workers running as ``nobody``, which cannot
+    read a clone inside a 0700 folder (root's home, any private folder): every file answers 403.
+    Naming the starting user keeps the workers able to read whatever the starter can, wherever the
+    archive lies, without copying it elsewhere or loosening any folder's mode. It gives them
+    nothing the starter does not already have, and the server listens on 127.0.0.1 only. Without
+    root the master cannot switch user, the workers are the starter already, and the line would
+    only earn a warning: it is left out.
+    """
+    if os.geteuid() != 0:
+        return ""
+    import grp
+    import pwd
+
+    return f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
+
+
 def nginx_binary() -> str:
     for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
         if candidate and os.path.exists(candidate):
@@ -111,6 +130,7 @@ class CogServer(_Server):
         temp.mkdir(exist_ok=True)
         conf.write_text(
             f"""
+{nginx_user_directive()}
 worker_processes 1;
 daemon off;
 master_process on;

@@ -132,3 +132,31 @@ def self_signed_certificate(folder: Path):
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert, key)
     return cert, tls
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel as `make wheel` builds it (pip, no build isolation), into a scratch folder."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
+                           "--no-build-isolation", "-w", str(out), str(ROOT)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    built = list(out.glob("*.whl"))
+    assert len(built) == 1, built
+    return built[0]
+
+
+@pytest.fixture(scope="session")
+def wheel_site(wheel, tmp_path_factory) -> Path:
+    """A folder holding only the installed wheel (``pip install --target``, no dependencies): on a
+    process's PYTHONPATH, the one place it finds ``cloud_probability``, as on a cluster node."""
+    import subprocess
+
+    target = tmp_path_factory.mktemp("wheel-site")
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                           "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return target

@@ -81,7 +81,7 @@ def _write_cog(path: Path, data: np.ndarray, **options) -> Path:
 def layouts():
     import shutil
 
-    folder = BUILD / "test-cog-layouts"  # not under /tmp/pytest-of-*: nginx's worker must read it
+    folder = BUILD / "test-cog-layouts"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     rows = np.arange(700)[:, None]

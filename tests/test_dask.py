@@ -172,3 +172,150 @@ def test_processing_runs_on_a_scheduler_on_loopback(cluster, provider, sample_se
         "VALID": result["OUTPUT_VALID"], "SPREAD": result["OUTPUT_STDEV"],
         "OUTPUT": str(tmp_path / "z2.gpkg"), "OUTPUT_CSV": str(tmp_path / "z2.csv")})
     assert (tmp_path / "z.csv").read_text() == (tmp_path / "z2.csv").read_text()
+
+
+# ------------------------------------------------------------------ a cluster of separate processes
+class SeparateCluster:
+    """``dask scheduler`` and ``dask worker`` started as commands, as a user's cluster is: each its own
+    process group, the workers (2 processes under their nannies) finding the scheduler through a
+    scheduler file, each Python finding ``cloud_probability`` only where its PYTHONPATH says.
+
+    Stopped by :meth:`stop` (SIGTERM, as a job scheduler ends them; SIGKILL to what is left after 30 s),
+    which checks that no process of theirs is left."""
+
+    def __init__(self, folder: Path, scheduler_path: Path | None, worker_path: Path):
+        import subprocess
+        import sys
+
+        dask = Path(sys.executable).parent / "dask"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.scheduler_file = folder / "scheduler.json"
+        self.processes = []
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        cwd = folder / "elsewhere"  # a working folder outside the checkout
+        cwd.mkdir(exist_ok=True)
+
+        def start(name, args, path):
+            env = dict(base, **({"PYTHONPATH": str(path)} if path is not None else {}))
+            log = open(folder / f"{name}.log", "wb")
+            proc = subprocess.Popen([str(dask), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            log.close()
+            self.processes.append(proc)
+            return proc
+
+        try:
+            self.scheduler = start("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                                 "--scheduler-file", str(self.scheduler_file)], scheduler_path)
+            deadline = time.monotonic() + 60
+            while not self.scheduler_file.exists():
+                assert self.scheduler.poll() is None and time.monotonic() < deadline, self.log("scheduler")
+                time.sleep(0.1)
+            self.address = json.loads(self.scheduler_file.read_text())["address"]
+            self.workers = start("workers", ["worker", "--scheduler-file", str(self.scheduler_file), "--nworkers", "2",
+                                             "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
+                                             "--local-directory", str(folder / "scratch")], worker_path)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self, name: str) -> str:
+        path = self.folder / f"{name}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        import subprocess
+
+        for proc in reversed(self.processes):  # the workers first, then the scheduler
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # nannies' workers left behind, if any
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
+        deadline = time.monotonic() + 10
+        for proc in self.processes:
+            while True:
+                try:
+                    os.killpg(proc.pid, 0)  # anyone of the group still there?
+                except ProcessLookupError:
+                    break
+                assert time.monotonic() < deadline, f"processes of group {proc.pid} outlived the cluster"
+                time.sleep(0.1)
+
+
+def test_a_separate_scheduler_and_workers_run_the_frequency_stage(wheel_site, sample_servers, grid, here, tmp_path):
+    """The README's cluster (issue 22): `dask scheduler` and `dask worker` processes, both with the wheel,
+    run a stage given the scheduler's address, as DASK_SCHEDULER and --scheduler give it; the outputs
+    are the in-process run's byte for byte, and everything started is stopped."""
+    import importlib.util
+
+    from distributed import Client
+
+    from cloud_probability.core.executor import DaskExecutor
+
+    cluster = SeparateCluster(tmp_path / "cluster", wheel_site, wheel_site)
+    try:
+        assert cluster.address.startswith("tcp://127.0.0.1:")
+        with Client(cluster.address, timeout="30s") as client:
+            try:
+                client.wait_for_workers(2, timeout=120)
+            except TimeoutError:
+                pytest.fail(f"the workers did not join: {cluster.log('workers')}")
+            # the scheduler is the process started above, and it imports the package from the wheel
+            assert client.run_on_scheduler(os.getpid) == cluster.scheduler.pid
+            origin = client.run_on_scheduler(lambda: importlib.util.find_spec("cloud_probability").origin)
+            assert origin == str(wheel_site / "cloud_probability" / "__init__.py")
+            workers = client.run(os.getpid)
+            assert len(workers) == 2 and os.getpid() not in workers.values()
+            assert cluster.scheduler.pid not in workers.values()
+
+        executor = DaskExecutor(cluster.address)  # its own client, as the algorithms and the CLI make
+        try:
+            out = _outputs(tmp_path / "separate")
+            result = cloud_frequency(served_scenes(sample_servers), grid, PRESETS["scl"], out, tile_px=64,
+                                     measure="mean_probability", cache_dir=tmp_path / "cache", scheduler=executor)
+        finally:
+            executor.close()
+        assert result.tiles == 16 and executor.tasks == 16
+        _same_files(here, out)
+    finally:
+        cluster.stop()
+
+
+def test_a_scheduler_without_the_package_fails_every_task_and_says_why(wheel_site, sample_servers, grid,
+                                                                         tmp_path):
+    """What the README warns of: workers with the wheel, a scheduler without it. Recent distributed
+    unpickles the task graph on the scheduler, so the first task fails there; the run stops with a
+    sentence naming the scheduler and what to install."""
+    import importlib.util
+
+    from distributed import Client
+
+    cluster = SeparateCluster(tmp_path / "cluster", None, wheel_site)
+    try:
+        with Client(cluster.address, timeout="30s") as client:
+            try:
+                client.wait_for_workers(2, timeout=120)
+            except TimeoutError:
+                pytest.fail(f"the workers did not join: {cluster.log('workers')}")
+            assert client.run_on_scheduler(lambda: importlib.util.find_spec("cloud_probability")) is None
+            assert all(client.run(lambda: importlib.util.find_spec("cloud_probability") is not None).values())
+        out = _outputs(tmp_path / "never")
+        with pytest.raises(RuntimeError) as raised:
+            cloud_frequency(served_scenes(sample_servers), grid, PRESETS["scl"], out, tile_px=64,
+                            measure="mean_probability", cache_dir=tmp_path / "cache", scheduler=cluster.address)
+        message = str(raised.value)
+        assert message.startswith(f"The Dask scheduler at {cluster.address} could not read the tasks "
+                                  f"(Error during deserialization of the task graph)"), message
+        assert "must be able to import cloud_probability" in message and "'make wheel'" in message
+        assert "No module named 'cloud_probability'" in cluster.log("scheduler")  # the scheduler's own account
+        assert not Path(out["probability"]).exists()
+    finally:
+        cluster.stop()

@@ -22,11 +22,13 @@ BLOB = np.random.default_rng(11).integers(0, 256, 300_000, dtype=np.uint8).tobyt
 
 
 @pytest.fixture(scope="module")
-def blob_on_nginx():
+def blob_on_nginx(tmp_path_factory):
     import servers
 
-    root = BUILD / "test-http"  # under .build: nginx's worker cannot read pytest's tmp dirs
-    root.mkdir(parents=True, exist_ok=True)
+    # pytest's tmp folders are private (/tmp/pytest-of-USER is 0700), as a clone in root's home is:
+    # nginx's workers must read what they serve wherever it lies (issue 22)
+    root = tmp_path_factory.mktemp("test-http")
+    assert any(folder.stat().st_mode & 0o077 == 0 for folder in root.parents), "a private folder above it"
     (root / "blob.bin").write_bytes(BLOB)
     with servers.CogServer(root, workdir=root / "nginx") as server:
         yield server

@@ -11,7 +11,8 @@ Only QGIS 3.22 runs here, so these tests check what QGIS 4 is known to need inst
   unless the enum's own name stands between;
 - field types go through the one shim (QGIS 3.22 wants a ``QVariant.Type``, Qt6 has only
   ``QMetaType.Type``);
-- no compiled Qt resources (PyQt6 has no pyrcc): icons are loaded from files that exist.
+- no compiled Qt resources (PyQt6 has no pyrcc): icons are loaded from files that exist, and
+  resources.qrc, their manifest, lists every one of them.
 """
 from __future__ import annotations
 
@@ -136,7 +137,9 @@ def test_field_types_through_the_shim(kind, qt5_name, qgis_app):
 
 
 def test_no_compiled_resources_and_icons_from_files():
-    assert not own_files("resources_rc.py") and not own_files("*.qrc")
+    # one resource file, the manifest at the top level; nothing made from it
+    assert not own_files("resources_rc.py") and not own_files("*.rcc")
+    assert own_files("*.qrc") == [ROOT / "resources.qrc"]
     for path in python_files():
         text = path.read_text()
         # a path into compiled resources, or pyrcc's own output (flake8-qgis only knows it as resources_rc)
@@ -146,3 +149,48 @@ def test_no_compiled_resources_and_icons_from_files():
     meta = configparser.ConfigParser()
     meta.read(ROOT / "metadata.txt")
     assert (ROOT / meta["general"]["icon"]).is_file()
+
+
+IMAGE_SUFFIXES = (".svg", ".png", ".ico", ".jpg", ".jpeg", ".gif")
+SHIPPED_CODE = ("__init__.py", "plugin.py", "processing_provider", "ui", "core")
+
+
+def icons_the_code_uses() -> set[str]:
+    """Paths, relative to the plugin folder, of every image the shipped code and metadata.txt name.
+
+    A string constant naming an image file (``"cloudprob.svg"`` in ``ROOT / "icons" / "cloudprob.svg"``,
+    or ``"icons/cloudprob.svg"``) counts; a bare file name is taken to be in icons/.
+    """
+    import configparser
+
+    used = set()
+    for path in python_files():
+        if path.relative_to(ROOT).parts[0] not in SHIPPED_CODE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.lower().endswith(IMAGE_SUFFIXES) and " " not in node.value:
+                used.add(node.value if "/" in node.value else f"icons/{node.value}")
+    meta = configparser.ConfigParser()
+    meta.read(ROOT / "metadata.txt")
+    used.add(meta["general"]["icon"])
+    return used
+
+
+def test_resources_qrc_lists_every_icon_the_code_uses_and_each_exists():
+    import xml.etree.ElementTree as ET
+
+    rcc = ET.parse(ROOT / "resources.qrc").getroot()
+    assert rcc.tag == "RCC"  # Qt's resource format, as Qt5's and Qt6's rcc read it
+    resources = rcc.findall("qresource")
+    assert [r.get("prefix") for r in resources] == ["/plugins/cloud_probability"]
+    listed = [f.text.strip() for f in resources[0].findall("file")]
+    assert len(listed) == len(set(listed)), listed
+    used = icons_the_code_uses()
+    assert "icons/cloudprob.svg" in used  # the plugin's and the provider's icon, found by the scan
+    assert used <= set(listed), f"used but not in resources.qrc: {sorted(used - set(listed))}"
+    for name in listed:
+        assert (ROOT / name).is_file(), f"resources.qrc lists {name}, which does not exist"
+    # the manifest is complete: no icon ships without being listed
+    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "icons").rglob("*") if p.is_file()}
+    assert shipped == set(listed), shipped ^ set(listed)

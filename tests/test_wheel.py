@@ -35,19 +35,6 @@ def _imports(source: str) -> set[str]:
     return names
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel as `make wheel` builds it (pip, no build isolation), into a scratch folder."""
-    out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
-                           "--no-build-isolation", "-w", str(out), str(ROOT)], capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    built = list(out.glob("*.whl"))
-    assert len(built) == 1, built
-    return built[0]
-
-
 def test_the_wheel_holds_core_and_nothing_of_qgis(wheel):
     meta = configparser.ConfigParser(interpolation=None)
     meta.read(ROOT / "metadata.txt", encoding="utf-8")
@@ -80,15 +67,12 @@ def test_the_wheel_holds_core_and_nothing_of_qgis(wheel):
     assert not missing, f"core imports these without declaring their distribution: {missing}"
 
 
-def test_a_worker_with_only_the_wheel_runs_the_frequency_stage(wheel, sample_servers, sample_archive, tmp_path):
+def test_a_worker_with_only_the_wheel_runs_the_frequency_stage(wheel_site, sample_servers, sample_archive, tmp_path):
     from distributed import Client, LocalCluster
 
     from cloud_probability.core.executor import DaskExecutor
 
-    target = tmp_path / "site"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-                           "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    target = wheel_site
     assert (target / "cloud_probability" / "core" / "frequency.py").is_file()
     assert not (target / "cloud_probability" / "plugin.py").exists()
 

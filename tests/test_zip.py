@@ -62,7 +62,8 @@ def test_the_zip_holds_what_a_user_needs_and_no_development_files(plugin_zip):
             assert not DEV_FOLDERS & set(parts[:-1]), name
             assert parts[-1] not in DEV_FILES and not parts[-1].startswith("requirements"), name
             assert not name.endswith((".pyc", ".pyo")), name
-        for needed in ("__init__.py", "metadata.txt", "LICENSE", "plugin.py", "processing_provider/provider.py",
+        for needed in ("__init__.py", "metadata.txt", "LICENSE", "plugin.py", "resources.qrc", "icons/cloudprob.svg",
+                       "processing_provider/provider.py",
                        "processing_provider/models/annualcloudprobability.model3", "ui/dock.py"):
             assert needed in inside, needed
         sources = {n: zf.read(f"{TOP}/{n}").decode() for n in inside if n.endswith(".py")}

@@ -55,7 +55,9 @@ class PackageInstaller(QObject):
         self._pending = ""
         self._error_line: str | None = None
         self._last_line = ""
+        self._lines: list[str] = []
         self._loaded_before: set = set()
+        self.pins: list = []
 
     def start(self) -> bool:
         """Starts pip; False (and ``finished``) if it cannot start."""
@@ -65,7 +67,8 @@ class PackageInstaller(QObject):
             return False
         self.base.mkdir(parents=True, exist_ok=True)
         requirements = [p.requirement for p in self.packages]
-        self.constraints.write_text(deps.constraints_text(self.base, [p.name for p in self.packages]), encoding="utf-8")
+        self.pins = deps.pins(self.base, [p.name for p in self.packages])
+        self.constraints.write_text(deps.constraints_text(found=self.pins), encoding="utf-8")
         self._loaded_before = {p.module for p in self.packages if p.module in sys.modules}
         env = QProcessEnvironment.systemEnvironment()
         for key, value in {**deps.pip_environment(self.base), **self.environment}.items():
@@ -106,6 +109,7 @@ class PackageInstaller(QObject):
             self._error_line = line[len("ERROR: "):].strip().rstrip(".")
         if line.strip():
             self._last_line = line.strip()
+        self._lines.append(line)
         self.output.emit(line)
 
     def _flush(self) -> None:
@@ -125,7 +129,9 @@ class PackageInstaller(QObject):
         if self.cancelled:
             self._finish(False, f"Cancelled: {names} not installed (run the install again to complete it).")
         elif status != QProcess.ExitStatus.NormalExit or code != 0:
-            reason = self._error_line or self._last_line or f"exit code {code}"
+            # a requirement that what QGIS's Python has cannot meet: which one, and what to do
+            reason = deps.explain_conflict("\n".join(self._lines), self.pins, [p.name for p in self.packages])
+            reason = reason or self._error_line or self._last_line or f"exit code {code}"
             self._finish(False, f"pip could not install {names}: {reason} (see the log).")
         else:
             self._finish(*self._recheck())
@@ -136,6 +142,7 @@ class PackageInstaller(QObject):
         importlib.invalidate_caches()
         names = deps.join_words([p.name for p in self.packages])
         stale = [p.name for p in self.packages if p.module in self._loaded_before]
+        stale += [m for m in self._shadowed() if m not in {p.module for p in self.packages}]
         problems = deps.import_problems(p.module for p in self.packages)
         if problems:
             for module, error in problems.items():
@@ -144,8 +151,27 @@ class PackageInstaller(QObject):
                           f"does not import in this QGIS session: restart QGIS.")
         if stale:
             return True, (f"{names} installed; restart QGIS to use the new {deps.join_words(stale)} "
-                          f"(an older one is loaded).")
+                          f"({'older ones are' if len(stale) > 1 else 'an older one is'} loaded).")
         return True, f"{names} installed and working: no restart needed."
+
+    def _shadowed(self) -> list[str]:
+        """Top-level modules now in the folder that this session had already imported from elsewhere
+        (a newer requests pip put there): the new copy is used after a restart."""
+        folder = deps.site_dir(self.base)
+        if not folder.is_dir():
+            return []
+        names = set()
+        for entry in folder.iterdir():
+            if entry.suffix in (".dist-info", ".egg-info", ".pth") or entry.name.startswith(("_", ".")):
+                continue
+            names.add(entry.name if entry.is_dir() else entry.name.split(".")[0])
+        shadowed = []
+        for name in sorted(names):
+            module = sys.modules.get(name)
+            where = getattr(module, "__file__", None) if module is not None else None
+            if where and not deps._inside(Path(where), folder):
+                shadowed.append(name)
+        return shadowed
 
     def _finish(self, ok: bool, message: str) -> None:
         self.output.emit(message)
@@ -171,12 +197,15 @@ class InstallDialog(QDialog):
         base = installer_options.get("base") or deps.packages_base()
         intro = QLabel(
             f"Packages are installed with pip for the Python QGIS runs ({python or 'not found'}) into "
-            f"{deps.site_dir(base)}, keeping the numpy and the other packages QGIS already has.")
+            f"{deps.site_dir(base)}, keeping the numpy QGIS has loaded and every compiled package its Python has.")
         intro.setWordWrap(True)
         layout.addWidget(intro)
         self.list = QListWidget()
         self._packages: dict[str, Package] = {}
-        listed = {p.module: p for p in [*wanted, *deps.PACKAGES.values()] if p.pip}  # never GDAL-bundling wheels
+        listed: dict[str, Package] = {}
+        for p in [*wanted, *deps.PACKAGES.values()]:
+            if p.pip:  # never GDAL-bundling wheels
+                listed.setdefault(p.module, p)  # a package asked for with its own requirement keeps it
         absent = set(deps.missing(*listed))
         ticked = {p.module for p in wanted} & absent
         for module, package in listed.items():
