@@ -3,7 +3,8 @@
 Packages are made missing for real: a finder at the head of ``sys.meta_path`` refuses them (so
 ``import`` raises ModuleNotFoundError exactly as for an absent package) and their loaded modules
 are set aside for the test. The install runs the real interpreter through pip in a QProcess
-against wheels built here, with no index.
+against wheels built here, with no index; and, in QGIS 3.22 itself with a fresh profile, for the
+real packages from the package registry (issue 22).
 """
 from __future__ import annotations
 
