@@ -10,7 +10,7 @@ APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-scipy 
                 python3-matplotlib python3-venv python3-pip nginx-light xvfb openssl
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: all deps system test demo bench bench-national bench-dask zip wheel clean screenshot
+.PHONY: all deps system test test-matrix demo bench bench-national bench-dask zip wheel clean screenshot
 
 all: test
 
@@ -26,6 +26,11 @@ deps: system $(VENV)/.installed
 
 test: deps
 	$(PY) -m pytest
+
+# The same suite on QGIS 3.40 LTR (Debian 13) and 3.44 LTR (Debian sid), each in a Debian chroot built once
+# under .build/matrix/ (root; see scripts/test_matrix.sh). MATRIX=3.40 or 3.44 for one; PYTEST_ARGS to choose tests.
+test-matrix:
+	scripts/test_matrix.sh
 
 demo: deps
 	$(PY) scripts/demo.py
@@ -53,7 +58,9 @@ wheel: deps
 	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w dist .
 	@ls dist/cloud_probability_core-*.whl
 
+# never while make test-matrix has a chroot mounted: rm would follow its bind mounts into /dev and the clone
 clean:
+	@! findmnt -rn -o TARGET | grep -q '^$(CURDIR)/.build/' || { echo "clean: a chroot under .build/ is mounted" >&2; exit 1; }
 	rm -rf .build demo_out bench_out dist .qgis-settings
 
 # Screenshots into .build/screenshots/; UPDATE=1 writes the README's, docs/screenshots/.

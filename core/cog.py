@@ -668,6 +668,8 @@ _TAG_NAMES = {WIDTH: "ImageWidth", HEIGHT: "ImageLength", TILE_W: "TileWidth", T
 def _level(url, head, e, tags, values, base_transform, full: Level | None, dtype: np.dtype) -> Level:
     from rasterio.transform import Affine
 
+    from .compat import compose
+
     for tag, name in _TAG_NAMES.items():
         if len(values.get(tag) or ()) < 1:
             raise Unreadable(f"{url}: an image without its {name} tag")
@@ -691,7 +693,7 @@ def _level(url, head, e, tags, values, base_transform, full: Level | None, dtype
     if full is None:
         transform = base_transform
     else:  # GDAL's rule: the overview spans the image, its pixels are the image's scaled by the size ratio
-        transform = base_transform * Affine.scale(full.width / width, full.height / height)
+        transform = compose(base_transform, Affine.scale(full.width / width, full.height / height))
     return Level(width, height, tile_w, tile_h, transform, index)
 
 

@@ -311,7 +311,8 @@ def area_in_crs(geometry, geometry_epsg: int, crs) -> object:
     pyproj transformer costs more than reading a small window).
     """
     from pyproj import CRS, Transformer
-    from shapely.ops import transform
+
+    from .compat import transform_xy
 
     key = (_geometry_key(geometry), int(geometry_epsg), _crs_key(crs))
     with _AREA_LOCK:
@@ -332,10 +333,10 @@ def area_in_crs(geometry, geometry_epsg: int, crs) -> object:
             # picks the same datum shift either way, and a UTM projection of WGS 84 costs
             # ~2 ms to set up where a datum-shifting transformer costs 12–20 ms
             lonlat = area_in_crs(geometry, geometry_epsg, 4326)
-            result = transform(Transformer.from_crs(_WGS84, dst, always_xy=True).transform, lonlat)
+            result = transform_xy(Transformer.from_crs(_WGS84, dst, always_xy=True).transform, lonlat)
         else:
             tr = Transformer.from_crs(src, dst, always_xy=True)
-            result = transform(tr.transform, _densify(geometry))
+            result = transform_xy(tr.transform, _densify(geometry))
         with _AREA_LOCK:
             if len(_AREA_CACHE) > 256:
                 _AREA_CACHE.clear()
@@ -390,13 +391,15 @@ def grid_around(crs, transform, width: int, height: int, area, area_epsg: int, r
     an acquisition whose other products cover the rest)."""
     from rasterio.transform import Affine
 
+    from .compat import apply, compose
+
     native = abs(transform.a)
     xmin, ymin, xmax, ymax = _geometry_facts(area_in_crs(area, area_epsg, crs))[1]
     xmin, ymin, xmax, ymax = xmin - halo_m, ymin - halo_m, xmax + halo_m, ymax + halo_m
     # the corners' fractional pixels, as rasterio.windows.from_bounds computes them (without
     # entering a GDAL environment for plain affine arithmetic: it cost as much as the rest)
     inverse = ~transform
-    cols, rows = zip(*(inverse * corner for corner in ((xmin, ymax), (xmax, ymax), (xmax, ymin), (xmin, ymin))))
+    cols, rows = zip(*(apply(inverse, *corner) for corner in ((xmin, ymax), (xmax, ymax), (xmax, ymin), (xmin, ymin))))
     col0, row0 = math.floor(min(cols)), math.floor(min(rows))
     col1, row1 = math.ceil(max(cols)), math.ceil(max(rows))
     if min(width, col1) <= max(0, col0) or min(height, row1) <= max(0, row0):
@@ -406,7 +409,7 @@ def grid_around(crs, transform, width: int, height: int, area, area_epsg: int, r
     factor = max(1, int(round(resolution / native))) if resolution and resolution > native * 1.0001 else 1
     rows = int(math.ceil((row1 - row0) / factor))
     cols = int(math.ceil((col1 - col0) / factor))
-    return Grid(crs, transform * Affine.translation(col0, row0) * Affine.scale(factor), (rows, cols))
+    return Grid(crs, compose(transform, Affine.translation(col0, row0), Affine.scale(factor)), (rows, cols))
 
 
 _RASTERIZE_LOCK = threading.Lock()

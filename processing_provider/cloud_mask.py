@@ -15,7 +15,7 @@ from .base import CloudProbAlgorithm, with_help
 from ..core.masks import MASK_LEGEND, NODATA
 from ..core.reading import gdal_http_env, write_raster
 from ..core.screening import observe
-from .common import add_mask_parameters, area_geometry, mask_spec, scenes_from_source
+from .common import add_mask_parameters, area_geometry, extent_geometry, mask_spec, scenes_from_source
 from .styling import StylePostProcessor
 
 
@@ -82,7 +82,7 @@ class CloudMaskAlgorithm(CloudProbAlgorithm):
         spec = mask_spec(self, parameters, context)
         if parameters.get(self.AOI):
             crs = self.parameterAsExtentCrs(parameters, self.AOI, context)
-            area, epsg = area_geometry(self.parameterAsExtentGeometry(parameters, self.AOI, context, crs), crs, context)
+            area, epsg = area_geometry(extent_geometry(self, parameters, self.AOI, context, crs), crs, context)
         else:
             from shapely.geometry import shape
 

@@ -239,8 +239,18 @@ def area_from_parameters(alg, parameters, context, extent_name: str, layer_name:
         raise QgsProcessingException("Give an area of interest (an extent or a polygon layer).")
     check_extent(alg, parameters, extent_name, context)
     crs = alg.parameterAsExtentCrs(parameters, extent_name, context)
-    geometry = alg.parameterAsExtentGeometry(parameters, extent_name, context, crs)
-    return area_geometry(geometry, crs, context)
+    return area_geometry(extent_geometry(alg, parameters, extent_name, context, crs), crs, context)
+
+
+def extent_geometry(alg, parameters, name: str, context, crs) -> QgsGeometry:
+    """Extent ``name`` as a polygon in ``crs``, its own CRS (``parameterAsExtentCrs``).
+
+    Not ``parameterAsExtentGeometry``: on QGIS 3.40 (not 3.22) it also tries an extent typed as
+    text (``xmin,xmax,ymin,ymax [EPSG:…]``) as a layer's source, which GDAL fails to open ('ERROR:
+    Status 2: File … could not be found' on stderr, and a GDAL warning 'Invalid range specified'
+    that pyogrio, once loaded, turns into a Python RuntimeWarning on this line). In the extent's
+    own CRS both give the same rectangle, for text, layers and rectangles alike."""
+    return QgsGeometry.fromRect(alg.parameterAsExtent(parameters, name, context, crs))
 
 
 def output_path(alg, parameters, name: str, context, extension: str) -> str:

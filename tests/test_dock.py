@@ -1,8 +1,11 @@
 """The "Cloud probability" dock, driven with pytest-qt against the loopback servers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import ROOT
 
 GREENWICH = (538_900.0, 177_600.0)
 
@@ -27,6 +30,16 @@ def dock(qgis_iface, provider, qtbot, sample_servers):
     widget.max_area_cloud.setValue(30.0)
     widget.min_valid.setValue(50.0)
     return widget
+
+
+def plugin_owned(filename: str) -> bool:
+    """Whether a warning was raised in the plugin's own code: core/, processing_provider/, ui/, plugin.py
+    (imported through the link .build/plugins/cloud_probability, which resolves to the checkout)."""
+    try:
+        parts = Path(filename).resolve().relative_to(ROOT).parts
+    except ValueError:
+        return False
+    return bool(parts) and parts[0] in {"core", "processing_provider", "ui", "plugin.py"}
 
 
 def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
@@ -57,7 +70,14 @@ def test_search_fills_the_table_chart_and_map(dock, qtbot, sample_servers):
             qtbot.wait(10)
         gc.collect()  # an HTTP connection left open would warn (ResourceWarning) when collected
     assert blocker.args == [True], dock.status.text()
-    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    # the plugin's own warnings fail the test, and so does any ResourceWarning (a connection left
+    # open); QGIS's and other libraries' own (QGIS 3.44 under Python 3.14 has some) go on to
+    # pytest's warnings summary, where they are listed, not hidden
+    own = [w for w in caught if w.category is ResourceWarning or plugin_owned(w.filename)]
+    for w in caught:
+        if not any(w is o for o in own):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    assert [f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in own] == []
     truth = st.acquisition_truths(sa, layout, area, 27700, "30UYC")
     kept = sorted((day, t.cloud_pct, t.valid_pct) for day, t in truth.items()
                   if t.cloud_pct is not None and t.cloud_pct <= 30 and t.valid_pct >= 50)
