@@ -25,9 +25,11 @@ from qgis.PyQt.QtCore import QDate, QDateTime, Qt
 
 from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
-from ..core.search import DEFAULT_COLLECTION, EARTH_SEARCH_V1, SearchError, SearchRequest, check_url, search_scenes
+from ..core.search import (
+    DEFAULT_COLLECTION, EARTH_SEARCH_V1, NoScenesError, SearchError, SearchRequest, check_url, search_scenes,
+)
 from ..core.stac import Scene
-from .common import check_extent
+from .common import check_extent, extent_hints
 from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
@@ -190,6 +192,9 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
         except Cancelled:
             feedback.pushWarning(self.tr("Search cancelled; nothing was written."))
             return {}
+        except NoScenesError as exc:  # often the area is not the one meant: say how else it reads
+            hints = extent_hints(self, parameters, self.AOI, context)
+            raise QgsProcessingException(f"{exc}{' ' + hints if hints else ''}") from exc
         except SearchError as exc:
             raise QgsProcessingException(str(exc)) from exc
 

@@ -139,3 +139,40 @@ def test_toolbox_groups_have_distinct_names(qgis_processing, provider):
     assert sorted(groups) == ["Cloud probability", "Scenes"], groups
     annual = QgsApplication.processingRegistry().algorithmById("cloudprob:annualcloudprobability")
     assert annual.displayName() != annual.name()
+
+
+def test_an_extent_the_dialog_put_in_order_gets_the_right_suggestion(open_dialog, sample_servers, tmp_path):
+    """Issue 23: the README's area typed in bbox order into the dialog reaches the algorithm with
+    each pair put in order by QGIS's widget (172000,533000,… : 361 × 361 km); the warning offered
+    the wrong box. It now offers both boxes the numbers can be, the one meant among them."""
+    from qgis import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
+
+    alg, dialog = open_dialog("cloudprob:searchscenes")
+    dialog.mainWidget().wrappers["AOI"].setParameterValue("533000,172000,545000,184000 [EPSG:27700]",
+                                                          QgsProcessingContext())
+    params = dialog.createProcessingParameters()
+    assert [float(v) for v in params["AOI"].split(" ")[0].split(",")] == [172000, 533000, 184000, 545000]  # QGIS's doing
+
+    class Keep(QgsProcessingFeedback):
+        warnings = []
+
+        def pushWarning(self, warning):  # noqa: N802
+            self.warnings.append(warning)
+            super().pushWarning(warning)
+
+    feedback = Keep()
+    params.update(STAC_URL=sample_servers.stac.url, START_DATE="2024-01-01", END_DATE="2024-01-31",
+                  OUTPUT=str(tmp_path / "scenes.gpkg"))
+    # the sample archive lies around Greenwich (x 538000): the box as read finds none of its scenes
+    with pytest.raises(QgsProcessingException) as caught:
+        processing.run("cloudprob:searchscenes", params, feedback=feedback)
+    [warning] = [w for w in feedback.warnings if "bbox order" in w]
+    assert "(361 × 361 km)" in warning and "If you meant a box of 12 × 12 km" in warning
+    assert "'533000,545000,172000,184000 [EPSG:27700]' (x 533000…545000, y 172000…184000)" in warning
+    assert str(caught.value).startswith("No scenes of 'sentinel-2-c1-l2a' found")
+    assert "the area you meant is '172000,184000,533000,545000 [EPSG:27700]' or '533000,545000,172000,184000 " \
+           "[EPSG:27700]'." in str(caught.value)
+    params["AOI"] = "533000,545000,172000,184000 [EPSG:27700]"  # the box offered, as meant: Greenwich's scenes
+    processing.run("cloudprob:searchscenes", params)
+    assert (tmp_path / "scenes.gpkg").exists()

@@ -694,11 +694,16 @@ def test_ambiguous_extent_is_used_as_typed_with_a_warning(provider, faults, tmp_
     text = f"{west},{south},{east},{north} [EPSG:4326]"  # bbox order
     result, out = _run_search(faults, tmp_path, feedback, AOI=text)
     assert out.exists()
+    # bbox order typed in QGIS's dialog reaches the algorithm with each pair put in order: the
+    # order typed is lost, so both boxes the numbers can be are offered (here both are places)
     assert feedback.warnings[0] == (
         f"The extent '{text}' is read as xmin,xmax,ymin,ymax: x 19.5…29.65, y 19.6…29.75 (10.15° × 10.15°). "
-        f"If you meant bbox order (xmin,ymin,xmax,ymax), stop and give '19.5,19.6,29.65,29.75 [EPSG:4326]' "
-        "instead (0.1° × 0.1°)."
+        "Its corners lie near the line x = y, as those of a small box given in bbox order (xmin,ymin,xmax,ymax) "
+        "do, also once QGIS has put each pair in order (its dialog does). If you meant a box of 0.1° × 0.1°, stop "
+        "and give either '19.5,19.6,29.65,29.75 [EPSG:4326]' (x 19.5…19.6, y 29.65…29.75) or "
+        "'29.65,29.75,19.5,19.6 [EPSG:4326]' (x 29.65…29.75, y 19.5…19.6) instead."
     )
+    assert len(feedback.warnings) == 1  # said once, though checked before the run and at its start
 
 
 @pytest.mark.fault("inputs", "error")
@@ -2150,3 +2155,58 @@ def test_zonalstatistics_with_counts_off_the_grid_writes_nothing(provider, tmp_p
             "INPUT_RASTER": raster, "VALID": valid, "ZONES": str(zones), "ZONE_ID_FIELD": "code",
             "OUTPUT": str(out), "OUTPUT_CSV": str(csv)})
     assert not out.exists() and not csv.exists() and not _leftovers(tmp_path)
+
+
+# --- Inputs: extents that are not what was meant (issue 23) --------------------------------
+
+
+@pytest.mark.fault("inputs", "error")
+def test_degrees_labelled_with_a_projected_crs_are_refused_with_the_fix(provider, faults, tmp_path):
+    """Was: a box of 0.3 × 0.2 m near the British National Grid's origin, and "No scenes found".
+    The km are the geodesic sizes of the box on WGS 84 (20.83 × 22.25 km and 22.26 × 33.40 km
+    by pyproj.Geod), to three figures."""
+    from qgis.core import QgsProcessingException
+
+    before = faults.hits["ok"]
+    with pytest.raises(QgsProcessingException) as caught:
+        _run_search(faults, tmp_path, AOI="-0.2,0.1,51.4,51.6 [EPSG:27700]")
+    assert str(caught.value).splitlines()[-1] == (
+        "The extent '-0.2,0.1,51.4,51.6 [EPSG:27700]' is 0.3 × 0.2 m in EPSG:27700, smaller than one Sentinel-2 "
+        "pixel, and its numbers look like degrees of longitude and latitude. Did you mean "
+        "'-0.2,0.1,51.4,51.6 [EPSG:4326]' (longitude -0.2…0.1, latitude 51.4…51.6, about 20.8 × 22.3 km) or "
+        "'51.4,51.6,-0.2,0.1 [EPSG:4326]' (longitude 51.4…51.6, latitude -0.2…0.1, about 22.3 × 33.4 km)?")
+    assert faults.hits["ok"] == before and not (tmp_path / "scenes.gpkg").exists()
+
+
+@pytest.fixture(scope="module")
+def sample_scenes(sample_servers, tmp_path_factory):
+    """The sample archive's scenes over its 12 km around Greenwich, from cloudprob:searchscenes."""
+    from qgis import processing
+
+    from conftest import ensure_provider
+
+    ensure_provider()
+    out = tmp_path_factory.mktemp("sample-scenes") / "scenes.gpkg"
+    processing.run("cloudprob:searchscenes", {
+        "STAC_URL": sample_servers.stac.url, "AOI": "533000,545000,172000,184000 [EPSG:27700]",
+        "START_DATE": "2024-01-01", "END_DATE": "2024-12-31", "OUTPUT": str(out)})
+    return out
+
+
+@pytest.mark.fault("inputs", "error")
+def test_latitude_and_longitude_swapped_are_named_when_no_scene_is_found(provider, sample_servers, tmp_path):
+    """Was: "No scenes found", no hint. The STAC API (rustac) honours the area: over the Indian
+    Ocean there is nothing; the reading offered finds Greenwich's scenes."""
+    from qgis import processing
+    from qgis.core import QgsProcessingException, QgsVectorLayer
+
+    params = {"STAC_URL": sample_servers.stac.url, "START_DATE": "2024-01-01", "END_DATE": "2024-12-31",
+              "OUTPUT": str(tmp_path / "scenes.gpkg")}
+    with pytest.raises(QgsProcessingException) as caught:
+        processing.run("cloudprob:searchscenes", {**params, "AOI": "51.45,51.5,-0.05,0.05 [EPSG:4326]"})
+    message = str(caught.value)
+    assert message.startswith("No scenes of 'sentinel-2-c1-l2a' found at") and message.endswith(
+        "If latitude and longitude are swapped, the area you meant is '-0.05,0.05,51.45,51.5 [EPSG:4326]' "
+        "(longitude -0.05…0.05, latitude 51.45…51.5).")
+    processing.run("cloudprob:searchscenes", {**params, "AOI": "-0.05,0.05,51.45,51.5 [EPSG:4326]"})
+    assert QgsVectorLayer(str(tmp_path / "scenes.gpkg")).featureCount() > 0
