@@ -150,6 +150,19 @@ def smooth_arrays(cloudy: np.ndarray, valid: np.ndarray, size: int = 21, shape: 
     return smoothed, kv
 
 
+def check_count_rasters(cloudy_path: str, valid_path: str, covariates=()) -> None:
+    """Raise ValueError unless the counts, and the covariates when given, lie on one grid
+    (size, transform and CRS, exactly): what every method checks before it writes anything."""
+    import rasterio
+
+    profile = _output_profile(cloudy_path, valid_path)
+    for path in covariates:
+        with rasterio.open(path) as ds:
+            if (ds.width, ds.height, tuple(ds.transform), ds.crs) != \
+                    (profile["width"], profile["height"], tuple(profile["transform"]), profile["crs"]):
+                raise ValueError(f"The covariate {os.path.basename(path)} is not on the counts' grid (size, transform and CRS).")
+
+
 def _output_profile(cloudy_path: str, valid_path: str) -> dict:
     """The outputs' GeoTIFF profile (float32 percent, no data −9999) on the counts' grid, after
     checking that both counts are on one grid (size, transform and CRS, exactly)."""

@@ -15,7 +15,9 @@ from qgis.core import (
 from .base import CloudProbAlgorithm, with_help
 from ..core.composite import CompositeError, clear_composite
 from ..core.progress import Cancelled
-from .common import add_mask_parameters, grid_from_parameters, mask_spec, output_path, scenes_from_source
+from .common import (
+    add_mask_parameters, check_scenes_layer, grid_from_parameters, mask_spec, output_path, scenes_from_source,
+)
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import RgbStretchPostProcessor
 
@@ -63,6 +65,15 @@ class ClearCompositeAlgorithm(CloudProbAlgorithm):
             self.TARGET_CRS, self.tr("Target CRS"), optional=True),
             self.tr("Empty: the extent's CRS if projected, else the UTM zone of its centre.")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Clear-sky composite")))
+
+    def check_inputs(self, parameters, context) -> None:
+        """The scenes layer, the bands, the grid and the mask, before any scene is read."""
+        check_scenes_layer(self, parameters, self.SCENES, context)
+        if not [b for b in self.parameterAsString(parameters, self.BANDS, context).split(",") if b.strip()]:
+            raise QgsProcessingException(self.tr("Name at least one band (asset key)."))
+        grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION, warn=False)
+        mask_spec(self, parameters, context)
+
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)

@@ -20,8 +20,8 @@ from ..core.frequency import MEASURES, OBSERVATIONS, FrequencyError, cloud_frequ
 from ..core.masks import MaskError, parse_classes
 from ..core.progress import Cancelled
 from .common import (
-    add_mask_parameters, add_scheduler_parameter, grid_from_parameters, mask_spec, output_path, scenes_from_source,
-    scheduler_from_parameters,
+    add_mask_parameters, add_scheduler_parameter, check_scenes_layer, grid_from_parameters, mask_spec, output_path,
+    scenes_from_source, scheduler_from_parameters,
 )
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
@@ -146,6 +146,18 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         self.addParameter(with_help(QgsProcessingParameterRasterDestination(
             self.OUTPUT_STDEV, self.tr("Spread of one observation (%)"), optional=True),
             self.tr("Standard deviation of one observation per pixel; the per-area interval is built on it.")))
+
+    def check_inputs(self, parameters, context) -> None:
+        """The scenes layer, the grid and the classes, before any scene is read."""
+        check_scenes_layer(self, parameters, self.SCENES, context)
+        mask_spec(self, parameters, context)
+        nodata_text = (self.parameterAsString(parameters, self.NODATA_CLASSES, context) or "").strip()
+        try:
+            parse_classes(nodata_text) if nodata_text else None
+        except MaskError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION, self.GRID_LIKE,
+                             warn=False)
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)

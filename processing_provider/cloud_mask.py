@@ -15,7 +15,9 @@ from .base import CloudProbAlgorithm, with_help
 from ..core.masks import MASK_LEGEND, NODATA
 from ..core.reading import gdal_http_env, write_raster
 from ..core.screening import observe
-from .common import add_mask_parameters, area_geometry, mask_spec, scenes_from_source
+from .common import (
+    add_mask_parameters, area_geometry, check_extent, check_scenes_layer, mask_spec, scenes_from_source,
+)
 from .styling import StylePostProcessor
 
 
@@ -60,6 +62,14 @@ class CloudMaskAlgorithm(CloudProbAlgorithm):
             self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Type.Double, 20.0, False,
             10.0, 1000.0))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Cloud mask")))
+
+    def check_inputs(self, parameters, context) -> None:
+        """The scenes layer, the area and the mask, before any scene is read."""
+        check_scenes_layer(self, parameters, self.SCENES, context)
+        if parameters.get(self.AOI):
+            check_extent(self, parameters, self.AOI, context, warn=False)
+        mask_spec(self, parameters, context)
+
 
     def _scene(self, parameters, context, feedback):
         layer = self.parameterAsVectorLayer(parameters, self.SCENES, context)

@@ -72,6 +72,20 @@ def mask_spec(alg, parameters, context) -> MaskSpec:
     return replace(spec, **changes)
 
 
+def check_scenes_layer(alg, parameters, name: str, context) -> None:
+    """The scenes layer opens, holds features and carries the STAC items later stages read."""
+    source = alg.parameterAsSource(parameters, name, context)
+    if source is None:
+        raise QgsProcessingException(alg.invalidSourceError(parameters, name))
+    if source.fields().indexOf("stac_items") < 0 and source.fields().indexOf("stac_item") < 0:
+        raise QgsProcessingException(
+            "The scenes layer has no 'stac_item' field: use the output of 'Search Sentinel-2 scenes' "
+            "(cloudprob:searchscenes)."
+        )
+    if source.featureCount() == 0:
+        raise QgsProcessingException("The scenes layer holds no scenes.")
+
+
 def scenes_from_source(source, feedback, selected_ids=None) -> list[tuple[Scene, object]]:
     """(Scene, feature) for each product of a scenes layer: one per feature of the output of
     cloudprob:searchscenes (``stac_item``), every product of each acquisition of the output of

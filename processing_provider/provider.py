@@ -183,7 +183,12 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         return can_execute(self.displayName(), *self.required_modules())
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """processing.run and the dialog call this before the first step: missing packages stop it here."""
+        """processing.run, qgis_process and the dialog call this before the first step: missing
+        packages, and everything the steps would refuse (checks.check_annual_model), stop it here
+        rather than after an hour of work."""
+        from qgis.core import QgsProcessingException
+
+        from .checks import check_annual_model, check_destinations
         from .dependencies import check_before_run
 
         modules = self.required_modules()
@@ -192,4 +197,15 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         ok, message = check_before_run(self.displayName(), modules)
         if not ok:
             return False, message
-        return super().checkParameterValues(parameters, context)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            if self.name() == "annualcloudprobability":
+                check_annual_model(self, parameters, context)
+            else:
+                check_destinations(self, parameters, context)
+        except QgsProcessingException as exc:
+            return False, str(exc)
+        return True, ""
+

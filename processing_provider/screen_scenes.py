@@ -20,7 +20,7 @@ from qgis.core import (
 from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
 from ..core.screening import passes, screen_scenes
-from .common import add_mask_parameters, area_from_parameters, mask_spec, scenes_from_source
+from .common import add_mask_parameters, area_from_parameters, check_scenes_layer, mask_spec, scenes_from_source
 from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
 from .search_scenes import WGS84, footprint_geometry
@@ -155,6 +155,13 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
             128), self.tr("Each scene waits on two round trips: more for a distant server.")))
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, self.tr("Scenes screened over the area"), QgsProcessing.SourceType.TypeVectorPolygon))
+
+    def check_inputs(self, parameters, context) -> None:
+        """The scenes layer, the area and the mask, before any scene is read."""
+        check_scenes_layer(self, parameters, self.SCENES, context)
+        area_from_parameters(self, parameters, context, self.AOI, self.AOI_LAYER, warn=False)
+        mask_spec(self, parameters, context)
+
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)

@@ -29,6 +29,7 @@ from ..core.search import (
     DEFAULT_COLLECTION, EARTH_SEARCH_V1, NoScenesError, SearchError, SearchRequest, check_url, search_scenes,
 )
 from ..core.stac import Scene
+from .checks import check_dates
 from .common import check_extent, extent_hints
 from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
@@ -151,13 +152,14 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, self.tr("Sentinel-2 scenes"), QgsProcessing.SourceType.TypeVectorPolygon))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        """The STAC API URL is checked before the run starts (the dialog shows the sentence)."""
+    def check_inputs(self, parameters, context) -> None:
+        """The STAC API URL, the dates and the area, before the run starts (the dialog shows the sentence)."""
         try:
             check_url(self.parameterAsString(parameters, self.STAC_URL, context))
         except SearchError as exc:
-            return False, str(exc)
-        return super().checkParameterValues(parameters, context)
+            raise QgsProcessingException(str(exc)) from exc
+        check_dates(self, parameters, context, self.START_DATE, self.END_DATE)
+        check_extent(self, parameters, self.AOI, context, warn=False)  # warned at the start of the run
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         try:

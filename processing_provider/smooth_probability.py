@@ -15,7 +15,9 @@ from qgis.core import (
 
 from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
-from ..core.smoothing import published_adjustment, reference_adjustment, smooth_probability
+from ..core.smoothing import (
+    check_count_rasters, load_fit, published_adjustment, reference_adjustment, smooth_probability,
+)
 from .common import add_scheduler_parameter, output_path, scheduler_from_parameters
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
@@ -124,6 +126,25 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             createByDefault=False),
             self.tr("Method 'As published' only: the 2024 release's adjusted band-2 rows, which its table calls "
                     "acquisition_count_*. Give it to zonal statistics as VALID to reproduce that table.")))
+
+    def check_inputs(self, parameters, context) -> None:
+        """Both counts on one grid, the covariates on it too, an odd kernel and a readable fit to
+        reuse, before any work."""
+        cloudy = self.parameterAsRasterLayer(parameters, self.CLOUDY, context)
+        valid = self.parameterAsRasterLayer(parameters, self.VALID, context)
+        if cloudy is None or valid is None:
+            raise QgsProcessingException(self.tr("Both count rasters are needed (from 'Per-pixel cloud probability')."))
+        if self.parameterAsInt(parameters, self.KERNEL_SIZE, context) % 2 == 0:
+            raise QgsProcessingException(self.tr("The kernel size must be odd (e.g. 21)."))
+        covariates = [layer.source() for layer in self.parameterAsLayerList(parameters, self.COVARIATES, context)]
+        method = self.parameterAsEnum(parameters, self.METHOD, context)
+        fit_from = (self.parameterAsFile(parameters, self.FIT_FROM, context) or "").strip() or None
+        try:
+            check_count_rasters(cloudy.source(), valid.source(), covariates if method == 0 else ())
+            if fit_from and self.parameterAsBool(parameters, self.ADJUST, context):
+                load_fit(fit_from, ("counts", "reference", "published")[method])
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from exc
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         cloudy = self.parameterAsRasterLayer(parameters, self.CLOUDY, context)
