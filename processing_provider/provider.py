@@ -112,6 +112,18 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         if self.loaded:
             self._order_parameters()
 
+    def _saved_help(self) -> dict:
+        """{parameter: help} as the .model3 stores them: QGIS 3.22 writes each parameter's help into
+        the file but does not read it back, so the model's inputs had no tooltip."""
+        from qgis.core import QgsXmlUtils
+        from qgis.PyQt.QtXml import QDomDocument
+
+        document = QDomDocument()
+        document.setContent(self._path.read_text(encoding="utf-8"))
+        saved = QgsXmlUtils.readVariant(document.firstChildElement()) or {}
+        return {name: (definition or {}).get("help") or ""
+                for name, definition in (saved.get("parameterDefinitions") or {}).items()}
+
     def _order_parameters(self) -> None:
         """Inputs top to bottom as they stand in the model's diagram; then the outputs, the last
         step's first (the product before what it was made from).
@@ -120,6 +132,10 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         order: the dialog asked for the end date before the start date.
         """
         definitions = [d.clone() for d in self.parameterDefinitions()]
+        saved_help = self._saved_help()
+        for definition in definitions:
+            if not definition.help() and saved_help.get(definition.name()):
+                definition.setHelp(saved_help[definition.name()])
 
         def place(definition):
             name = definition.name()
@@ -158,10 +174,13 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         # QGIS hands a model parameter left out of processing.run to the children as NULL, so
         # a child would use its own default (the frequency chain) instead of the model's (the
         # reference chain): fill in the model's defaults first
+        from qgis.core import QgsProcessingParameterField
+
         filled = dict(parameters)
         for definition in self.parameterDefinitions():
-            if filled.get(definition.name()) is None and definition.defaultValue() is not None \
-                    and not definition.isDestination():
+            value = filled.get(definition.name())
+            empty = value is None or (value == "" and isinstance(definition, QgsProcessingParameterField))
+            if empty and definition.defaultValue() is not None and not definition.isDestination():
                 filled[definition.name()] = definition.defaultValue()
         return super().processAlgorithm(filled, context, feedback)
 

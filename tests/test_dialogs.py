@@ -141,6 +141,25 @@ def test_toolbox_groups_have_distinct_names(qgis_processing, provider):
     assert annual.displayName() != annual.name()
 
 
+def test_the_shipped_model_is_valid_and_its_defaults_are_enough(qgis_processing, provider):
+    """Issue 23: TARGET_CRS's default was ignored outside the dialog: qgis_process 3.22 takes a
+    missing parameter as given only when QGIS's own check accepts no value, which a mandatory CRS
+    never does, whatever its default ("mandatory parameters were not specified"). Every child is
+    valid in QGIS's own sense (no red child in the modeler), and every parameter with a default
+    passes the check qgis_process makes on a parameter left out."""
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingParameterDefinition
+
+    model = QgsApplication.processingRegistry().createAlgorithmById("cloudprob:annualcloudprobability")
+    for child_id in model.childAlgorithms():
+        assert model.validateChildAlgorithm(child_id) == (True, []), child_id
+    context = QgsProcessingContext()
+    refused = [p.name() for p in model.parameterDefinitions()
+               if p.defaultValue() is not None and not p.isDestination()
+               and not p.flags() & QgsProcessingParameterDefinition.Flag.FlagOptional
+               and not p.checkValueIsAcceptable(None, context)]
+    assert refused == []  # tests/test_readme_commands.py runs the model without TARGET_CRS through qgis_process
+
+
 def test_an_extent_the_dialog_put_in_order_gets_the_right_suggestion(open_dialog, sample_servers, tmp_path):
     """Issue 23: the README's area typed in bbox order into the dialog reaches the algorithm with
     each pair put in order by QGIS's widget (172000,533000,… : 361 × 361 km); the warning offered
