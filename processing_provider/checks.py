@@ -148,6 +148,7 @@ def check_annual_model(model, parameters, context) -> None:
     target = model.parameterAsCrs(parameters, "TARGET_CRS", context)
     if target.isValid() and target.isGeographic():
         raise QgsProcessingException("The target CRS must be projected (metres), e.g. EPSG:27700 or a UTM zone.")
+    check_cost(model, parameters, context, annual_model_cost(model, parameters, context))
     zones = check_zones(model, parameters, context)
     aoi_crs = model.parameterAsExtentCrs(parameters, "AOI", context)
     area = model.parameterAsExtent(parameters, "AOI", context, zones.crs)
@@ -160,3 +161,97 @@ def check_annual_model(model, parameters, context) -> None:
 
 def _box(rect: QgsRectangle) -> str:
     return f"({rect.xMinimum():.6g}, {rect.yMinimum():.6g}, {rect.xMaximum():.6g}, {rect.yMaximum():.6g})"
+
+
+def destination_file(alg, parameters, name: str, context, extension: str) -> str:
+    """Where output ``name`` will be written: its file, or a file in QGIS's temporary folder
+    when it is temporary or unnamed (the disk that then holds it). No file is made."""
+    import os
+
+    from qgis.core import QgsProcessingUtils
+
+    text = destination_text(parameters.get(name), context)
+    definition = alg.parameterDefinition(name)
+    if not text and definition is not None and definition.defaultValue():
+        text = destination_text(definition.defaultValue(), context)
+    if not text or text == QgsProcessing.TEMPORARY_OUTPUT or text.lower().startswith(_NOT_FILES) or "://" in text:
+        return os.path.join(QgsProcessingUtils.tempFolder(), f"{name.replace(':', '_').lower()}.{extension}")
+    return text.split("|")[0]
+
+
+def scene_footprints(source, context) -> tuple[list, int]:
+    """(one footprint per acquisition in longitude/latitude, shapely, None where unknown; the
+    months the scenes span) of a scenes layer, from its geometries and datatake_id field: no
+    STAC item is parsed."""
+    from qgis.core import QgsCoordinateTransform
+    from shapely import wkb
+
+    from ..core.costs import acquisition_footprints
+
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    transform = QgsCoordinateTransform(source.sourceCrs(), wgs84, context.transformContext()) \
+        if source.sourceCrs().isValid() and source.sourceCrs() != wgs84 else None
+    names = source.fields().names()
+    products: dict = {}
+    months = set()
+    for feature in source.getFeatures():
+        key = feature["datatake_id"] if "datatake_id" in names else None
+        key = str(key) if plain(key) is not None else f"feature {feature.id()}"
+        geometry = feature.geometry()
+        shape = None
+        if geometry is not None and not geometry.isEmpty():
+            if transform is not None:
+                geometry.transform(transform)
+            shape = wkb.loads(bytes(geometry.asWkb()))
+        products.setdefault(key, []).append(shape)
+        when = plain(feature["datetime"]) if "datetime" in names else None
+        if when:
+            months.add(str(when)[:7])
+    return acquisition_footprints(products), max(1, len(months))
+
+
+def check_cost(alg, parameters, context, cost, feedback=None) -> None:
+    """Refuse a run whose outputs cannot fit on their disks (core.costs.disk_problems); with a
+    feedback, say what the run will cost and warn where the disk is tight."""
+    from ..core.costs import describe, disk_problems
+    from ..core.outputs import disk_of, free_bytes
+
+    free = {}
+    for place in cost.least:
+        free.setdefault(disk_of(place), free_bytes(place))
+    errors, warnings = disk_problems(cost, free, disk_of)
+    if errors:
+        raise QgsProcessingException(f"{errors[0]} {describe(cost)}")
+    if feedback is not None:
+        feedback.pushInfo(describe(cost))
+        for warning in warnings:
+            feedback.pushWarning(warning)
+
+
+def annual_model_cost(model, parameters, context):
+    """What cloudprob:annualcloudprobability's frequency and smoothing steps will cost
+    (core.costs), before the search: every place is taken to be seen ACQUISITIONS_PER_YEAR times
+    a year."""
+    from ..core.costs import assumed_work, frequency_cost
+    from ..core.frequency import default_cache_dir, grid_for_area
+
+    target = model.parameterAsCrs(parameters, "TARGET_CRS", context)
+    if not target.isValid():
+        target = QgsCoordinateReferenceSystem("EPSG:27700")
+    extent = model.parameterAsExtent(parameters, "AOI", context, target)
+    size = model.parameterAsDouble(parameters, "RESOLUTION", context)
+    crs_text = target.authid() if target.authid().upper().startswith("EPSG:") else target.toWkt()
+    grid = grid_for_area((extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()), crs_text, size)
+    if grid.shape[0] * grid.shape[1] > 4_000_000_000:
+        raise QgsProcessingException(
+            f"The grid would have {grid.shape[0]} × {grid.shape[1]} pixels; use a coarser resolution.")
+    first, last = check_dates(model, parameters, context)
+    variant = model.parameterAsEnum(parameters, "VARIANT", context)
+    mean = variant == 1 or model.parameterAsEnum(parameters, "MEASURE", context) == 1
+    rasters = {key: destination_file(model, parameters, f"frequency:{name}", context, "tif") for key, name in (
+        ("probability", "PROBABILITY"), ("valid", "VALID"), ("cloudy", "CLOUDY"), ("stdev", "SPREAD"))}
+    smoothing = {name: destination_file(model, parameters, f"smoothing:{name}", context, "tif")
+                 for name in ("SMOOTHED", "ADJUSTED") + (("ADJUSTED_COUNT",) if variant == 1 else ())}
+    return frequency_cost(grid.shape, 1, assumed_work(grid.shape, first.daysTo(last) + 1),
+                          "mean_probability" if mean else "frequency", size, rasters, str(default_cache_dir()),
+                          smoothing)

@@ -16,6 +16,7 @@ from qgis.core import (
 )
 
 from .base import CloudProbAlgorithm, with_help
+from .checks import check_cost, destination_file, scene_footprints
 from ..core.frequency import MEASURES, OBSERVATIONS, FrequencyError, cloud_frequency, periods_for
 from ..core.masks import MaskError, parse_classes
 from ..core.progress import Cancelled
@@ -156,8 +157,24 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
             parse_classes(nodata_text) if nodata_text else None
         except MaskError as exc:
             raise QgsProcessingException(str(exc)) from exc
-        grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION, self.GRID_LIKE,
-                             warn=False)
+        grid = grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION,
+                                    self.GRID_LIKE, warn=False)
+        check_cost(self, parameters, context, self._cost(parameters, context, grid))
+
+    def _cost(self, parameters, context, grid):
+        """What the run will cost (core.costs): pixels, time, and disk where its outputs and its
+        resume cache go."""
+        from ..core.costs import frequency_cost, frequency_work
+        from ..core.frequency import default_cache_dir
+
+        footprints, months = scene_footprints(self.parameterAsSource(parameters, self.SCENES, context), context)
+        bands = months if PERIODS[self.parameterAsEnum(parameters, self.PERIOD, context)] == "month" else 1
+        outputs = {key: destination_file(self, parameters, name, context, "tif") for key, name in (
+            ("probability", self.OUTPUT_PROBABILITY), ("valid", self.OUTPUT_VALID), ("cloudy", self.OUTPUT_CLOUDY),
+            ("stdev", self.OUTPUT_STDEV))}
+        return frequency_cost(grid.shape, bands, frequency_work(footprints, grid.crs, grid.transform, grid.shape),
+                              MEASURES[self.parameterAsEnum(parameters, self.MEASURE, context)], grid.resolution,
+                              outputs, str(default_cache_dir()))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
@@ -167,6 +184,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         if not scenes:
             raise QgsProcessingException(self.tr("The scenes layer holds no scenes."))
         grid = grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION, self.GRID_LIKE)
+        check_cost(self, parameters, context, self._cost(parameters, context, grid), feedback)
         spec = mask_spec(self, parameters, context)
         measure = MEASURES[self.parameterAsEnum(parameters, self.MEASURE, context)]
         nodata_text = (self.parameterAsString(parameters, self.NODATA_CLASSES, context) or "").strip()

@@ -182,6 +182,15 @@ class ShippedModel(QgsProcessingModelAlgorithm):
             empty = value is None or (value == "" and isinstance(definition, QgsProcessingParameterField))
             if empty and definition.defaultValue() is not None and not definition.isDestination():
                 filled[definition.name()] = definition.defaultValue()
+        if self.name() == "annualcloudprobability":  # the area's warnings and the run's cost, first in the log
+            from ..core.costs import ACQUISITIONS_PER_YEAR
+            from .checks import annual_model_cost, check_cost
+            from .common import check_extent
+
+            check_extent(self, filled, "AOI", context, feedback)
+            feedback.pushInfo(f"Before the search, every place is taken to be seen {ACQUISITIONS_PER_YEAR} times a "
+                              "year; the frequency step says it again for the scenes found.")
+            check_cost(self, filled, context, annual_model_cost(self, filled, context), feedback)
         return super().processAlgorithm(filled, context, feedback)
 
     def required_modules(self) -> list:

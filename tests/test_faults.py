@@ -2436,3 +2436,121 @@ def test_latitude_and_longitude_swapped_are_named_when_no_scene_is_found(provide
         "(longitude -0.05…0.05, latitude 51.45…51.5).")
     processing.run("cloudprob:searchscenes", {**params, "AOI": "-0.05,0.05,51.45,51.5 [EPSG:4326]"})
     assert QgsVectorLayer(str(tmp_path / "scenes.gpkg")).featureCount() > 0
+
+
+# --- Inputs: what a run costs, said before it starts (issue 23) ----------------------------
+
+
+class _Log:
+    """A Processing feedback that keeps its lines and cancels when one contains ``cancel_on``."""
+
+    def __new__(cls, cancel_on=None):
+        from qgis.core import QgsProcessingFeedback
+
+        class Log(QgsProcessingFeedback):
+            def __init__(self):
+                super().__init__()
+                self.lines = []
+
+            def _keep(self, text):
+                self.lines.append(text)
+                if cancel_on and cancel_on in text:
+                    self.cancel()
+
+            def pushInfo(self, info):  # noqa: N802
+                self._keep(info)
+                super().pushInfo(info)
+
+            def pushWarning(self, warning):  # noqa: N802
+                self._keep(warning)
+                super().pushWarning(warning)
+
+            def pushDebugInfo(self, info):  # noqa: N802
+                self._keep(info)
+                super().pushDebugInfo(info)
+
+        return Log()
+
+
+@pytest.mark.fault("inputs", "behaves")
+def test_a_grid_far_finer_than_the_sources_says_its_cost_first(provider, sample_scenes, tmp_path):
+    """Was: 1 or 2 m from the 20 m SCL started without a word. The run's first line now says the
+    pixels (12 km at 2 m: 6000 × 6000), how much finer than the sources, the time at a measured
+    rate and the disk; cancelled on that line, it has read nothing and written nothing."""
+    from qgis import processing
+
+    log = _Log(cancel_on="This run will make")
+    processing.run("cloudprob:cloudfrequency", {
+        "SCENES": str(sample_scenes), "AOI": "533000,545000,172000,184000 [EPSG:27700]", "TARGET_CRS": "EPSG:27700",
+        "RESOLUTION": 2, "MEASURE": 1, **_frequency_outputs(tmp_path)}, feedback=log)
+    said = next(line for line in log.lines if line.startswith("This run will make"))
+    assert said.startswith("This run will make 36,000,000 pixels × 1 band(s), about ")
+    assert re.search(r"million pixel-acquisitions: about [\d.]+ (s|min|h) of computing at [\d.]+ million per second "
+                     r"\(measured by benchmarks/bench_cost\.py, finer grids, on a 2-core machine", said), said
+    disk = re.search(r"and ([\d.]+) MB to ([\d.]+) MB of disk", said)
+    # at most: at least the four rasters uncompressed (36 M pixels × 14 bytes) with their pyramids (a third more)
+    assert disk and 0 < float(disk.group(1)) < float(disk.group(2)) and float(disk.group(2)) >= 36e6 * 14 * 4 / 3 / 1e6
+    assert said.endswith("The grid is 10 times finer than the sources' 20 m: 100 pixels for each source pixel, and "
+                         "no more detail.")
+    assert log.lines.index(said) < min(i for i, line in enumerate(log.lines) if line.startswith("Grid "))
+    assert not any("pixel-observations from" in line for line in log.lines)  # no tile was counted
+    assert list(tmp_path.iterdir()) == []
+
+
+def _in_a_small_disk(folder: Path, size: str, script: str, env: dict) -> subprocess.CompletedProcess:
+    """``script`` (bash) run with a tmpfs of ``size`` mounted on ``folder``, in a mount namespace of
+    its own (the mount ends with it): a real small disk, for root or with user namespaces."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("util-linux's unshare is not installed")
+    folder.mkdir(parents=True, exist_ok=True)
+    namespace = [unshare, "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    probe = subprocess.run(namespace + ["true"], capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"no mount namespace here: {probe.stderr.strip()}")
+    return subprocess.run(namespace + ["bash", "-c", f"mount -t tmpfs -o size={size} tmpfs '{folder}' && {script}"],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.fault("inputs", "error")
+def test_outputs_that_cannot_fit_on_their_disk_are_refused_before_any_work(provider, sample_scenes, tmp_path):
+    """On an 8 MB disk, the sample archive's 12 km at 2 m (36 M pixels; at least 16 MB at the
+    compression measured) is refused before a scene is read, nothing written; at 20 m (360,000
+    pixels) it fits, and runs."""
+    from conftest import ROOT
+
+    disk = tmp_path / "small-disk"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    run = (f"{ROOT / 'scripts' / 'qgis_process'} run cloudprob:cloudfrequency -- SCENES={sample_scenes} "
+           f"'AOI=533000,545000,172000,184000 [EPSG:27700]' TARGET_CRS=EPSG:27700 MEASURE=1 "
+           + " ".join(f"{k}={disk}/{k.lower()}.tif" for k in ("OUTPUT_PROBABILITY", "OUTPUT_VALID", "OUTPUT_CLOUDY",
+                                                              "OUTPUT_STDEV")))
+    done = _in_a_small_disk(disk, "8m", f"{run} RESOLUTION=2; echo \"exit $?\"; ls -A '{disk}'; "
+                                        f"{run} RESOLUTION=20 > /dev/null 2>&1; echo \"then $?\"; ls '{disk}'", env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(rf"The disk of {re.escape(str(disk))}/\w+\.tif has 8\.39 MB free; this run needs at least "
+                     r"[\d.]+ MB there \(at the compression measured on the sample archive; up to [\d.]+ MB "
+                     r"uncompressed\)\. Free some space, write elsewhere, or use a coarser resolution or a smaller "
+                     r"area\.", done.stderr), done.stderr[-3000:]
+    out = done.stdout.splitlines()
+    assert out[out.index("exit 1") + 1] == "then 0"  # refused at 2 m, nothing on the disk; written at 20 m
+    assert sorted(out[out.index("then 0") + 1:]) == sorted(f"{k}.tif" for k in ("output_cloudy", "output_probability",
+                                                                                 "output_stdev", "output_valid"))
+
+
+@pytest.mark.fault("inputs", "behaves")
+def test_the_model_says_its_cost_before_the_search(provider, faults, tmp_path):
+    """The model's first lines: the area's warnings, then what the run will cost (12 km at 5 m:
+    2400 × 2400 pixels), before the search is asked anything."""
+    from qgis import processing
+
+    zones = _zones_gpkg(tmp_path / "ok.gpkg", _squares(3), ["a", "b", "c"])
+    log = _Log(cancel_on="This run will make")
+    before = faults.hits["ok"]
+    processing.run("cloudprob:annualcloudprobability", {
+        **_model_params(faults, tmp_path / "out", zones), "RESOLUTION": 5}, feedback=log)
+    said = next(line for line in log.lines if line.startswith("This run will make"))
+    assert said.startswith("This run will make 5,760,000 pixels × 1 band(s)") and "4 times finer" in said
+    assert faults.hits["ok"] == before  # cancelled on that line, before the search
