@@ -20,6 +20,7 @@ from .common import (
 )
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import RgbStretchPostProcessor
+from .signals import stops_on_signals
 
 
 class ClearCompositeAlgorithm(CloudProbAlgorithm):
@@ -74,7 +75,7 @@ class ClearCompositeAlgorithm(CloudProbAlgorithm):
         grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION, warn=False)
         mask_spec(self, parameters, context)
 
-
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
         if source is None:

@@ -26,6 +26,7 @@ from .common import (
 )
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
+from .signals import stops_on_signals
 
 PERIODS = ["all", "month"]
 
@@ -176,6 +177,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
                               MEASURES[self.parameterAsEnum(parameters, self.MEASURE, context)], grid.resolution,
                               outputs, str(default_cache_dir()))
 
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
         if source is None:

@@ -19,6 +19,7 @@ from .common import (
     add_mask_parameters, area_geometry, check_extent, check_scenes_layer, mask_spec, scenes_from_source,
 )
 from .styling import StylePostProcessor
+from .signals import stops_on_signals
 
 
 class CloudMaskAlgorithm(CloudProbAlgorithm):
@@ -87,6 +88,7 @@ class CloudMaskAlgorithm(CloudProbAlgorithm):
             raise QgsProcessingException(self.tr("The scenes layer holds no scenes."))
         return pairs[0]
 
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         scene, feature = self._scene(parameters, context, feedback)
         spec = mask_spec(self, parameters, context)

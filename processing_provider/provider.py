@@ -7,6 +7,8 @@ from pathlib import Path
 from qgis.core import Qgis, QgsMessageLog, QgsProcessingAlgorithm, QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .signals import stops_on_signals
+
 ICON = Path(__file__).resolve().parent.parent / "icons" / "cloudprob.svg"
 MODELS = Path(__file__).resolve().parent / "models"
 
@@ -170,6 +172,7 @@ class ShippedModel(QgsProcessingModelAlgorithm):
     def createInstance(self):  # noqa: N802
         return ShippedModel(self._path)
 
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         # QGIS hands a model parameter left out of processing.run to the children as NULL, so
         # a child would use its own default (the frequency chain) instead of the model's (the

@@ -25,6 +25,7 @@ from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
 from .search_scenes import WGS84, footprint_geometry
 from .styling import StylePostProcessor
+from .signals import stops_on_signals
 
 # One row per acquisition (datatake): every field describes all of its products together.
 ACQUISITION_FIELDS = [
@@ -162,7 +163,7 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
         area_from_parameters(self, parameters, context, self.AOI, self.AOI_LAYER, warn=False)
         mask_spec(self, parameters, context)
 
-
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
         if source is None:

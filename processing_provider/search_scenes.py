@@ -34,6 +34,7 @@ from .common import check_extent, extent_hints
 from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
+from .signals import stops_on_signals
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 
@@ -161,6 +162,7 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
         check_dates(self, parameters, context, self.START_DATE, self.END_DATE)
         check_extent(self, parameters, self.AOI, context, warn=False)  # warned at the start of the run
 
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         try:
             check_url(self.parameterAsString(parameters, self.STAC_URL, context))

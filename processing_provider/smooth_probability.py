@@ -21,6 +21,7 @@ from ..core.smoothing import (
 from .common import add_scheduler_parameter, output_path, scheduler_from_parameters
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
+from .signals import stops_on_signals
 
 SHAPES = ["box", "gaussian"]
 
@@ -146,6 +147,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from exc
 
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         cloudy = self.parameterAsRasterLayer(parameters, self.CLOUDY, context)
         valid = self.parameterAsRasterLayer(parameters, self.VALID, context)

@@ -18,6 +18,7 @@ from .checks import check_zones, plain
 from .common import add_scheduler_parameter, output_path, scheduler_from_parameters
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import GraduatedPostProcessor
+from .signals import stops_on_signals
 
 
 class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
@@ -88,6 +89,7 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
         except ZonalError as exc:
             raise QgsProcessingException(str(exc)) from exc
 
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         import geopandas as gpd
         from shapely import wkb

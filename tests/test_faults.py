@@ -2554,3 +2554,48 @@ def test_the_model_says_its_cost_before_the_search(provider, faults, tmp_path):
     said = next(line for line in log.lines if line.startswith("This run will make"))
     assert said.startswith("This run will make 5,760,000 pixels × 1 band(s)") and "4 times finer" in said
     assert faults.hits["ok"] == before  # cancelled on that line, before the search
+
+
+# --- Partial files after SIGTERM and Ctrl-C (issue 23) -------------------------------------
+
+
+@pytest.mark.fault("cache", "behaves")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_writing_leaves_no_partial_file(provider, sample_scenes, tmp_path_factory, signame):
+    """Was: SIGTERM ended qgis_process at once and its *.part-PID files stayed beside the outputs
+    for good (the next run, naming its outputs differently, never removed them); Ctrl-C did
+    nothing. The signal now cancels the run: sent as soon as a partial file appears beside the
+    outputs, it ends qgis_process within seconds with a sentence, and leaves no partial file
+    and no half-written output. (The same cache for both signals: the second run resumes.)"""
+    from conftest import ROOT
+
+    cache = tmp_path_factory.getbasetemp() / "signal-cache"
+    out = tmp_path_factory.mktemp(f"signal-{signame}")
+    outputs = {k: out / f"{k.lower()}.tif" for k in ("OUTPUT_PROBABILITY", "OUTPUT_VALID", "OUTPUT_CLOUDY",
+                                                     "OUTPUT_STDEV")}
+    child = subprocess.Popen(
+        [str(ROOT / "scripts" / "qgis_process"), "run", "cloudprob:cloudfrequency", "--", f"SCENES={sample_scenes}",
+         "AOI=533000,545000,172000,184000 [EPSG:27700]", "TARGET_CRS=EPSG:27700", "RESOLUTION=5", "MEASURE=1",
+         *(f"{k}={v}" for k, v in outputs.items())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_CACHE_HOME=str(cache)))
+    try:
+        deadline = time.monotonic() + 240
+        parts = []
+        while not parts and child.poll() is None and time.monotonic() < deadline:
+            parts = [p.name for p in out.iterdir() if ".part-" in p.name]
+            time.sleep(0.002)
+        assert parts and child.poll() is None, "no partial file seen while the run wrote its outputs"
+        child.send_signal(getattr(signal, signame))
+        sent = time.monotonic()
+        stdout, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert time.monotonic() - sent < 10
+    assert child.returncode == 1, (child.returncode, stderr[-2000:])
+    name = {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C (SIGINT)"}[signame]
+    assert (f"Stopped by {name}: the run was cancelled and its partial files removed; outputs finished before the "
+            "signal are kept.") in stderr
+    assert [p.name for p in out.iterdir()] == []  # no partial file, no output half-written under its name
