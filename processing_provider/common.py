@@ -33,22 +33,25 @@ def add_mask_parameters(alg, with_shadows: bool = True) -> None:
         MASK_SOURCE, alg.tr("Mask source"), options=[PRESET_LABELS[k] for k in MASK_SOURCES], defaultValue=0),
         alg.tr("The scene classification layer (SCL), or a score raster under a STAC asset: Cloud Score+ cs_cdf "
                "(clear where at or above the threshold), Sentinel Hub CLP (0–255) or an s2cloudless probability "
-               "(cloud where at or above the threshold), or the s2cloudless model run on the L1C bands.")))
+               "(cloud where at or above the threshold), or the s2cloudless model run on the L1C bands. "
+               "Default: the SCL.")))
     alg.addParameter(with_help(QgsProcessingParameterString(
         CLOUD_CLASSES, alg.tr("SCL classes that are cloud"), "8,9,10"),
-        alg.tr("Comma separated SCL class codes; default 8, 9, 10 (cloud medium and high probability, thin cirrus).")))
+        alg.tr("Comma separated SCL class codes. Default: 8,9,10 (cloud medium and high probability, thin cirrus).")))
     if with_shadows:
-        alg.addParameter(QgsProcessingParameterBoolean(
-            COUNT_SHADOWS, alg.tr("Count cloud shadows (SCL 3) as cloud"), False))
+        alg.addParameter(with_help(QgsProcessingParameterBoolean(
+            COUNT_SHADOWS, alg.tr("Count cloud shadows (SCL 3) as cloud"), False),
+            alg.tr("Ticked, SCL class 3 (cloud shadow) counts as cloudy too. Default: unticked.")))
     alg.addParameter(with_help(QgsProcessingParameterString(
         SCORE_ASSET, alg.tr("Score raster asset"), "", optional=True),
-        alg.tr("STAC asset key of the score raster; empty: the mask source's own (e.g. cs_cdf).")))
+        alg.tr("STAC asset key of the score raster. Default: empty, the mask source's own (e.g. cs_cdf).")))
     alg.addParameter(with_help(QgsProcessingParameterNumber(
         THRESHOLD, alg.tr("Score threshold (0–1)"), QgsProcessingParameterNumber.Type.Double, None, True, 0.0, 1.0),
-        alg.tr("Empty: the mask source's own (Cloud Score+ 0.60, CLP and s2cloudless 0.4).")))
+        alg.tr("A score from 0 to 1 (CLP's 0–255 scaled to it). Default: empty, the mask source's own (Cloud "
+               "Score+ 0.60, CLP and s2cloudless 0.4).")))
     alg.addParameter(with_help(QgsProcessingParameterNumber(
         BUFFER, alg.tr("Grow clouds by (metres)"), QgsProcessingParameterNumber.Type.Double, 0.0, False, 0.0,
-        5000.0), alg.tr("Cloud pixels are dilated by this distance.")))
+        5000.0), alg.tr("Cloud pixels are dilated by this distance, in metres (0–5000). Default: 0, no growing.")))
 
 
 def mask_spec(alg, parameters, context) -> MaskSpec:
@@ -266,7 +269,7 @@ def add_scheduler_parameter(alg) -> None:
 
     param = with_help(QgsProcessingParameterString(
         DASK_SCHEDULER, alg.tr("Dask scheduler address"), "", optional=True),
-        alg.tr("A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786; empty: run on this computer."))
+        alg.tr("A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786. Default: empty, run on this computer."))
     param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
     alg.addParameter(param)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import traceback
 from pathlib import Path
 
-from qgis.core import Qgis, QgsMessageLog, QgsProcessingAlgorithm, QgsProcessingModelAlgorithm, QgsProcessingProvider
+from qgis.core import (
+    Qgis, QgsMessageLog, QgsProcessingAlgorithm, QgsProcessingFeedback, QgsProcessingModelAlgorithm, QgsProcessingProvider,
+)
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 
 from .signals import stops_on_signals
@@ -194,7 +197,27 @@ class ShippedModel(QgsProcessingModelAlgorithm):
             feedback.pushInfo(f"Before the search, every place is taken to be seen {ACQUISITIONS_PER_YEAR} times a "
                               "year; the frequency step says it again for the scenes found.")
             check_cost(self, filled, context, annual_model_cost(self, filled, context), feedback)
-        return super().processAlgorithm(filled, context, feedback)
+        steps = _ModelFeedback(feedback)
+        try:
+            results = super().processAlgorithm(filled, context, steps)
+        finally:
+            steps.detach()
+        if steps.isCanceled():
+            feedback.pushWarning(self._cancelled(results))
+        return results
+
+    def _cancelled(self, results) -> str:
+        """What a cancelled run did: the steps that finished (their outputs kept), the one cancelled."""
+        done = (results or {}).get("CHILD_RESULTS") or {}
+        children = self.childAlgorithms()
+        finished = [children[c].description() for c, r in done.items() if r and c in children]
+        stopped = [children[c].description() for c, r in done.items() if not r and c in children]
+        said = f"Cancelled after {len(finished)} of {len(children)} steps"
+        if stopped:
+            said += f", during '{stopped[0]}', which wrote nothing"
+        if finished:
+            said += f"; {', '.join(repr(d) for d in finished)} finished and kept {'its' if len(finished) == 1 else 'their'} outputs"
+        return said + "."
 
     def required_modules(self) -> list:
         """The packages the model's steps need: the union of their algorithms' REQUIRES."""
@@ -240,3 +263,51 @@ class ShippedModel(QgsProcessingModelAlgorithm):
             return False, str(exc)
         return True, ""
 
+
+class _ModelFeedback(QgsProcessingFeedback):
+    """The model run's feedback, passed through to the run's own, except QGIS 3.22's closing
+    "Model processed OK" when the run was cancelled (it logged that next to "Execution failed")."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+        # direct: the model runs in a worker thread without an event loop, the run's feedback in the
+        # main thread (a queued Cancel would never arrive, queued progress only at the end)
+        target.canceled.connect(self.cancel, Qt.ConnectionType.DirectConnection)
+        self.progressChanged.connect(target.setProgress, Qt.ConnectionType.DirectConnection)
+        if target.isCanceled():
+            self.cancel()
+
+    def detach(self) -> None:
+        try:
+            self.target.canceled.disconnect(self.cancel)
+        except (TypeError, RuntimeError):
+            pass
+
+    def cancel(self):  # noqa: D102 - a Cancel from the model's own steps reaches the run's too
+        super().cancel()
+        if not self.target.isCanceled():
+            self.target.cancel()
+
+    def setProgressText(self, text):  # noqa: N802, D102
+        self.target.setProgressText(text)
+
+    def pushInfo(self, info):  # noqa: N802, D102
+        self.target.pushInfo(info)
+
+    def pushDebugInfo(self, info):  # noqa: N802, D102
+        if info.startswith("Model processed OK") and self.isCanceled():
+            return
+        self.target.pushDebugInfo(info)
+
+    def pushWarning(self, warning):  # noqa: N802, D102
+        self.target.pushWarning(warning)
+
+    def reportError(self, error, fatalError=False):  # noqa: N802, N803, D102
+        self.target.reportError(error, fatalError)
+
+    def pushCommandInfo(self, info):  # noqa: N802, D102
+        self.target.pushCommandInfo(info)
+
+    def pushConsoleInfo(self, info):  # noqa: N802, D102
+        self.target.pushConsoleInfo(info)

@@ -59,22 +59,32 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT_RASTER, self.tr("Cloud probability raster (%)")))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.ZONES, self.tr("Small areas (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterField(
-            self.ZONE_ID_FIELD, self.tr("Area id field"), parentLayerParameterName=self.ZONES))
+        self.addParameter(with_help(QgsProcessingParameterRasterLayer(
+            self.INPUT_RASTER, self.tr("Cloud probability raster (%)")),
+            self.tr("A probability raster in percent (band 1), e.g. the adjusted probability; no default.")))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
+            self.ZONES, self.tr("Small areas (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon]),
+            self.tr("Polygons in any CRS, each with an id of its own; no default.")))
+        self.addParameter(with_help(QgsProcessingParameterField(
+            self.ZONE_ID_FIELD, self.tr("Area id field"), parentLayerParameterName=self.ZONES),
+            self.tr("The field that names each area, unique per area (repeated or NULL ids are refused); it keys "
+                    "the table. No default.")))
         self.addParameter(with_help(QgsProcessingParameterRasterLayer(
             self.VALID, self.tr("Valid observations (count)"), optional=True),
-            self.tr("The acquisition count from 'Per-pixel cloud probability': adds its statistics and the interval.")))
+            self.tr("The acquisition count from 'Per-pixel cloud probability': adds its statistics and the interval. "
+                    "Default: none.")))
         self.addParameter(with_help(QgsProcessingParameterRasterLayer(
             self.SPREAD, self.tr("Spread of one observation (%)"), optional=True),
-            self.tr("From 'Per-pixel cloud probability'; the interval of the mean is built on it.")))
+            self.tr("From 'Per-pixel cloud probability' (percent); the interval of the mean is built on it. "
+                    "Default: none, √(p(100 − p)).")))
         add_scheduler_parameter(self)
-        self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, self.tr("Small areas with cloud probability"), QgsProcessing.SourceType.TypeVectorPolygon))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_CSV, self.tr("CSV table"), self.tr("CSV files (*.csv)"), optional=True))
+        self.addParameter(with_help(QgsProcessingParameterVectorDestination(
+            self.OUTPUT, self.tr("Small areas with cloud probability"), QgsProcessing.SourceType.TypeVectorPolygon),
+            self.tr("A GeoPackage: the areas with their statistics (percent; counts of acquisitions), NULL where "
+                    "no data.")))
+        self.addParameter(with_help(QgsProcessingParameterFileDestination(
+            self.OUTPUT_CSV, self.tr("CSV table"), self.tr("CSV files (*.csv)"), optional=True),
+            self.tr("The same table without geometries. Default: not written.")))
 
     def check_inputs(self, parameters, context) -> None:
         """The areas (polygons, a unique id per area) and the rasters' grids, before any work."""
