@@ -675,7 +675,8 @@ def cloud_frequency(
             tags.update(probability_asset=probability_asset, nodata_classes=",".join(map(str, nodata_classes)))
         else:
             tags["mask"] = json.dumps({k: v for k, v in asdict(spec).items() if k != "extra"})
-        stats = _write_outputs(grid, tiles, tile_paths, periods, outputs, tags, len(groups) - len(unreadable), mean)
+        stats = _write_outputs(grid, tiles, tile_paths, periods, outputs, tags, len(groups) - len(unreadable), mean,
+                               progress)
         unreadable_csv = _write_unreadable(outputs["probability"], unreadable, groups, observations)
     except BaseException:
         store.release()
@@ -741,8 +742,10 @@ def observation_stdev(valid: np.ndarray, cloudy: np.ndarray, squares: np.ndarray
 
 
 def _write_outputs(grid: Grid, tiles, tile_paths: dict, periods, outputs: dict[str, str], tags: dict, n_acq: int,
-                   mean: bool) -> dict:
-    """Assemble the rasters from the tile files; temporary files renamed at the end."""
+                   mean: bool, progress: Progress | None = None) -> dict:
+    """Assemble the rasters from the tile files; temporary files renamed at the end. Cancel is
+    honoured between tiles (a national raster takes minutes), the temporary files removed."""
+    progress = progress or NullProgress()
     import rasterio
     from rasterio.windows import Window
 
@@ -766,6 +769,7 @@ def _write_outputs(grid: Grid, tiles, tile_paths: dict, periods, outputs: dict[s
                 profile = geotiff_profile(grid, dtype, bands, nodata, num_threads="ALL_CPUS")
                 ds[k] = stack.enter_context(rasterio.open(stack.enter_context(atomic(path)), "w", **profile))
         for r0, c0, h, w in tiles:
+            check_cancel(progress)
             with np.load(tile_paths[(r0, c0)]) as done:
                 valid, cloudy = done["valid"], done["cloudy"]
                 squares = done["squares"] if "squares" in done else None

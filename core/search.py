@@ -40,6 +40,10 @@ class SearchError(Exception):
     """The search cannot be done; the message says why in words a user understands."""
 
 
+class NoScenesError(SearchError):
+    """The search ended without a scene over the area: often the area itself is not the one meant."""
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """What to search for.
@@ -959,13 +963,13 @@ def _search(client: Any, request: SearchRequest, progress: Progress) -> SearchRe
             progress.info(f"Dropped {count} items: {reason}.")
     outside = result.dropped.get("outside the area", 0)
     if not result.scenes and result.returned and outside == result.returned - result.dropped.get("repeated on another page", 0):
-        raise SearchError(
+        raise NoScenesError(
             f"The area {tuple(round(v, 5) for v in request.bbox)} (longitude/latitude) lies outside the footprint "
             f"of every one of the {outside} scenes the STAC API at {_host(request.url)} returned: no scene covers it. "
             "Check the area's coordinates and CRS."
         )
     if not result.scenes:
-        raise SearchError(
+        raise NoScenesError(
             f"No scenes of '{request.collection}' found at {request.url} for the area "
             f"{tuple(round(v, 5) for v in request.bbox)} between {request.start.isoformat()} and "
             f"{request.end.isoformat()}"

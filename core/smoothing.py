@@ -151,6 +151,26 @@ def smooth_arrays(cloudy: np.ndarray, valid: np.ndarray, size: int = 21, shape: 
     return smoothed, kv
 
 
+def describe_band(dataset, what: str, units: str) -> None:
+    """Say in the raster itself what its band holds and in which unit: QGIS shows it in the
+    layer's legend and properties (an undescribed band read "Band 1 (Gray)")."""
+    dataset.set_band_description(1, f"{what} ({units})")
+    dataset.update_tags(1, units=units)
+
+
+def check_count_rasters(cloudy_path: str, valid_path: str, covariates=()) -> None:
+    """Raise ValueError unless the counts, and the covariates when given, lie on one grid
+    (size, transform and CRS, exactly): what every method checks before it writes anything."""
+    import rasterio
+
+    profile = _output_profile(cloudy_path, valid_path)
+    for path in covariates:
+        with rasterio.open(path) as ds:
+            if (ds.width, ds.height, tuple(ds.transform), ds.crs) != \
+                    (profile["width"], profile["height"], tuple(profile["transform"]), profile["crs"]):
+                raise ValueError(f"The covariate {os.path.basename(path)} is not on the counts' grid (size, transform and CRS).")
+
+
 def _output_profile(cloudy_path: str, valid_path: str) -> dict:
     """The outputs' GeoTIFF profile (float32 percent, no data −9999) on the counts' grid, after
     checking that both counts are on one grid (size, transform and CRS, exactly)."""
@@ -234,6 +254,7 @@ def smooth_probability(
             tmp_smoothed = files.enter_context(atomic(out_smoothed))
             jobs = [(str(cloudy_path), str(valid_path), covariates, size, shape, width, bounds, adjust) for bounds in strips]
             with rasterio.open(tmp_smoothed, "w", **profile) as out, rasterio.open(tmp_kv, "w", **profile) as outkv:
+                describe_band(out, "smoothed cloud probability, acquisition-weighted", "percent")
                 for n, part in executor.map(_counts_strip, jobs, progress):
                     r0, r1 = strips[n][:2]
                     out.write(part["smoothed"][None], window=Window(0, r0, width, r1 - r0))
@@ -332,6 +353,7 @@ def _adjust(smoothed_path, kv_path, covariates, names, xtx, xty, yty, total, out
     total_after = 0.0
     jobs = [(smoothed_path, kv_path, covariates, width, bounds[:2], beta, means) for bounds in strips]
     with atomic(out_adjusted) as tmp, rasterio.open(tmp, "w", **profile) as out:
+        describe_band(out, "adjusted cloud probability, smoothed counts", "percent")
         for n, (adjusted, part) in executor.map(_counts_adjusted, jobs, progress):
             r0, r1 = strips[n][:2]
             total_after += part
@@ -709,6 +731,7 @@ def _deviation_adjustment(cloudy_path, valid_path, out_smoothed, out_adjusted, o
             first = _Histogram(*FIRST_BINS)
             d_max = -np.inf
             with rasterio.open(tmp_smoothed, "w", **profile) as out:
+                describe_band(out, "neighbourhood cloud probability (lag), acquisition-weighted", "percent")
                 for strip, part in zip(strips, each(_strip_sums, [(strip, threshold_pct) for strip in strips])):
                     out.write(part["lag"][None], window=Window(0, strip.r0, width, strip.r1 - strip.r0))
                     for k in keys:
@@ -775,6 +798,10 @@ def _deviation_adjustment(cloudy_path, valid_path, out_smoothed, out_adjusted, o
                     for band, out in enumerate(outs, start=1):
                         if published and out is not None:  # read by zonal statistics: band 2 is no count
                             out.update_tags(**{PUBLISHED_TAG: str(band)})
+                        if out is not None:
+                            describe_band(out, *{1: ("adjusted cloud probability, as published" if published else
+                                                     "adjusted cloud probability", "percent"),
+                                                 2: ("adjusted band 2 of the 2024 release, not a count", "percent")}[band])
                     jobs = [(strip, b, m, threshold_pct) for strip in strips]
                     for strip, (adjusted, total, count) in zip(strips, each(_strip_adjusted, jobs)):
                         after_sum += total

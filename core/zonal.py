@@ -46,6 +46,58 @@ class ZonalError(Exception):
     """Zonal statistics cannot be made; the message says why."""
 
 
+def _is_null(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def zone_ids_problem(columns: dict, id_field: str, shown: int = 3) -> str | None:
+    """Why the values of ``id_field`` cannot key the areas' table, or None when they can.
+
+    ``columns`` maps each attribute field of the areas to its values, one per area (NULL as
+    None). The table is joined back to the areas by this field, so a repeated or missing id
+    would give rows that belong to several areas, or to none. These are refused rather than
+    worked around: a key of our own would join to nothing the user has, and merging the areas
+    that share an id would change what each row describes without a word. The message names
+    the most repeated ids with their counts, and the fields of the layer that are unique.
+    """
+    from collections import Counter
+
+    values = list(columns[id_field])
+    nulls = sum(1 for v in values if _is_null(v))
+    counts = Counter(str(v) for v in values if not _is_null(v))
+    repeated = [(k, n) for k, n in counts.most_common() if n > 1]
+    if not nulls and not repeated:
+        return None
+    parts = []
+    if repeated:
+        examples = ", ".join(f"'{k}' {n} times" for k, n in repeated[:shown]) + (" …" if len(repeated) > shown else "")
+        parts.append(f"{len(values)} areas have only {len(counts)} distinct ids ({len(repeated)} repeated: "
+                     f"{examples})")
+    if nulls:
+        parts.append(f"{nulls} area{'s have' if nulls > 1 else ' has'} no id (NULL)")
+    unique = [name for name, column in columns.items() if name != id_field and _unique(column)]
+    choose = (f" Fields of this layer with one value per area: {', '.join(unique[:8])}." if unique else "")
+    return (f"The area id field '{id_field}' does not identify the areas: " + "; ".join(parts) + ". The table "
+            "is joined back to the areas by this field, so each area needs an id of its own." + choose + " If several "
+            "features make one area, dissolve them by the id first (Vector geometry > Dissolve).")
+
+
+def _unique(column) -> bool:
+    values = list(column)
+    if any(_is_null(v) for v in values):
+        return False
+    try:
+        return len(set(values)) == len(values)
+    except TypeError:  # unhashable values (lists, maps): not a key anyone joins on
+        return False
+
+
+def not_polygons_message(kinds) -> str:
+    """What to say when the areas are not (all) polygons; ``kinds`` their geometry type names."""
+    return (f"The small areas must be polygons; this layer has {', '.join(sorted(kinds))} geometries. Statistics of a "
+            "probability per point or line would be a value per cell touched, not per area.")
+
+
 @dataclass
 class ZonalResult:
     table: object  # pandas.DataFrame: the id column then COLUMNS (+ VALID_COLUMNS)
@@ -69,6 +121,16 @@ def _same_grid(a: str, b: str) -> bool:
 
     with rasterio.open(a) as da, rasterio.open(b) as db:
         return (da.width, da.height, tuple(da.transform), da.crs) == (db.width, db.height, tuple(db.transform), db.crs)
+
+
+def check_rasters(raster_path: str, valid_path: str | None = None, spread_path: str | None = None) -> None:
+    """Raise :class:`ZonalError` unless the count and spread rasters, when given, lie on the
+    probability raster's grid exactly, and the spread comes with the counts."""
+    for other, what in ((valid_path, "acquisition-count"), (spread_path, "spread")):
+        if other and not _same_grid(raster_path, other):
+            raise ZonalError(f"The {what} raster is not on the probability raster's grid (size, transform and CRS).")
+    if spread_path and not valid_path:
+        raise ZonalError("The interval needs the acquisition counts (VALID) besides the spread.")
 
 
 def mean_interval(mean, spread, count, z: float = 1.96):
@@ -120,11 +182,12 @@ def zonal_statistics(
         raise ZonalError(f"The zones have no field '{id_field}'; fields: {', '.join(c for c in zones.columns if c != 'geometry')}.")
     if zones.crs is None:
         raise ZonalError("The zones have no coordinate reference system.")
-    for other, what in ((valid_path, "acquisition-count"), (spread_path, "spread")):
-        if other and not _same_grid(raster_path, other):
-            raise ZonalError(f"The {what} raster is not on the probability raster's grid (size, transform and CRS).")
-    if spread_path and not valid_path:
-        raise ZonalError("The interval needs the acquisition counts (VALID) besides the spread.")
+    if not len(zones):
+        raise ZonalError("The small-area layer has no features.")
+    problem = zone_ids_problem({c: zones[c].tolist() for c in zones.columns if c != zones.geometry.name}, id_field)
+    if problem:
+        raise ZonalError(problem)
+    check_rasters(raster_path, valid_path, spread_path)
     interval = bool(valid_path) and not _published_band2(valid_path)
     if valid_path and not interval:
         progress.warning(
@@ -141,9 +204,7 @@ def zonal_statistics(
     geoms = zones.geometry
     kinds = {g.geom_type for g in geoms if g is not None and not g.is_empty}
     if kinds - {"Polygon", "MultiPolygon"}:
-        raise ZonalError(
-            f"The small areas must be polygons; this layer has {', '.join(sorted(kinds))} geometries. Statistics of a "
-            "probability per point or line would be a value per cell touched, not per area.")
+        raise ZonalError(not_polygons_message(kinds))
     empty = [i for i, g in zip(ids, geoms) if g is None or g.is_empty]
     invalid, repaired = [], []
     for i, g in zip(ids, geoms):
@@ -186,7 +247,7 @@ def zonal_statistics(
         stats = pd.concat(parts)
         stats["coverage_pct"] = np.where(full > 0, 100.0 * stats["covered_cells"].values / full, np.nan)
         for column in [c for c in result.columns if c != id_field]:
-            if column in stats:  # by position: ids need not be unique
+            if column in stats:  # by position, the areas' rows
                 result.loc[stats.index, column] = stats[column].values
     # no cell with data: NULL, never 0
     no_cells = result["covered_cells"].isna() | (result["covered_cells"] <= 0)

@@ -67,10 +67,27 @@ class CloudProbAlgorithm(QgsProcessingAlgorithm):
         return can_execute(self.displayName(), *self.REQUIRES)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """Before any work (dialog, processing.run, models): the packages this run needs import."""
+        """Before any work (dialog, processing.run, qgis_process): the packages this run needs
+        import, QGIS's own checks pass, every output can be written where it is asked for, and
+        the algorithm's own :meth:`check_inputs` finds nothing wrong."""
+        from qgis.core import QgsProcessingException
+
+        from .checks import check_destinations
         from .dependencies import check_before_run
 
         ok, message = check_before_run(self.displayName(), self.required_modules(parameters, context))
         if not ok:
             return False, message
-        return super().checkParameterValues(parameters, context)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            check_destinations(self, parameters, context)
+            self.check_inputs(parameters, context)
+        except QgsProcessingException as exc:
+            return False, str(exc)
+        return True, ""
+
+    def check_inputs(self, parameters, context) -> None:
+        """Raise QgsProcessingException for an input that cannot work, before any work starts.
+        Algorithms override it; it must read, never write, and take seconds at most."""

@@ -15,9 +15,12 @@ from qgis.core import (
 from .base import CloudProbAlgorithm, with_help
 from ..core.composite import CompositeError, clear_composite
 from ..core.progress import Cancelled
-from .common import add_mask_parameters, grid_from_parameters, mask_spec, output_path, scenes_from_source
+from .common import (
+    add_mask_parameters, check_scenes_layer, grid_from_parameters, mask_spec, output_path, scenes_from_source,
+)
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import RgbStretchPostProcessor
+from .signals import stops_on_signals
 
 
 class ClearCompositeAlgorithm(CloudProbAlgorithm):
@@ -48,22 +51,37 @@ class ClearCompositeAlgorithm(CloudProbAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFeatureSource(
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
             self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
-            [QgsProcessing.SourceType.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Extent of the composite")))
+            [QgsProcessing.SourceType.TypeVectorPolygon]),
+            self.tr("The output of 'Search Sentinel-2 scenes' or 'Cloud cover inside the area' (it carries each "
+                    "scene's STAC item); no default.")))
+        self.addParameter(with_help(QgsProcessingParameterExtent(self.AOI, self.tr("Extent of the composite")),
+                                    self.tr("The area the composite covers, any CRS; no default.")))
         self.addParameter(with_help(QgsProcessingParameterString(
             self.BANDS, self.tr("Bands (asset keys)"), "red,green,blue"),
-            self.tr("Comma separated STAC asset keys, e.g. red,green,blue.")))
+            self.tr("Comma separated STAC asset keys. Default: red,green,blue.")))
         add_mask_parameters(self, with_shadows=False)
-        self.addParameter(QgsProcessingParameterNumber(
+        self.addParameter(with_help(QgsProcessingParameterNumber(
             self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Type.Double, 10.0, False,
-            1.0, 10000.0))
+            1.0, 10000.0), self.tr("Pixel size of the composite in metres. Default: 10, the visible bands' own.")))
         self.addParameter(with_help(QgsProcessingParameterCrs(
             self.TARGET_CRS, self.tr("Target CRS"), optional=True),
-            self.tr("Empty: the extent's CRS if projected, else the UTM zone of its centre.")))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Clear-sky composite")))
+            self.tr("A projected CRS (metres). Default: empty, the extent's CRS if projected, else the UTM zone of "
+                    "its centre.")))
+        self.addParameter(with_help(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Clear-sky composite")),
+                                    self.tr("One band per asset: surface reflectance × 10000; 0 where no clear "
+                                            "observation.")))
 
+    def check_inputs(self, parameters, context) -> None:
+        """The scenes layer, the bands, the grid and the mask, before any scene is read."""
+        check_scenes_layer(self, parameters, self.SCENES, context)
+        if not [b for b in self.parameterAsString(parameters, self.BANDS, context).split(",") if b.strip()]:
+            raise QgsProcessingException(self.tr("Name at least one band (asset key)."))
+        grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION, warn=False)
+        mask_spec(self, parameters, context)
+
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
         if source is None:

@@ -16,15 +16,17 @@ from qgis.core import (
 )
 
 from .base import CloudProbAlgorithm, with_help
+from .checks import check_cost, destination_file, scene_footprints
 from ..core.frequency import MEASURES, OBSERVATIONS, FrequencyError, cloud_frequency, periods_for
 from ..core.masks import MaskError, parse_classes
 from ..core.progress import Cancelled
 from .common import (
-    add_mask_parameters, add_scheduler_parameter, grid_from_parameters, mask_spec, output_path, scenes_from_source,
-    scheduler_from_parameters,
+    add_mask_parameters, add_scheduler_parameter, check_scenes_layer, grid_from_parameters, mask_spec, output_path,
+    scenes_from_source, scheduler_from_parameters,
 )
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
+from .signals import stops_on_signals
 
 PERIODS = ["all", "month"]
 
@@ -90,63 +92,108 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFeatureSource(
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
             self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
-            [QgsProcessing.SourceType.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Extent of the output grid"), optional=True))
+            [QgsProcessing.SourceType.TypeVectorPolygon]),
+            self.tr("The output of 'Search Sentinel-2 scenes' or 'Cloud cover inside the area' (it carries each "
+                    "scene's STAC item); no default.")))
+        self.addParameter(with_help(QgsProcessingParameterExtent(
+            self.AOI, self.tr("Extent of the output grid"), optional=True),
+            self.tr("The area the grid covers, any CRS; xmin,xmax,ymin,ymax [CRS] as text. No default: give this "
+                    "or a raster whose grid to use.")))
         self.addParameter(with_help(QgsProcessingParameterCrs(
             self.TARGET_CRS, self.tr("Target CRS"), optional=True),
-            self.tr("Empty: the extent's CRS if projected, else the UTM zone of its centre.")))
-        self.addParameter(QgsProcessingParameterNumber(
+            self.tr("A projected CRS (metres). Default: empty, the extent's CRS if projected, else the UTM zone of "
+                    "its centre.")))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
             self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Type.Double, 20.0, False,
-            1.0, 10000.0))
+            1.0, 10000.0),
+            self.tr("Pixel size of the grid in metres. Default: 20, the SCL's own: finer adds pixels, not detail "
+                    "(the run says what it will cost before it starts).")))
         self.addParameter(with_help(QgsProcessingParameterRasterLayer(
             self.GRID_LIKE, self.tr("Use the grid of this raster"), optional=True),
-            self.tr("Instead of the extent, target CRS and resolution.")))
+            self.tr("Instead of the extent, target CRS and resolution. Default: none.")))
         self.addParameter(with_help(QgsProcessingParameterEnum(
             self.MEASURE, self.tr("Measure"),
             options=[self.tr("Cloud frequency (SCL)"), self.tr("Mean cloud probability")], defaultValue=0),
-            self.tr("Cloud frequency: SCL cloudy / valid observations. Mean cloud probability: the mean of the "
-                    "probability asset over the observations with data (the reference product's).")))
+            self.tr("Cloud frequency: SCL cloudy / valid observations (percent). Mean cloud probability: the mean of "
+                    "the probability asset over the observations with data (percent; the reference product's). "
+                    "Default: cloud frequency.")))
         self.addParameter(with_help(QgsProcessingParameterEnum(
             self.OBSERVATIONS, self.tr("Observations"),
             options=[self.tr("One per acquisition (datatake)"), self.tr("One per product (2024 release)")],
             defaultValue=0),
             self.tr("One per acquisition (default, the documented method): the products of one datatake counted "
                     "once per pixel. One per product: each STAC item counts, same-datetime items fused, as the "
-                    "2024 release's code does (overlaps of MGRS tiles count twice).")))
+                    "2024 release's code does (overlaps of MGRS tiles count twice). Default: one per acquisition.")))
         self.addParameter(with_help(QgsProcessingParameterString(
             self.PROBABILITY_ASSET, self.tr("Probability asset (0–100 %)"), "cloud"),
-            self.tr("Read by the mean cloud probability; Earth Search Collection 1 calls it 'cloud'.")))
+            self.tr("STAC asset key read by the mean cloud probability (values 0–100 %). Default: cloud, Earth "
+                    "Search Collection 1's name for it.")))
         self.addParameter(with_help(QgsProcessingParameterString(
             self.NODATA_CLASSES, self.tr("SCL classes that are no data"), "", optional=True),
-            self.tr("Comma separated; empty: the measure's own rule (0 for the mean, 0 and 1 for the frequency).")))
+            self.tr("Comma separated SCL class codes. Default: empty, the measure's own rule (0 for the mean, 0 and "
+                    "1 for the frequency).")))
         add_mask_parameters(self)
-        self.addParameter(QgsProcessingParameterEnum(
+        self.addParameter(with_help(QgsProcessingParameterEnum(
             self.PERIOD, self.tr("Period"), options=[self.tr("Whole period (one band)"), self.tr("One band per month")],
-            defaultValue=0))
+            defaultValue=0), self.tr("One band for the whole period, or one per calendar month. Default: one band.")))
         self.addParameter(with_help(QgsProcessingParameterBoolean(
             self.FAIL_ON_READ_ERROR, self.tr("Stop on an unreadable scene"), False),
-            self.tr("Unticked, an acquisition that cannot be read is left out and named in the log.")))
+            self.tr("Ticked, the run stops at an unreadable acquisition. Default: unticked, it is left out and named "
+                    "in the log.")))
         self.addParameter(with_help(QgsProcessingParameterNumber(
             self.CONCURRENCY, self.tr("Scenes read at once"), QgsProcessingParameterNumber.Type.Integer, 4, False, 1,
-            64), self.tr("About 2 × the CPU cores; more for a distant server.")))
+            64), self.tr("Acquisitions read at the same time (a count, 1–64). Default: 4; about 2 × the CPU cores, "
+                         "more for a distant server.")))
         # optional with a temporary file by default: a model (or qgis_process) run that names none of
         # them still makes them for the next stage (QGIS 3.22 makes a model's outputs mandatory
         # when its children's are)
         add_scheduler_parameter(self)
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_PROBABILITY, self.tr("Cloud probability (%)"), optional=True))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_VALID, self.tr("Valid observations (count)"), optional=True))
+        self.addParameter(with_help(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_PROBABILITY, self.tr("Cloud probability (%)"), optional=True),
+            self.tr("Per pixel, 100 × cloudy / valid observations (percent); no data without a valid observation.")))
+        self.addParameter(with_help(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_VALID, self.tr("Valid observations (count)"), optional=True),
+            self.tr("Per pixel, the number of acquisitions with a valid observation (count).")))
         self.addParameter(with_help(QgsProcessingParameterRasterDestination(
             self.OUTPUT_CLOUDY, self.tr("Cloudy observations (count)"), optional=True),
             self.tr("For the mean cloud probability, Σ probability / 100: the expected number of cloudy "
                     "observations.")))
         self.addParameter(with_help(QgsProcessingParameterRasterDestination(
             self.OUTPUT_STDEV, self.tr("Spread of one observation (%)"), optional=True),
-            self.tr("Standard deviation of one observation per pixel; the per-area interval is built on it.")))
+            self.tr("Standard deviation of one observation per pixel (percent); the per-area interval is built on "
+                    "it.")))
 
+    def check_inputs(self, parameters, context) -> None:
+        """The scenes layer, the grid and the classes, before any scene is read."""
+        check_scenes_layer(self, parameters, self.SCENES, context)
+        mask_spec(self, parameters, context)
+        nodata_text = (self.parameterAsString(parameters, self.NODATA_CLASSES, context) or "").strip()
+        try:
+            parse_classes(nodata_text) if nodata_text else None
+        except MaskError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        grid = grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION,
+                                    self.GRID_LIKE, warn=False)
+        check_cost(self, parameters, context, self._cost(parameters, context, grid))
+
+    def _cost(self, parameters, context, grid):
+        """What the run will cost (core.costs): pixels, time, and disk where its outputs and its
+        resume cache go."""
+        from ..core.costs import frequency_cost, frequency_work
+        from ..core.frequency import default_cache_dir
+
+        footprints, months = scene_footprints(self.parameterAsSource(parameters, self.SCENES, context), context)
+        bands = months if PERIODS[self.parameterAsEnum(parameters, self.PERIOD, context)] == "month" else 1
+        outputs = {key: destination_file(self, parameters, name, context, "tif") for key, name in (
+            ("probability", self.OUTPUT_PROBABILITY), ("valid", self.OUTPUT_VALID), ("cloudy", self.OUTPUT_CLOUDY),
+            ("stdev", self.OUTPUT_STDEV))}
+        return frequency_cost(grid.shape, bands, frequency_work(footprints, grid.crs, grid.transform, grid.shape),
+                              MEASURES[self.parameterAsEnum(parameters, self.MEASURE, context)], grid.resolution,
+                              outputs, str(default_cache_dir()))
+
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
         if source is None:
@@ -155,6 +202,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         if not scenes:
             raise QgsProcessingException(self.tr("The scenes layer holds no scenes."))
         grid = grid_from_parameters(self, parameters, context, self.AOI, self.TARGET_CRS, self.RESOLUTION, self.GRID_LIKE)
+        check_cost(self, parameters, context, self._cost(parameters, context, grid), feedback)
         spec = mask_spec(self, parameters, context)
         measure = MEASURES[self.parameterAsEnum(parameters, self.MEASURE, context)]
         nodata_text = (self.parameterAsString(parameters, self.NODATA_CLASSES, context) or "").strip()

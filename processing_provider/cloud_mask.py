@@ -15,8 +15,12 @@ from .base import CloudProbAlgorithm, with_help
 from ..core.masks import MASK_LEGEND, NODATA
 from ..core.reading import gdal_http_env, write_raster
 from ..core.screening import observe
-from .common import add_mask_parameters, area_geometry, extent_geometry, mask_spec, scenes_from_source
+from .common import (
+    add_mask_parameters, area_geometry, check_extent, check_scenes_layer, extent_geometry, mask_spec,
+    scenes_from_source,
+)
 from .styling import StylePostProcessor
+from .signals import stops_on_signals
 
 
 class CloudMaskAlgorithm(CloudProbAlgorithm):
@@ -47,19 +51,30 @@ class CloudMaskAlgorithm(CloudProbAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFeatureSource(
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
             self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
-            [QgsProcessing.SourceType.TypeVectorPolygon]))
+            [QgsProcessing.SourceType.TypeVectorPolygon]),
+            self.tr("The output of 'Search Sentinel-2 scenes' or 'Cloud cover inside the area' (it carries each "
+                    "scene's STAC item); no default.")))
         self.addParameter(with_help(QgsProcessingParameterString(
             self.SCENE_ID, self.tr("Scene id"), "", optional=True),
-            self.tr("The item id of the scene; empty: the first selected feature, else the first scene.")))
+            self.tr("The item id of the scene. Default: empty, the first selected feature, else the first scene.")))
         add_mask_parameters(self, with_shadows=False)
         self.addParameter(with_help(QgsProcessingParameterExtent(
-            self.AOI, self.tr("Area of interest"), optional=True), self.tr("Empty: the whole scene.")))
-        self.addParameter(QgsProcessingParameterNumber(
+            self.AOI, self.tr("Area of interest"), optional=True),
+            self.tr("The mask covers this area, any CRS. Default: empty, the whole scene.")))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
             self.RESOLUTION, self.tr("Resolution (metres)"), QgsProcessingParameterNumber.Type.Double, 20.0, False,
-            10.0, 1000.0))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Cloud mask")))
+            10.0, 1000.0), self.tr("Pixel size of the mask in metres (10–1000). Default: 20, the SCL's own.")))
+        self.addParameter(with_help(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Cloud mask")),
+                                    self.tr("0 clear, 1 cloud, 2 cloud shadow, 3 snow/ice, 255 no data.")))
+
+    def check_inputs(self, parameters, context) -> None:
+        """The scenes layer, the area and the mask, before any scene is read."""
+        check_scenes_layer(self, parameters, self.SCENES, context)
+        if parameters.get(self.AOI):
+            check_extent(self, parameters, self.AOI, context, warn=False)
+        mask_spec(self, parameters, context)
 
     def _scene(self, parameters, context, feedback):
         layer = self.parameterAsVectorLayer(parameters, self.SCENES, context)
@@ -77,6 +92,7 @@ class CloudMaskAlgorithm(CloudProbAlgorithm):
             raise QgsProcessingException(self.tr("The scenes layer holds no scenes."))
         return pairs[0]
 
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         scene, feature = self._scene(parameters, context, feedback)
         spec = mask_spec(self, parameters, context)

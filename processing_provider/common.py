@@ -1,8 +1,6 @@
 """Parameters and translations shared by the algorithms that read scenes and make masks."""
 from __future__ import annotations
 
-import re
-
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -15,6 +13,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core.extent import ExtentError, check_typed_extent, no_scene_hints, read_extent_text
 from ..core.masks import PRESET_LABELS, PRESETS, MaskError, MaskSpec, parse_classes, preset
 from ..core.stac import ItemError, Scene, normalise_item, scene_from_json
 from .base import with_help
@@ -34,22 +33,25 @@ def add_mask_parameters(alg, with_shadows: bool = True) -> None:
         MASK_SOURCE, alg.tr("Mask source"), options=[PRESET_LABELS[k] for k in MASK_SOURCES], defaultValue=0),
         alg.tr("The scene classification layer (SCL), or a score raster under a STAC asset: Cloud Score+ cs_cdf "
                "(clear where at or above the threshold), Sentinel Hub CLP (0–255) or an s2cloudless probability "
-               "(cloud where at or above the threshold), or the s2cloudless model run on the L1C bands.")))
+               "(cloud where at or above the threshold), or the s2cloudless model run on the L1C bands. "
+               "Default: the SCL.")))
     alg.addParameter(with_help(QgsProcessingParameterString(
         CLOUD_CLASSES, alg.tr("SCL classes that are cloud"), "8,9,10"),
-        alg.tr("Comma separated SCL class codes; default 8, 9, 10 (cloud medium and high probability, thin cirrus).")))
+        alg.tr("Comma separated SCL class codes. Default: 8,9,10 (cloud medium and high probability, thin cirrus).")))
     if with_shadows:
-        alg.addParameter(QgsProcessingParameterBoolean(
-            COUNT_SHADOWS, alg.tr("Count cloud shadows (SCL 3) as cloud"), False))
+        alg.addParameter(with_help(QgsProcessingParameterBoolean(
+            COUNT_SHADOWS, alg.tr("Count cloud shadows (SCL 3) as cloud"), False),
+            alg.tr("Ticked, SCL class 3 (cloud shadow) counts as cloudy too. Default: unticked.")))
     alg.addParameter(with_help(QgsProcessingParameterString(
         SCORE_ASSET, alg.tr("Score raster asset"), "", optional=True),
-        alg.tr("STAC asset key of the score raster; empty: the mask source's own (e.g. cs_cdf).")))
+        alg.tr("STAC asset key of the score raster. Default: empty, the mask source's own (e.g. cs_cdf).")))
     alg.addParameter(with_help(QgsProcessingParameterNumber(
         THRESHOLD, alg.tr("Score threshold (0–1)"), QgsProcessingParameterNumber.Type.Double, None, True, 0.0, 1.0),
-        alg.tr("Empty: the mask source's own (Cloud Score+ 0.60, CLP and s2cloudless 0.4).")))
+        alg.tr("A score from 0 to 1 (CLP's 0–255 scaled to it). Default: empty, the mask source's own (Cloud "
+               "Score+ 0.60, CLP and s2cloudless 0.4).")))
     alg.addParameter(with_help(QgsProcessingParameterNumber(
         BUFFER, alg.tr("Grow clouds by (metres)"), QgsProcessingParameterNumber.Type.Double, 0.0, False, 0.0,
-        5000.0), alg.tr("Cloud pixels are dilated by this distance.")))
+        5000.0), alg.tr("Cloud pixels are dilated by this distance, in metres (0–5000). Default: 0, no growing.")))
 
 
 def mask_spec(alg, parameters, context) -> MaskSpec:
@@ -71,6 +73,20 @@ def mask_spec(alg, parameters, context) -> MaskSpec:
         changes["threshold"] = alg.parameterAsDouble(parameters, THRESHOLD, context)
     changes["buffer_m"] = alg.parameterAsDouble(parameters, BUFFER, context)
     return replace(spec, **changes)
+
+
+def check_scenes_layer(alg, parameters, name: str, context) -> None:
+    """The scenes layer opens, holds features and carries the STAC items later stages read."""
+    source = alg.parameterAsSource(parameters, name, context)
+    if source is None:
+        raise QgsProcessingException(alg.invalidSourceError(parameters, name))
+    if source.fields().indexOf("stac_items") < 0 and source.fields().indexOf("stac_item") < 0:
+        raise QgsProcessingException(
+            "The scenes layer has no 'stac_item' field: use the output of 'Search Sentinel-2 scenes' "
+            "(cloudprob:searchscenes)."
+        )
+    if source.featureCount() == 0:
+        raise QgsProcessingException("The scenes layer holds no scenes.")
 
 
 def scenes_from_source(source, feedback, selected_ids=None) -> list[tuple[Scene, object]]:
@@ -105,100 +121,56 @@ def scenes_from_source(source, feedback, selected_ids=None) -> list[tuple[Scene,
     return out
 
 
-_NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"
-_EXTENT_TEXT = re.compile(r"^\s*" + r"\s*,\s*".join([_NUMBER] * 4) + r"\s*(?:\[(?P<crs>[^\]]*)\])?\s*$")
-AMBIGUOUS_RATIO = 10.0  # the bbox reading this many times narrower and lower: warn (never refuse)
+def typed_extent(value):
+    """The extent's numbers in the order typed (core.extent.TypedExtent), or None when it was not
+    typed as text."""
+    return read_extent_text(value)
 
 
-def typed_extent(value) -> tuple[float, float, float, float, str] | None:
-    """(a, b, c, d, crs text) of an extent given as text, in the order typed; None for anything
-    else (a layer, a rectangle object: those carry no order that could be wrong)."""
-    if not isinstance(value, str):
-        return None
-    match = _EXTENT_TEXT.match(value)
-    if match is None:
-        return None
-    a, b, c, d = (float(match.group(i)) for i in range(1, 5))
-    return a, b, c, d, (match.group("crs") or "").strip()
-
-
-def _size(width: float, height: float, crs: QgsCoordinateReferenceSystem) -> str:
-    if crs.isValid() and crs.isGeographic():
-        return f"{width:.4g}° × {height:.4g}°"
+def _crs_kind(crs: QgsCoordinateReferenceSystem) -> tuple[bool, bool]:
+    """(geographic, metres) of a CRS; an unknown CRS counts as metres."""
     from qgis.core import QgsUnitTypes
 
-    if not crs.isValid() or crs.mapUnits() == QgsUnitTypes.DistanceUnit.DistanceMeters:
-        if max(width, height) >= 1000:
-            return f"{width / 1000:.4g} × {height / 1000:.4g} km"
-        return f"{width:.4g} × {height:.4g} m"
-    return f"{width:.4g} × {height:.4g} map units"
+    geographic = crs.isValid() and crs.isGeographic()
+    metres = not crs.isValid() or crs.mapUnits() == QgsUnitTypes.DistanceUnit.DistanceMeters
+    return geographic, metres
 
 
-def _number(v: float) -> str:
-    return f"{v:.15g}"
+def check_extent(alg, parameters, name: str, context, feedback=None, warn: bool = True) -> None:
+    """Refuse an extent that cannot be what was meant, warn about one that probably is not
+    (core.extent.check_typed_extent has the rules), and refuse one without area.
 
-
-def check_extent(alg, parameters, name: str, context, feedback=None) -> None:
-    """Refuse an extent that was typed in bbox order where that shows, or that has no area.
-
-    QGIS reads an extent typed as text as ``xmin,xmax,ymin,ymax`` and silently swaps a pair given
-    the wrong way round, so ``500000,150000,560000,210000`` (bbox order: xmin,ymin,xmax,ymax)
-    becomes a 350 km square instead of the 60 km one meant. The rules, for four numbers
-    a,b,c,d as typed (QGIS: x a…b, y c…d; bbox order: x a…c, y b…d):
-
-    - a > b or c > d is refused. It is never QGIS's own order (which puts each minimum first),
-      so no legitimate extent is refused; the message offers the bbox reading when that reading
-      is a proper box.
-    - In a geographic CRS, y beyond ±90° is refused (no latitude is), with the same offer.
-    - Zero width or height is refused (an area is needed), whatever the extent came from.
-    - When both readings are proper boxes and the bbox reading is at least ten times narrower
-      *and* ten times lower, the numbers are probably a small bbox typed in bbox order (its
-      corners then lie on the line x = y of QGIS's reading), yet a legitimate extent can look
-      like that too: this only warns, saying how the extent was read and what to type instead.
+    ``warn`` False (checkParameterValues, where nobody reads the log yet): errors only; the run
+    warns again when it starts.
     """
     value = parameters.get(name)
     typed = typed_extent(value)
     crs = alg.parameterAsExtentCrs(parameters, name, context)
     if typed is not None:
-        a, b, c, d, crs_text = typed
-        suffix = f" [{crs_text}]" if crs_text else ""
-        bbox_ok = a < c and b < d
-        as_bbox = f"'{_number(a)},{_number(c)},{_number(b)},{_number(d)}{suffix}'"
-        offer = (
-            f" These numbers look like bbox order (xmin,ymin,xmax,ymax); QGIS reads an extent as "
-            f"xmin,xmax,ymin,ymax. Did you mean {as_bbox} ({_size(c - a, d - b, crs)})?"
-            if bbox_ok else " Write the extent as xmin,xmax,ymin,ymax."
-        )
-        if a > b or c > d:
-            wrong = f"xmin {_number(a)} is greater than xmax {_number(b)}" if a > b else \
-                f"ymin {_number(c)} is greater than ymax {_number(d)}"
-            raise QgsProcessingException(
-                f"In the extent '{value.strip()}', {wrong}: QGIS would silently swap them and use "
-                f"{_size(abs(b - a), abs(d - c), crs)}.{offer}"
-            )
-        if crs.isValid() and crs.isGeographic() and (c < -90.0 or d > 90.0):
-            raise QgsProcessingException(
-                f"The extent '{value.strip()}' has latitudes {_number(c)}…{_number(d)}, beyond ±90°.{offer}"
-            )
-        if (b - a) == 0 or (d - c) == 0:
-            raise QgsProcessingException(
-                f"The extent '{value.strip()}' has no area (zero width or height): give an area, not a point "
-                f"or a line.{offer if bbox_ok else ''}"
-            )
-        if bbox_ok and (c - a) * AMBIGUOUS_RATIO <= (b - a) and (d - b) * AMBIGUOUS_RATIO <= (d - c):
+        geographic, metres = _crs_kind(crs)
+        try:
+            warning = check_typed_extent(typed, geographic, metres)
+        except ExtentError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        if warning and warn:
             feedback = feedback if feedback is not None else context.feedback()
-            message = (
-                f"The extent '{value.strip()}' is read as xmin,xmax,ymin,ymax: x {_number(a)}…{_number(b)}, "
-                f"y {_number(c)}…{_number(d)} ({_size(b - a, d - c, crs)}). If you meant bbox order "
-                f"(xmin,ymin,xmax,ymax), stop and give {as_bbox} instead ({_size(c - a, d - b, crs)})."
-            )
             if feedback is not None:
-                feedback.pushWarning(message)
+                feedback.pushWarning(warning)
     extent = alg.parameterAsExtent(parameters, name, context)
     if extent.isNull() or extent.width() <= 0 or extent.height() <= 0:
         raise QgsProcessingException(
             "The area of interest has no area (zero width or height): give an area, not a point or a line."
         )
+
+
+def extent_hints(alg, parameters, name: str, context) -> str:
+    """Other readings of the extent ``name`` (swapped latitude and longitude, bbox order), as
+    sentences to add to a message saying no scene was found there; "" when it was no typed text."""
+    typed = typed_extent(parameters.get(name))
+    if typed is None:
+        return ""
+    geographic, _ = _crs_kind(alg.parameterAsExtentCrs(parameters, name, context))
+    return " ".join(no_scene_hints(typed, geographic))
 
 
 def area_geometry(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, context):
@@ -222,7 +194,7 @@ def area_geometry(geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, cont
     return wkt.loads(g.asWkt()), 4326
 
 
-def area_from_parameters(alg, parameters, context, extent_name: str, layer_name: str | None):
+def area_from_parameters(alg, parameters, context, extent_name: str, layer_name: str | None, warn: bool = True):
     """The area: the (selected) polygons of ``layer_name`` if given, else the extent ``extent_name``."""
     if layer_name and parameters.get(layer_name):
         source = alg.parameterAsSource(parameters, layer_name, context)
@@ -237,7 +209,7 @@ def area_from_parameters(alg, parameters, context, extent_name: str, layer_name:
         return area_geometry(union.makeValid() if not union.isGeosValid() else union, source.sourceCrs(), context)
     if not parameters.get(extent_name):
         raise QgsProcessingException("Give an area of interest (an extent or a polygon layer).")
-    check_extent(alg, parameters, extent_name, context)
+    check_extent(alg, parameters, extent_name, context, warn=warn)
     crs = alg.parameterAsExtentCrs(parameters, extent_name, context)
     return area_geometry(extent_geometry(alg, parameters, extent_name, context, crs), crs, context)
 
@@ -262,7 +234,8 @@ def output_path(alg, parameters, name: str, context, extension: str) -> str:
     return path or QgsProcessingUtils.generateTempFilename(f"{name.lower()}.{extension}")
 
 
-def grid_from_parameters(alg, parameters, context, aoi: str, target_crs: str, resolution: str, grid_like: str | None = None):
+def grid_from_parameters(alg, parameters, context, aoi: str, target_crs: str, resolution: str, grid_like: str | None = None,
+                         warn: bool = True):
     """The output grid: a raster's own grid (``grid_like``), or the extent in the target CRS
     (default: the extent's CRS if projected, else the UTM zone of its centre) at the resolution,
     its edges on multiples of the resolution."""
@@ -277,7 +250,7 @@ def grid_from_parameters(alg, parameters, context, aoi: str, target_crs: str, re
             return Grid(ds.crs, ds.transform, (ds.height, ds.width))
     if not parameters.get(aoi):
         raise QgsProcessingException("Give the extent of the output grid (or a raster whose grid to use).")
-    check_extent(alg, parameters, aoi, context)
+    check_extent(alg, parameters, aoi, context, warn=warn)
     aoi_crs = alg.parameterAsExtentCrs(parameters, aoi, context)
     target = alg.parameterAsCrs(parameters, target_crs, context)
     if not target.isValid():
@@ -306,7 +279,7 @@ def add_scheduler_parameter(alg) -> None:
 
     param = with_help(QgsProcessingParameterString(
         DASK_SCHEDULER, alg.tr("Dask scheduler address"), "", optional=True),
-        alg.tr("A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786; empty: run on this computer."))
+        alg.tr("A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786. Default: empty, run on this computer."))
     param.setFlags(param.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
     alg.addParameter(param)
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 import traceback
 from pathlib import Path
 
-from qgis.core import Qgis, QgsMessageLog, QgsProcessingAlgorithm, QgsProcessingModelAlgorithm, QgsProcessingProvider
+from qgis.core import (
+    Qgis, QgsMessageLog, QgsProcessingAlgorithm, QgsProcessingFeedback, QgsProcessingModelAlgorithm, QgsProcessingProvider,
+)
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
+
+from .signals import stops_on_signals
 
 ICON = Path(__file__).resolve().parent.parent / "icons" / "cloudprob.svg"
 MODELS = Path(__file__).resolve().parent / "models"
@@ -112,6 +117,18 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         if self.loaded:
             self._order_parameters()
 
+    def _saved_help(self) -> dict:
+        """{parameter: help} as the .model3 stores them: QGIS 3.22 writes each parameter's help into
+        the file but does not read it back, so the model's inputs had no tooltip."""
+        from qgis.core import QgsXmlUtils
+        from qgis.PyQt.QtXml import QDomDocument
+
+        document = QDomDocument()
+        document.setContent(self._path.read_text(encoding="utf-8"))
+        saved = QgsXmlUtils.readVariant(document.firstChildElement()) or {}
+        return {name: (definition or {}).get("help") or ""
+                for name, definition in (saved.get("parameterDefinitions") or {}).items()}
+
     def _order_parameters(self) -> None:
         """Inputs top to bottom as they stand in the model's diagram; then the outputs, the last
         step's first (the product before what it was made from).
@@ -120,6 +137,10 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         order: the dialog asked for the end date before the start date.
         """
         definitions = [d.clone() for d in self.parameterDefinitions()]
+        saved_help = self._saved_help()
+        for definition in definitions:
+            if not definition.help() and saved_help.get(definition.name()):
+                definition.setHelp(saved_help[definition.name()])
 
         def place(definition):
             name = definition.name()
@@ -154,16 +175,49 @@ class ShippedModel(QgsProcessingModelAlgorithm):
     def createInstance(self):  # noqa: N802
         return ShippedModel(self._path)
 
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         # QGIS hands a model parameter left out of processing.run to the children as NULL, so
         # a child would use its own default (the frequency chain) instead of the model's (the
         # reference chain): fill in the model's defaults first
+        from qgis.core import QgsProcessingParameterField
+
         filled = dict(parameters)
         for definition in self.parameterDefinitions():
-            if filled.get(definition.name()) is None and definition.defaultValue() is not None \
-                    and not definition.isDestination():
+            value = filled.get(definition.name())
+            empty = value is None or (value == "" and isinstance(definition, QgsProcessingParameterField))
+            if empty and definition.defaultValue() is not None and not definition.isDestination():
                 filled[definition.name()] = definition.defaultValue()
-        return super().processAlgorithm(filled, context, feedback)
+        if self.name() == "annualcloudprobability":  # the area's warnings and the run's cost, first in the log
+            from ..core.costs import ACQUISITIONS_PER_YEAR
+            from .checks import annual_model_cost, check_cost
+            from .common import check_extent
+
+            check_extent(self, filled, "AOI", context, feedback)
+            feedback.pushInfo(f"Before the search, every place is taken to be seen {ACQUISITIONS_PER_YEAR} times a "
+                              "year; the frequency step says it again for the scenes found.")
+            check_cost(self, filled, context, annual_model_cost(self, filled, context), feedback)
+        steps = _ModelFeedback(feedback)
+        try:
+            results = super().processAlgorithm(filled, context, steps)
+        finally:
+            steps.detach()
+        if steps.isCanceled():
+            feedback.pushWarning(self._cancelled(results))
+        return results
+
+    def _cancelled(self, results) -> str:
+        """What a cancelled run did: the steps that finished (their outputs kept), the one cancelled."""
+        done = (results or {}).get("CHILD_RESULTS") or {}
+        children = self.childAlgorithms()
+        finished = [children[c].description() for c, r in done.items() if r and c in children]
+        stopped = [children[c].description() for c, r in done.items() if not r and c in children]
+        said = f"Cancelled after {len(finished)} of {len(children)} steps"
+        if stopped:
+            said += f", during '{stopped[0]}', which wrote nothing"
+        if finished:
+            said += f"; {', '.join(repr(d) for d in finished)} finished and kept {'its' if len(finished) == 1 else 'their'} outputs"
+        return said + "."
 
     def required_modules(self) -> list:
         """The packages the model's steps need: the union of their algorithms' REQUIRES."""
@@ -183,7 +237,12 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         return can_execute(self.displayName(), *self.required_modules())
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """processing.run and the dialog call this before the first step: missing packages stop it here."""
+        """processing.run, qgis_process and the dialog call this before the first step: missing
+        packages, and everything the steps would refuse (checks.check_annual_model), stop it here
+        rather than after an hour of work."""
+        from qgis.core import QgsProcessingException
+
+        from .checks import check_annual_model, check_destinations
         from .dependencies import check_before_run
 
         modules = self.required_modules()
@@ -192,4 +251,63 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         ok, message = check_before_run(self.displayName(), modules)
         if not ok:
             return False, message
-        return super().checkParameterValues(parameters, context)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            if self.name() == "annualcloudprobability":
+                check_annual_model(self, parameters, context)
+            else:
+                check_destinations(self, parameters, context)
+        except QgsProcessingException as exc:
+            return False, str(exc)
+        return True, ""
+
+
+class _ModelFeedback(QgsProcessingFeedback):
+    """The model run's feedback, passed through to the run's own, except QGIS 3.22's closing
+    "Model processed OK" when the run was cancelled (it logged that next to "Execution failed")."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+        # direct: the model runs in a worker thread without an event loop, the run's feedback in the
+        # main thread (a queued Cancel would never arrive, queued progress only at the end)
+        target.canceled.connect(self.cancel, Qt.ConnectionType.DirectConnection)
+        self.progressChanged.connect(target.setProgress, Qt.ConnectionType.DirectConnection)
+        if target.isCanceled():
+            self.cancel()
+
+    def detach(self) -> None:
+        try:
+            self.target.canceled.disconnect(self.cancel)
+        except (TypeError, RuntimeError):
+            pass
+
+    def cancel(self):  # noqa: D102 - a Cancel from the model's own steps reaches the run's too
+        super().cancel()
+        if not self.target.isCanceled():
+            self.target.cancel()
+
+    def setProgressText(self, text):  # noqa: N802, D102
+        self.target.setProgressText(text)
+
+    def pushInfo(self, info):  # noqa: N802, D102
+        self.target.pushInfo(info)
+
+    def pushDebugInfo(self, info):  # noqa: N802, D102
+        if info.startswith("Model processed OK") and self.isCanceled():
+            return
+        self.target.pushDebugInfo(info)
+
+    def pushWarning(self, warning):  # noqa: N802, D102
+        self.target.pushWarning(warning)
+
+    def reportError(self, error, fatalError=False):  # noqa: N802, N803, D102
+        self.target.reportError(error, fatalError)
+
+    def pushCommandInfo(self, info):  # noqa: N802, D102
+        self.target.pushCommandInfo(info)
+
+    def pushConsoleInfo(self, info):  # noqa: N802, D102
+        self.target.pushConsoleInfo(info)

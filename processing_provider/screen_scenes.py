@@ -20,11 +20,12 @@ from qgis.core import (
 from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
 from ..core.screening import ScreeningError, passes, screen_scenes
-from .common import add_mask_parameters, area_from_parameters, mask_spec, scenes_from_source
+from .common import add_mask_parameters, area_from_parameters, check_scenes_layer, mask_spec, scenes_from_source
 from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
 from .search_scenes import WGS84, footprint_geometry
 from .styling import StylePostProcessor
+from .signals import stops_on_signals
 
 # One row per acquisition (datatake): every field describes all of its products together.
 ACQUISITION_FIELDS = [
@@ -131,31 +132,51 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterFeatureSource(
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
             self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
-            [QgsProcessing.SourceType.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Area of interest (extent)"), optional=True))
+            [QgsProcessing.SourceType.TypeVectorPolygon]),
+            self.tr("The output of 'Search Sentinel-2 scenes' or 'Cloud cover inside the area' (it carries each "
+                    "scene's STAC item); no default.")))
+        self.addParameter(with_help(QgsProcessingParameterExtent(
+            self.AOI, self.tr("Area of interest (extent)"), optional=True),
+            self.tr("The area whose cloud is measured, any CRS; xmin,xmax,ymin,ymax [CRS] as text. No default: give "
+                    "this or the polygons.")))
         self.addParameter(with_help(QgsProcessingParameterFeatureSource(
             self.AOI_LAYER, self.tr("Area of interest (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon],
-            optional=True), self.tr("Used instead of the extent when given.")))
+            optional=True), self.tr("Used instead of the extent when given (its selected features if so chosen). "
+                                    "Default: none.")))
         add_mask_parameters(self)
         self.addParameter(with_help(QgsProcessingParameterNumber(
             self.RESOLUTION, self.tr("Resolution (metres)"),
             QgsProcessingParameterNumber.Type.Double, 20.0, False, 10.0, 1000.0),
-            self.tr("20 reads the SCL at full resolution; coarser values read the COG overviews.")))
-        self.addParameter(QgsProcessingParameterNumber(
+            self.tr("Pixel size in metres (10–1000). Default: 20, the SCL at full resolution; coarser values read "
+                    "the COG overviews.")))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
             self.MAX_AOI_CLOUD, self.tr("Maximum cloud inside the area (%)"),
-            QgsProcessingParameterNumber.Type.Double, 100.0, False, 0.0, 100.0))
+            QgsProcessingParameterNumber.Type.Double, 100.0, False, 0.0, 100.0),
+            self.tr("Acquisitions with more cloud than this in the area (percent of its pixels with valid data) are "
+                    "dropped. Default: 100, none dropped.")))
         self.addParameter(with_help(QgsProcessingParameterNumber(
             self.MIN_AOI_VALID, self.tr("Minimum valid data in the area (%)"),
             QgsProcessingParameterNumber.Type.Double, 0.0, False, 0.0, 100.0),
-            self.tr("Share of the area's surface with valid data (SCL not no data or defective).")))
+            self.tr("Acquisitions with less of the area's surface than this with valid data (percent; SCL not no "
+                    "data or defective) are dropped. Default: 0, none dropped.")))
         self.addParameter(with_help(QgsProcessingParameterNumber(
             self.CONCURRENCY, self.tr("Scenes read at once"), QgsProcessingParameterNumber.Type.Integer, 32, False, 1,
-            128), self.tr("Each scene waits on two round trips: more for a distant server.")))
-        self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, self.tr("Scenes screened over the area"), QgsProcessing.SourceType.TypeVectorPolygon))
+            128), self.tr("Scenes read at the same time (a count, 1–128). Default: 32; each scene waits on two round "
+                 "trips: more for a distant server.")))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSink(
+            self.OUTPUT, self.tr("Scenes screened over the area"), QgsProcessing.SourceType.TypeVectorPolygon),
+            self.tr("One row per acquisition with the cloud, shadow, snow and valid data inside the area (percent), "
+                    "ranked clearest first.")))
 
+    def check_inputs(self, parameters, context) -> None:
+        """The scenes layer, the area and the mask, before any scene is read."""
+        check_scenes_layer(self, parameters, self.SCENES, context)
+        area_from_parameters(self, parameters, context, self.AOI, self.AOI_LAYER, warn=False)
+        mask_spec(self, parameters, context)
+
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         source = self.parameterAsSource(parameters, self.SCENES, context)
         if source is None:

@@ -25,12 +25,16 @@ from qgis.PyQt.QtCore import QDate, QDateTime, Qt
 
 from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
-from ..core.search import DEFAULT_COLLECTION, EARTH_SEARCH_V1, SearchError, SearchRequest, check_url, search_scenes
+from ..core.search import (
+    DEFAULT_COLLECTION, EARTH_SEARCH_V1, NoScenesError, SearchError, SearchRequest, check_url, search_scenes,
+)
 from ..core.stac import Scene
-from .common import check_extent
+from .checks import check_dates
+from .common import check_extent, extent_hints
 from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
+from .signals import stops_on_signals
 
 WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
 
@@ -118,45 +122,54 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         last_year = date.today().year - 1
-        self.addParameter(QgsProcessingParameterString(self.STAC_URL, self.tr("STAC API URL"), EARTH_SEARCH_V1))
-        self.addParameter(QgsProcessingParameterString(self.COLLECTION, self.tr("Collection"), DEFAULT_COLLECTION))
-        self.addParameter(QgsProcessingParameterExtent(self.AOI, self.tr("Area of interest")))
-        self.addParameter(
+        self.addParameter(with_help(
+            QgsProcessingParameterString(self.STAC_URL, self.tr("STAC API URL"), EARTH_SEARCH_V1),
+            self.tr("The STAC API to search, an https:// address. Default: Earth Search v1, {}.").format(EARTH_SEARCH_V1)))
+        self.addParameter(with_help(
+            QgsProcessingParameterString(self.COLLECTION, self.tr("Collection"), DEFAULT_COLLECTION),
+            self.tr("The STAC collection of Sentinel-2 L2A scenes. Default: {} (Earth Search Collection 1; Planetary "
+                    "Computer's is sentinel-2-l2a).").format(DEFAULT_COLLECTION)))
+        self.addParameter(with_help(
+            QgsProcessingParameterExtent(self.AOI, self.tr("Area of interest")),
+            self.tr("Scenes that touch this area are found; any CRS, no default. Typed as text it is "
+                    "xmin,xmax,ymin,ymax [CRS] (QGIS's order, not bbox order).")))
+        self.addParameter(with_help(
             QgsProcessingParameterDateTime(
                 self.START_DATE, self.tr("Start date (UTC, included)"), QgsProcessingParameterDateTime.Type.Date,
                 QDate(last_year, 1, 1),
-            )
-        )
-        self.addParameter(
+            ), self.tr("First day of the period, YYYY-MM-DD (UTC). Default: 1 January of last year.")))
+        self.addParameter(with_help(
             QgsProcessingParameterDateTime(
                 self.END_DATE, self.tr("End date (UTC, included)"), QgsProcessingParameterDateTime.Type.Date,
                 QDate(last_year, 12, 31),
-            )
-        )
+            ), self.tr("Last day of the period, YYYY-MM-DD (UTC). Default: 31 December of last year.")))
         self.addParameter(with_help(
             QgsProcessingParameterNumber(
                 self.MAX_SCENE_CLOUD, self.tr("Maximum scene cloud cover (%)"),
                 QgsProcessingParameterNumber.Type.Double, 100.0, False, 0.0, 100.0,
             ),
-            self.tr("The catalogue's eo:cloud_cover: percent of the whole product (a 110 km tile), not of your area."),
+            self.tr("The catalogue's eo:cloud_cover: percent of the whole product (a 110 km tile), not of your area. "
+                    "Default: 100, every scene."),
         ))
-        self.addParameter(
+        self.addParameter(with_help(
             QgsProcessingParameterNumber(
                 self.MAX_ITEMS, self.tr("Maximum number of scenes (0 = all)"),
                 QgsProcessingParameterNumber.Type.Integer, 0, False, 0,
-            )
-        )
-        self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, self.tr("Sentinel-2 scenes"), QgsProcessing.SourceType.TypeVectorPolygon))
+            ), self.tr("At most this many scenes (a count), the oldest first. Default: 0, all of them.")))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSink(
+            self.OUTPUT, self.tr("Sentinel-2 scenes"), QgsProcessing.SourceType.TypeVectorPolygon),
+            self.tr("One footprint per scene (EPSG:4326) with its date, tile, scene cloud cover (%) and STAC item.")))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        """The STAC API URL is checked before the run starts (the dialog shows the sentence)."""
+    def check_inputs(self, parameters, context) -> None:
+        """The STAC API URL, the dates and the area, before the run starts (the dialog shows the sentence)."""
         try:
             check_url(self.parameterAsString(parameters, self.STAC_URL, context))
         except SearchError as exc:
-            return False, str(exc)
-        return super().checkParameterValues(parameters, context)
+            raise QgsProcessingException(str(exc)) from exc
+        check_dates(self, parameters, context, self.START_DATE, self.END_DATE)
+        check_extent(self, parameters, self.AOI, context, warn=False)  # warned at the start of the run
 
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         try:
             check_url(self.parameterAsString(parameters, self.STAC_URL, context))
@@ -190,6 +203,9 @@ class SearchScenesAlgorithm(CloudProbAlgorithm):
         except Cancelled:
             feedback.pushWarning(self.tr("Search cancelled; nothing was written."))
             return {}
+        except NoScenesError as exc:  # often the area is not the one meant: say how else it reads
+            hints = extent_hints(self, parameters, self.AOI, context)
+            raise QgsProcessingException(f"{exc}{' ' + hints if hints else ''}") from exc
         except SearchError as exc:
             raise QgsProcessingException(str(exc)) from exc
 

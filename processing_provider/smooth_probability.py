@@ -14,11 +14,15 @@ from qgis.core import (
 )
 
 from .base import CloudProbAlgorithm, with_help
+from .checks import destination_text
 from ..core.progress import Cancelled
-from ..core.smoothing import published_adjustment, reference_adjustment, smooth_probability
+from ..core.smoothing import (
+    check_count_rasters, load_fit, published_adjustment, reference_adjustment, smooth_probability,
+)
 from .common import add_scheduler_parameter, output_path, scheduler_from_parameters
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
+from .signals import stops_on_signals
 
 SHAPES = ["box", "gaussian"]
 
@@ -86,8 +90,12 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(self.CLOUDY, self.tr("Cloudy observations")))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.VALID, self.tr("Valid observations")))
+        self.addParameter(with_help(QgsProcessingParameterRasterLayer(self.CLOUDY, self.tr("Cloudy observations")),
+                                    self.tr("'Cloudy observations (count)' from 'Per-pixel cloud probability'; no "
+                                            "default.")))
+        self.addParameter(with_help(QgsProcessingParameterRasterLayer(self.VALID, self.tr("Valid observations")),
+                                    self.tr("'Valid observations (count)' from 'Per-pixel cloud probability', on the "
+                                            "same grid; no default.")))
         self.addParameter(with_help(QgsProcessingParameterEnum(
             self.METHOD, self.tr("Method"),
             options=[self.tr("Smoothed counts"), self.tr("Reference adjustment"),
@@ -95,36 +103,63 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             self.tr("Smoothed counts: smoothed cloudy / smoothed valid counts, regression on covariates. Reference "
                     "adjustment: each pixel's deviation from its acquisition-weighted neighbourhood (the reference "
                     "product's documented method). As published: the 2024 release's code, exactly (pooled over "
-                    "the probability and count bands, pixel and lag swapped).")))
-        self.addParameter(QgsProcessingParameterNumber(
+                    "the probability and count bands, pixel and lag swapped). Default: smoothed counts.")))
+        self.addParameter(with_help(QgsProcessingParameterNumber(
             self.KERNEL_SIZE, self.tr("Kernel size (pixels, odd)"), QgsProcessingParameterNumber.Type.Integer, 21,
-            False, 1, 1001))
-        self.addParameter(QgsProcessingParameterEnum(
-            self.KERNEL_SHAPE, self.tr("Kernel shape"), options=[self.tr("Box"), self.tr("Gaussian")], defaultValue=0))
+            False, 1, 1001), self.tr("Width of the neighbourhood in pixels, odd. Default: 21, the reference "
+                                     "product's 21 × 21.")))
+        self.addParameter(with_help(QgsProcessingParameterEnum(
+            self.KERNEL_SHAPE, self.tr("Kernel shape"), options=[self.tr("Box"), self.tr("Gaussian")], defaultValue=0),
+            self.tr("Weights of the smoothed counts' neighbourhood (the reference methods use the box). Default: box.")))
         self.addParameter(with_help(QgsProcessingParameterMultipleLayers(
             self.COVARIATES, self.tr("Covariate rasters"), QgsProcessing.SourceType.TypeRaster, optional=True),
-            self.tr("On the grid of the counts, e.g. an urban fraction (smoothed counts method).")))
+            self.tr("On the grid of the counts, e.g. an urban fraction (smoothed counts method). Default: none.")))
         self.addParameter(with_help(QgsProcessingParameterNumber(
             self.DEVIATION_THRESHOLD, self.tr("Deviation threshold (%)"),
             QgsProcessingParameterNumber.Type.Double, 5.0, False, 0.0, 1000.0),
-            self.tr("Reference adjustment: pixels within this many percent of their neighbourhood are unchanged.")))
-        self.addParameter(QgsProcessingParameterBoolean(self.ADJUST, self.tr("Adjust with regression residuals"), True))
+            self.tr("Reference adjustment: pixels within this many percent of their neighbourhood are unchanged. "
+                    "Default: 5 %.")))
+        self.addParameter(with_help(QgsProcessingParameterBoolean(
+            self.ADJUST, self.tr("Adjust with regression residuals"), True),
+            self.tr("Unticked, only the smoothed (or neighbourhood) probability is made. Default: ticked.")))
         self.addParameter(with_help(QgsProcessingParameterFile(
             self.FIT_FROM, self.tr("Reuse an earlier fit (JSON)"), extension="json", optional=True),
             self.tr("The .regression.json of an earlier run: its intercept, slope and median are used instead of a "
-                    "fit over this run's extent, so overlapping runs agree. Empty: fit over this extent.")))
+                    "fit over this run's extent, so overlapping runs agree. Default: empty, fit over this extent.")))
         add_scheduler_parameter(self)
         self.addParameter(with_help(QgsProcessingParameterRasterDestination(  # optional: see cloud_frequency.py
             self.OUTPUT_SMOOTHED, self.tr("Smoothed probability (%)"), optional=True),
-            self.tr("The smoothed probability, or with the reference adjustment the neighbourhood's (lag).")))
-        self.addParameter(QgsProcessingParameterRasterDestination(
-            self.OUTPUT_ADJUSTED, self.tr("Adjusted probability (%)"), optional=True))
+            self.tr("The smoothed probability, or with the reference adjustment the neighbourhood's (lag); "
+                    "percent.")))
+        self.addParameter(with_help(QgsProcessingParameterRasterDestination(
+            self.OUTPUT_ADJUSTED, self.tr("Adjusted probability (%)"), optional=True),
+            self.tr("The adjusted cloud probability (percent); no data where there is no observation.")))
         self.addParameter(with_help(QgsProcessingParameterRasterDestination(
             self.OUTPUT_ADJUSTED_COUNT, self.tr("Adjusted band 2 (not a count)"), optional=True,
             createByDefault=False),
             self.tr("Method 'As published' only: the 2024 release's adjusted band-2 rows, which its table calls "
                     "acquisition_count_*. Give it to zonal statistics as VALID to reproduce that table.")))
 
+    def check_inputs(self, parameters, context) -> None:
+        """Both counts on one grid, the covariates on it too, an odd kernel and a readable fit to
+        reuse, before any work."""
+        cloudy = self.parameterAsRasterLayer(parameters, self.CLOUDY, context)
+        valid = self.parameterAsRasterLayer(parameters, self.VALID, context)
+        if cloudy is None or valid is None:
+            raise QgsProcessingException(self.tr("Both count rasters are needed (from 'Per-pixel cloud probability')."))
+        if self.parameterAsInt(parameters, self.KERNEL_SIZE, context) % 2 == 0:
+            raise QgsProcessingException(self.tr("The kernel size must be odd (e.g. 21)."))
+        covariates = [layer.source() for layer in self.parameterAsLayerList(parameters, self.COVARIATES, context)]
+        method = self.parameterAsEnum(parameters, self.METHOD, context)
+        fit_from = (self.parameterAsFile(parameters, self.FIT_FROM, context) or "").strip() or None
+        try:
+            check_count_rasters(cloudy.source(), valid.source(), covariates if method == 0 else ())
+            if fit_from and self.parameterAsBool(parameters, self.ADJUST, context):
+                load_fit(fit_from, ("counts", "reference", "published")[method])
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         cloudy = self.parameterAsRasterLayer(parameters, self.CLOUDY, context)
         valid = self.parameterAsRasterLayer(parameters, self.VALID, context)
@@ -146,7 +181,8 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             out_count = None
             if method == 2 and adjust:
                 out_count = output_path(self, parameters, self.OUTPUT_ADJUSTED_COUNT, context, "tif")
-            elif parameters.get(self.OUTPUT_ADJUSTED_COUNT) not in (None, ""):
+            elif destination_text(parameters.get(self.OUTPUT_ADJUSTED_COUNT), context) not in ("", "TEMPORARY_OUTPUT"):
+                # named by the user, not a model's temporary file (the model passes one on every run)
                 feedback.pushWarning(self.tr("'Adjusted band 2' is made only by the method 'As published'."))
             return self._reference(parameters, context, feedback, cloudy.source(), valid.source(), size, out_smoothed,
                                    out_adjusted, executor, fit_from, out_count if method == 2 else False)

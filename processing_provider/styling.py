@@ -24,6 +24,7 @@ class KeptPostProcessor(QgsProcessingLayerPostProcessorInterface):
         if name:
             details.name = name
         processor = cls(*args)
+        processor.title = name
         KeptPostProcessor._alive[f"{layer_id}:{cls.__name__}:{args}"] = processor
         details.setPostProcessor(processor)
 
@@ -45,7 +46,28 @@ class StylePostProcessor(KeptPostProcessor):
         if not ok and feedback is not None:
             feedback.pushWarning(f"Could not apply the style {path.name}: {message}")
         set_aliases(layer, self.aliases)
+        if getattr(self, "title", None):
+            set_legend_title(layer, context, self.title)
         layer.triggerRepaint()
+
+
+def set_legend_title(layer, context, title: str) -> None:
+    """A raster's legend headed by what it shows (``title``, with its unit) instead of the band's
+    name: QGIS heads a colour ramp's legend with "Band 1 (Gray)" (or "Band 1: <description>
+    (Gray)"). Set as the layer tree's own label of that entry, which the project keeps; layers
+    not in a project (qgis_process) have no legend to label."""
+    from qgis.core import QgsMapLayerLegendUtils, QgsProject, QgsRasterLayer, QgsSimpleLegendNode
+
+    if not isinstance(layer, QgsRasterLayer):
+        return
+    project = (context.project() if context is not None else None) or QgsProject.instance()
+    node = project.layerTreeRoot().findLayer(layer.id())
+    if node is None:
+        return
+    legend = layer.legend().createLayerTreeModelLegendNodes(node) if layer.legend() is not None else []
+    if legend and isinstance(legend[0], QgsSimpleLegendNode):  # the band's name above the ramp
+        QgsMapLayerLegendUtils.setLegendNodeUserLabel(node, 0, title)
+        layer.legendChanged.emit()
 
 
 def set_aliases(layer, aliases: dict) -> None:

@@ -13,10 +13,12 @@ from qgis.core import (
 
 from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
-from ..core.zonal import ZonalError, write_outputs, zonal_statistics, zonal_statistics_in_process
+from ..core.zonal import ZonalError, check_rasters, write_outputs, zonal_statistics, zonal_statistics_in_process
+from .checks import check_zones, plain
 from .common import add_scheduler_parameter, output_path, scheduler_from_parameters
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import GraduatedPostProcessor
+from .signals import stops_on_signals
 
 
 class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
@@ -50,27 +52,54 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
             "error = spread / √acquisitions), with the spread of one observation from the optional spread raster "
             "of 'Per-pixel cloud probability', or √(p(100 − p)) without it. The areas' own attributes are "
             "carried through. Areas without data get NULL, not 0; invalid geometries "
-            "are repaired and reported; empty ones are reported. Writes a GeoPackage layer and a CSV."
+            "are repaired and reported; empty ones are reported. Writes a GeoPackage layer and a CSV.\n\n"
+            "The area id field keys the table: the areas are refused, before any work, when an id repeats or is "
+            "NULL (the table could not be joined back); the message names the repeated ids and the layer's "
+            "fields that are unique. Areas made of several features: dissolve them by the id first."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT_RASTER, self.tr("Cloud probability raster (%)")))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.ZONES, self.tr("Small areas (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterField(
-            self.ZONE_ID_FIELD, self.tr("Area id field"), parentLayerParameterName=self.ZONES))
+        self.addParameter(with_help(QgsProcessingParameterRasterLayer(
+            self.INPUT_RASTER, self.tr("Cloud probability raster (%)")),
+            self.tr("A probability raster in percent (band 1), e.g. the adjusted probability; no default.")))
+        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
+            self.ZONES, self.tr("Small areas (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon]),
+            self.tr("Polygons in any CRS, each with an id of its own; no default.")))
+        self.addParameter(with_help(QgsProcessingParameterField(
+            self.ZONE_ID_FIELD, self.tr("Area id field"), parentLayerParameterName=self.ZONES),
+            self.tr("The field that names each area, unique per area (repeated or NULL ids are refused); it keys "
+                    "the table. No default.")))
         self.addParameter(with_help(QgsProcessingParameterRasterLayer(
             self.VALID, self.tr("Valid observations (count)"), optional=True),
-            self.tr("The acquisition count from 'Per-pixel cloud probability': adds its statistics and the interval.")))
+            self.tr("The acquisition count from 'Per-pixel cloud probability': adds its statistics and the interval. "
+                    "Default: none.")))
         self.addParameter(with_help(QgsProcessingParameterRasterLayer(
             self.SPREAD, self.tr("Spread of one observation (%)"), optional=True),
-            self.tr("From 'Per-pixel cloud probability'; the interval of the mean is built on it.")))
+            self.tr("From 'Per-pixel cloud probability' (percent); the interval of the mean is built on it. "
+                    "Default: none, √(p(100 − p)).")))
         add_scheduler_parameter(self)
-        self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, self.tr("Small areas with cloud probability"), QgsProcessing.SourceType.TypeVectorPolygon))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_CSV, self.tr("CSV table"), self.tr("CSV files (*.csv)"), optional=True))
+        self.addParameter(with_help(QgsProcessingParameterVectorDestination(
+            self.OUTPUT, self.tr("Small areas with cloud probability"), QgsProcessing.SourceType.TypeVectorPolygon),
+            self.tr("A GeoPackage: the areas with their statistics (percent; counts of acquisitions), NULL where "
+                    "no data.")))
+        self.addParameter(with_help(QgsProcessingParameterFileDestination(
+            self.OUTPUT_CSV, self.tr("CSV table"), self.tr("CSV files (*.csv)"), optional=True),
+            self.tr("The same table without geometries. Default: not written.")))
 
+    def check_inputs(self, parameters, context) -> None:
+        """The areas (polygons, a unique id per area) and the rasters' grids, before any work."""
+        check_zones(self, parameters, context, self.ZONES, self.ZONE_ID_FIELD)
+        raster = self.parameterAsRasterLayer(parameters, self.INPUT_RASTER, context)
+        if raster is None:
+            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT_RASTER))
+        valid = self.parameterAsRasterLayer(parameters, self.VALID, context)
+        spread = self.parameterAsRasterLayer(parameters, self.SPREAD, context)
+        try:
+            check_rasters(raster.source(), valid.source() if valid else None, spread.source() if spread else None)
+        except ZonalError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+    @stops_on_signals
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         import geopandas as gpd
         from shapely import wkb
@@ -89,8 +118,8 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
         names = [f.name() for f in source.fields() if f.name() != id_field and f.name().lower() != "fid"]
         ids, geoms, rows = [], [], []
         for feature in source.getFeatures():
-            ids.append(str(feature[id_field]))
-            rows.append([_plain(feature[name]) for name in names])
+            ids.append(plain(feature[id_field]))
+            rows.append([plain(feature[name]) for name in names])
             g = feature.geometry()
             geoms.append(None if g is None or g.isEmpty() else wkb.loads(bytes(g.asWkb())))
         if not ids:
@@ -138,17 +167,3 @@ class ZonalStatisticsAlgorithm(CloudProbAlgorithm):
             outputs[self.OUTPUT_CSV] = csv
         return outputs
 
-
-def _plain(value):
-    """A QGIS attribute value as plain Python (NULL → None; dates and times as ISO text)."""
-    if value is None:
-        return None
-    if hasattr(value, "isNull") and value.isNull():
-        return None
-    if hasattr(value, "toPyDateTime"):
-        return value.toPyDateTime().isoformat()
-    if hasattr(value, "toPyDate"):
-        return value.toPyDate().isoformat()
-    if hasattr(value, "toString") and not isinstance(value, (str, int, float, bool)):
-        return value.toString()
-    return value

@@ -57,28 +57,54 @@ def build():
         meta.setPosition(QPointF(x, y))
         model.addModelParameter(definition, meta)
 
-    param(QgsProcessingParameterString("STAC_URL", "STAC API URL", "https://earth-search.aws.element84.com/v1"), 120, 60)
-    param(QgsProcessingParameterString("COLLECTION", "Collection", "sentinel-2-c1-l2a"), 120, 120)
-    param(QgsProcessingParameterExtent("AOI", "Area of interest"), 120, 180)
+    def helped(definition, text):
+        definition.setHelp(text)
+        return definition
+
+    param(helped(QgsProcessingParameterString("STAC_URL", "STAC API URL", "https://earth-search.aws.element84.com/v1"),
+                 "The STAC API the scenes are searched in. Default: Earth Search v1, "
+                 "https://earth-search.aws.element84.com/v1."), 120, 60)
+    param(helped(QgsProcessingParameterString("COLLECTION", "Collection", "sentinel-2-c1-l2a"),
+                 "The STAC collection of Sentinel-2 L2A scenes. Default: sentinel-2-c1-l2a (Earth Search Collection 1, "
+                 "which carries the 'cloud' probability the mean cloud probability needs)."), 120, 120)
+    param(helped(QgsProcessingParameterExtent("AOI", "Area of interest"),
+                 "The area to work on, in any CRS; no default. Typed as text it is xmin,xmax,ymin,ymax [CRS] "
+                 "(QGIS's order, not bbox order). The grid covers it and the adjustment is fitted over it."), 120, 180)
     date = QgsProcessingParameterDateTime.Type.Date
-    param(QgsProcessingParameterDateTime("START_DATE", "Start date", date, QDate(2024, 1, 1)), 120, 240)
-    param(QgsProcessingParameterDateTime("END_DATE", "End date", date, QDate(2024, 12, 31)), 120, 300)
-    param(QgsProcessingParameterFeatureSource("ZONES", "Small areas", [QgsProcessing.SourceType.TypeVectorPolygon]),
-          120, 360)
-    param(QgsProcessingParameterField("ZONE_ID_FIELD", "Area id field", "code", "ZONES"), 120, 420)
-    param(QgsProcessingParameterCrs("TARGET_CRS", "Target CRS", QgsCoordinateReferenceSystem("EPSG:27700")), 120, 480)
-    param(QgsProcessingParameterNumber("RESOLUTION", "Resolution (metres)", QgsProcessingParameterNumber.Type.Double, 20.0,
-                                       False, 1.0, 10000.0), 120, 540)
+    param(helped(QgsProcessingParameterDateTime("START_DATE", "Start date", date, QDate(2024, 1, 1)),
+                 "First day of the period (UTC, included), YYYY-MM-DD. Default: 2024-01-01."), 120, 240)
+    param(helped(QgsProcessingParameterDateTime("END_DATE", "End date", date, QDate(2024, 12, 31)),
+                 "Last day of the period (UTC, included), YYYY-MM-DD. Default: 2024-12-31."), 120, 300)
+    param(helped(QgsProcessingParameterFeatureSource("ZONES", "Small areas", [QgsProcessing.SourceType.TypeVectorPolygon]),
+                 "Polygons (e.g. LSOAs, Data Zones), in any CRS; no default. Each needs its own id: repeated or "
+                 "NULL ids are refused before any work."), 120, 360)
+    # optional for the same reason as TARGET_CRS below: a mandatory field's default is ignored by qgis_process
+    param(helped(QgsProcessingParameterField("ZONE_ID_FIELD", "Area id field", "code", "ZONES", optional=True),
+                 "The field that names each small area, unique per area; it keys the output table. Default: code."),
+          120, 420)
+    # optional: QGIS 3.22 accepts a missing CRS parameter only when it is optional, whatever its
+    # default, so qgis_process refused a run without TARGET_CRS; ShippedModel fills the default in
+    target_crs = QgsProcessingParameterCrs("TARGET_CRS", "Target CRS", QgsCoordinateReferenceSystem("EPSG:27700"),
+                                           optional=True)
+    param(helped(target_crs, "The projected CRS of the output grid (metres). Default: EPSG:27700, the British "
+                             "National Grid of the reference product; elsewhere give your area's, e.g. its UTM zone."),
+          120, 480)
+    param(helped(QgsProcessingParameterNumber("RESOLUTION", "Resolution (metres)", QgsProcessingParameterNumber.Type.Double,
+                                              20.0, False, 1.0, 10000.0),
+                 "Pixel size of the output grid in metres. Default: 20, the SCL's and the cloud probability's own: "
+                 "finer adds pixels, not detail (the run says what it will cost before it starts)."), 120, 540)
     # labels short enough to be read whole in the dialog (tests/test_dialogs.py); the rest in the help
     measure = QgsProcessingParameterEnum("MEASURE", "Measure", ["Cloud frequency (SCL)", "Mean cloud probability"],
                                          defaultValue=1)
-    measure.setHelp("Cloud frequency: SCL cloudy / valid observations. Mean cloud probability: the mean of the 'cloud' "
-                    "asset over the observations with data (the reference product's).")
+    measure.setHelp("Cloud frequency: SCL cloudy / valid observations (percent). Mean cloud probability: the mean of the "
+                    "'cloud' asset over the observations with data (percent; the reference product's). Default: mean "
+                    "cloud probability.")
     param(measure, 120, 600)
     method = QgsProcessingParameterEnum("METHOD", "Adjustment", ["Smoothed counts", "Reference adjustment"],
                                         defaultValue=1)
     method.setHelp("Smoothed counts: regression on the smoothed count. Reference adjustment: each pixel's deviation "
-                   "from its acquisition-weighted neighbourhood (the reference product's).")
+                   "from its acquisition-weighted 21 × 21 pixel neighbourhood, 5 % threshold (the reference product's). "
+                   "Default: reference adjustment.")
     param(method, 120, 660)
     variant = QgsProcessingParameterEnum("VARIANT", "Variant", ["The documented method", "As published (2024 release)"],
                                          defaultValue=0)
@@ -87,10 +113,10 @@ def build():
                     "computes, to reproduce its table: one observation per STAC item, the deviation pooled over the "
                     "probability and count bands, and acquisition_count_* columns that describe its adjusted band 2, "
                     "not counts; overrides Measure and Adjustment; the period must lie within one calendar year. "
-                    "docs/variants.md says how the two differ.")
+                    "docs/variants.md says how the two differ. Default: the documented method.")
     param(variant, 120, 780)
     scheduler = QgsProcessingParameterString("DASK_SCHEDULER", "Dask scheduler address", "", optional=True)
-    scheduler.setHelp("A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786; empty: run on this computer.")
+    scheduler.setHelp("A dask.distributed scheduler, e.g. tcp://10.0.0.5:8786. Default: empty, run on this computer.")
     scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
     param(scheduler, 120, 720)
 

@@ -680,7 +680,8 @@ def test_extent_in_bbox_order_is_refused_with_the_fix(provider, faults, tmp_path
     before = faults.hits["ok"]
     with pytest.raises(QgsProcessingException) as caught:
         _run_search(faults, tmp_path, AOI="500000,150000,560000,210000 [EPSG:27700]")
-    assert str(caught.value) == (
+    # refused by checkParameterValues, before the run: processing.run puts its own first line before it
+    assert str(caught.value).splitlines()[-1] == (
         "In the extent '500000,150000,560000,210000 [EPSG:27700]', xmin 500000 is greater than xmax 150000: QGIS "
         "would silently swap them and use 350 × 350 km. These numbers look like bbox order (xmin,ymin,xmax,ymax); "
         "QGIS reads an extent as xmin,xmax,ymin,ymax. Did you mean '500000,560000,150000,210000 [EPSG:27700]' "
@@ -717,11 +718,16 @@ def test_ambiguous_extent_is_used_as_typed_with_a_warning(provider, faults, tmp_
     text = f"{west},{south},{east},{north} [EPSG:4326]"  # bbox order
     result, out = _run_search(faults, tmp_path, feedback, AOI=text)
     assert out.exists()
+    # bbox order typed in QGIS's dialog reaches the algorithm with each pair put in order: the
+    # order typed is lost, so both boxes the numbers can be are offered (here both are places)
     assert feedback.warnings[0] == (
         f"The extent '{text}' is read as xmin,xmax,ymin,ymax: x 19.5…29.65, y 19.6…29.75 (10.15° × 10.15°). "
-        f"If you meant bbox order (xmin,ymin,xmax,ymax), stop and give '19.5,19.6,29.65,29.75 [EPSG:4326]' "
-        "instead (0.1° × 0.1°)."
+        "Its corners lie near the line x = y, as those of a small box given in bbox order (xmin,ymin,xmax,ymax) "
+        "do, also once QGIS has put each pair in order (its dialog does). If you meant a box of 0.1° × 0.1°, stop "
+        "and give either '19.5,19.6,29.65,29.75 [EPSG:4326]' (x 19.5…19.6, y 29.65…29.75) or "
+        "'29.65,29.75,19.5,19.6 [EPSG:4326]' (x 29.65…29.75, y 19.5…19.6) instead."
     )
+    assert len(feedback.warnings) == 1  # said once, though checked before the run and at its start
 
 
 @pytest.mark.fault("inputs", "error")
@@ -2266,3 +2272,446 @@ def test_zonalstatistics_with_counts_off_the_grid_writes_nothing(provider, tmp_p
             "INPUT_RASTER": raster, "VALID": valid, "ZONES": str(zones), "ZONE_ID_FIELD": "code",
             "OUTPUT": str(out), "OUTPUT_CSV": str(csv)})
     assert not out.exists() and not csv.exists() and not _leftovers(tmp_path)
+
+
+# --- Inputs: checked before any work (issue 23) --------------------------------------------
+# What a new user hits through qgis_process, the dialogs and the model: every input and every
+# output location is checked before the first step, with one sentence; the shipped model no
+# longer finds its zones wrong or its output folder missing after the search, the frequency and
+# the smoothing have run. The fault server counts requests: "before any work" is "no request".
+
+UTM_AOI = "350000,362000,3286000,3298000 [EPSG:32634]"  # 12 km, in the UTM zone of the fault server's scenes
+
+
+def _zones_gpkg(path: Path, geometries, ids, crs="EPSG:32634", field="code", **columns) -> str:
+    """A GeoPackage of zones (``geometries``, shapely) with their ids and other columns."""
+    import geopandas as gpd
+
+    gpd.GeoDataFrame({field: ids, **columns}, geometry=list(geometries), crs=crs).to_file(path, driver="GPKG")
+    return str(path)
+
+
+def _empty_polygons_gpkg(path: Path) -> str:
+    """A polygon layer with an id field and no feature (what a filter that kept nothing leaves)."""
+    from osgeo import ogr, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32634)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("zones", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("code", ogr.OFTString))
+    ds = None
+    return str(path)
+
+
+def _squares(n: int, size: float = 200.0, origin=(351000.0, 3287000.0)):
+    from shapely.geometry import box
+
+    x0, y0 = origin
+    return [box(x0 + (i % 20) * size, y0 + (i // 20) * size, x0 + (i % 20 + 1) * size, y0 + (i // 20 + 1) * size)
+            for i in range(n)]
+
+
+def _model_params(faults, out: Path, zones: str, **extra) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    return {"STAC_URL": faults.url("ok"), "COLLECTION": "sentinel-2-l2a", "AOI": UTM_AOI,
+            "START_DATE": DAY.isoformat(), "END_DATE": DAY.isoformat(), "ZONES": zones, "ZONE_ID_FIELD": "code",
+            "TARGET_CRS": "EPSG:32634", "RESOLUTION": 20, "zonal:SMALL_AREAS": str(out / "areas.gpkg"), **extra}
+
+
+def _duplicate_ids(tmp_path: Path) -> str:
+    """300 areas with 4 distinct ids (a district code picked instead of the area's own), and a
+    unique name column."""
+    return _zones_gpkg(tmp_path / "dup.gpkg", _squares(300), [["A", "B", "C", "D"][i % 4] for i in range(300)],
+                       name=[f"area {i}" for i in range(300)])
+
+
+MODEL_REFUSALS = [
+    pytest.param(lambda t: _empty_polygons_gpkg(t / "empty.gpkg"), {}, r"^The small-area layer has no features\.$",
+                 id="empty-zones"),
+    pytest.param(lambda t: _zones_gpkg(t / "points.gpkg", [g.centroid for g in _squares(3)], ["a", "b", "c"]), {},
+                 r"^The small areas must be polygons; this layer has Point geometries\.", id="point-zones"),
+    pytest.param(_duplicate_ids, {},
+                 r"^The area id field 'code' does not identify the areas: 300 areas have only 4 distinct ids \(4 "
+                 r"repeated: 'A' 75 times, 'B' 75 times, 'C' 75 times …\)\. The table is joined back to the areas by "
+                 r"this field, so each area needs an id of its own\. Fields of this layer with one value per area: "
+                 r"fid, name\.", id="duplicate-ids"),
+    pytest.param(lambda t: _zones_gpkg(t / "london.gpkg", _squares(2, origin=(533000.0, 172000.0)), ["a", "b"],
+                                       crs="EPSG:27700"), {},
+                 r"^None of the 2 small areas lies in the area of interest", id="zones-elsewhere"),
+    pytest.param(lambda t: _zones_gpkg(t / "ok.gpkg", _squares(3), ["a", "b", "c"]),
+                 {"zonal:SMALL_AREAS": "{tmp}/no such folder/areas.gpkg"},
+                 r"^The folder {tmp}/no such folder for the output 'Small areas with cloud probability' does not "
+                 r"exist \(the nearest folder that exists is {tmp}\): create it, or choose another place for the "
+                 r"output\. Nothing was run\.$", id="missing-output-folder"),
+    pytest.param(lambda t: _zones_gpkg(t / "ok.gpkg", _squares(3), ["a", "b", "c"]),
+                 {"START_DATE": "2024-05-18", "END_DATE": "2024-05-17"},
+                 r"^The end date 2024-05-17 is before the start date 2024-05-18\.$", id="end-before-start"),
+]
+
+
+@pytest.mark.fault("inputs", "error")
+@pytest.mark.parametrize("zones, extra, message", MODEL_REFUSALS)
+def test_the_model_checks_every_input_before_its_first_step(provider, faults, tmp_path, zones, extra, message):
+    """Was: empty or point zones and a missing output folder failed at the zonal step, after the
+    search, the frequency and the smoothing (a raw fiona traceback for the folder), rasters left
+    behind. Now refused before the search: not one request, not one file."""
+    from qgis import processing
+    from qgis.core import QgsProcessingException
+
+    tmp = str(tmp_path)
+    extra = {k: v.format(tmp=tmp) for k, v in extra.items()}
+    params = _model_params(faults, tmp_path / "out", zones(tmp_path), **extra)
+    before = faults.hits["ok"]
+    start = time.monotonic()
+    with pytest.raises(QgsProcessingException) as caught:
+        processing.run("cloudprob:annualcloudprobability", params)
+    assert time.monotonic() - start < BOUND_S
+    shown = str(caught.value).splitlines()[-1]  # processing.run's own first line, then ours
+    assert re.search(message.replace("{tmp}", re.escape(tmp)), shown), shown
+    assert faults.hits["ok"] == before, "the model searched before refusing"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.fault("inputs", "behaves")
+def test_the_model_accepts_what_its_steps_accept(provider, faults, tmp_path):
+    """The checks above refuse only what a step would: good zones and outputs pass QGIS's own check
+    and ours (the model itself is run on the sample archive in test_smoothing_zonal)."""
+    from qgis.core import QgsApplication, QgsProcessingContext
+
+    model = QgsApplication.processingRegistry().createAlgorithmById("cloudprob:annualcloudprobability")
+    params = _model_params(faults, tmp_path / "out", _zones_gpkg(tmp_path / "ok.gpkg", _squares(300),
+                                                                   [f"E{i:05d}" for i in range(300)]))
+    assert model.checkParameterValues(params, QgsProcessingContext()) == (True, "")
+
+
+@pytest.mark.fault("inputs", "error")
+def test_the_model_in_qgis_process_says_a_missing_folder_in_a_sentence(provider, faults, tmp_path):
+    """Through qgis_process, as a user types it: no traceback, exit 1 within seconds."""
+    from conftest import ROOT
+
+    zones = _zones_gpkg(tmp_path / "ok.gpkg", _squares(3), ["a", "b", "c"])
+    missing = tmp_path / "results" / "2024"
+    args = [f"{k}={v}" for k, v in _model_params(faults, tmp_path / "out", zones).items() if k != "zonal:SMALL_AREAS"]
+    done = subprocess.run([str(ROOT / "scripts" / "qgis_process"), "run", "cloudprob:annualcloudprobability", "--",
+                           *args, f"zonal:SMALL_AREAS={missing / 'areas.gpkg'}"],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, QT_QPA_PLATFORM="offscreen"))
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert (f"The folder {missing} for the output 'Small areas with cloud probability' does not exist (the nearest "
+            f"folder that exists is {tmp_path}): create it, or choose another place for the output.") in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and not missing.parent.exists()
+
+
+def _algorithm_params(alg_id: str, tmp_path: Path, faults, scenes: str, missing: Path) -> dict:
+    """The fewest parameters each algorithm runs with, one output in the folder ``missing``."""
+    raster = _raster(tmp_path / "probability.tif", np.full((30, 40), 40.0, np.float32))
+    counts = _raster(tmp_path / "valid.tif", np.full((30, 40), 12, np.uint16), nodata=0)
+    from shapely.geometry import box
+
+    zones = _zones_gpkg(tmp_path / "zones.gpkg", [box(500100, 199500, 500400, 199800)], ["a"], crs="EPSG:27700")
+    west, south, east, north = BBOX
+    aoi = f"{west},{east},{south},{north} [EPSG:4326]"
+    return {
+        "cloudprob:searchscenes": {"STAC_URL": faults.url("ok"), "COLLECTION": "sentinel-2-l2a", "AOI": aoi,
+                                   "START_DATE": DAY.isoformat(), "END_DATE": DAY.isoformat(),
+                                   "OUTPUT": str(missing / "scenes.gpkg")},
+        "cloudprob:screenscenes": {"SCENES": scenes, "AOI": aoi, "OUTPUT": str(missing / "screened.gpkg")},
+        "cloudprob:cloudmask": {"SCENES": scenes, "OUTPUT": str(missing / "mask.tif")},
+        "cloudprob:cloudfrequency": {"SCENES": scenes, "AOI": UTM_AOI, "OUTPUT_PROBABILITY": str(missing / "p.tif")},
+        "cloudprob:clearcomposite": {"SCENES": scenes, "AOI": UTM_AOI, "OUTPUT": str(missing / "rgb.tif")},
+        "cloudprob:smoothprobability": {"CLOUDY": counts, "VALID": counts, "OUTPUT_ADJUSTED": str(missing / "a.tif")},
+        "cloudprob:zonalstatistics": {"INPUT_RASTER": raster, "ZONES": zones, "ZONE_ID_FIELD": "code",
+                                      "OUTPUT": str(missing / "areas.gpkg")},
+    }[alg_id]
+
+
+@pytest.mark.fault("inputs", "error")
+@pytest.mark.parametrize("alg_id", ["cloudprob:searchscenes", "cloudprob:screenscenes", "cloudprob:cloudmask",
+                                    "cloudprob:cloudfrequency", "cloudprob:clearcomposite",
+                                    "cloudprob:smoothprobability", "cloudprob:zonalstatistics"])
+def test_every_algorithm_checks_its_output_folder_first(provider, faults, scenes_gpkg, tmp_path, alg_id):
+    from qgis import processing
+    from qgis.core import QgsApplication, QgsProcessingException
+
+    missing = tmp_path / "no" / "such" / "folder"
+    params = _algorithm_params(alg_id, tmp_path, faults, str(scenes_gpkg), missing)
+    label = next(d.description() for d in QgsApplication.processingRegistry().algorithmById(alg_id)
+                 .destinationParameterDefinitions() if params.get(d.name(), "").startswith(str(missing)))
+    before = sum(faults.hits.values())
+    with pytest.raises(QgsProcessingException) as caught:
+        processing.run(alg_id, params)
+    assert str(caught.value).splitlines()[-1] == (
+        f"The folder {missing} for the output '{label}' does not exist (the nearest folder that exists is "
+        f"{tmp_path}): create it, or choose another place for the output. Nothing was run.")
+    assert sum(faults.hits.values()) == before and not (tmp_path / "no").exists()
+
+
+# --- Inputs: small areas whose ids repeat (issue 23) ---------------------------------------
+# Refused rather than worked around: the table is joined back to the areas by the id field, so
+# a repeated id would give rows that belong to several areas; a key of our own would join to
+# nothing the user has, and merging the areas of one id would change what a row describes.
+
+
+@pytest.mark.fault("inputs", "error")
+def test_zonal_statistics_refuse_repeated_ids_naming_them(tmp_path):
+    """Was: 300 areas with 4 distinct ids made a table of 300 rows that could not be joined back."""
+    import geopandas as gpd
+
+    from cloud_probability.core.zonal import ZonalError, zonal_statistics
+
+    raster, _ = _zone_rasters(tmp_path)
+    ids = ["a", "b", "a", "c", "a", "b", "d"]
+    zones = gpd.GeoDataFrame({"code": ids, "n": list(range(7))}, geometry=_squares(7, 20.0, (500000.0, 199500.0)),
+                             crs="EPSG:27700")
+    with pytest.raises(ZonalError) as caught:
+        zonal_statistics(raster, zones, "code")
+    assert str(caught.value) == (
+        "The area id field 'code' does not identify the areas: 7 areas have only 4 distinct ids (2 repeated: 'a' 3 "
+        "times, 'b' 2 times). The table is joined back to the areas by this field, so each area needs an id of its "
+        "own. Fields of this layer with one value per area: n. If several features make one area, dissolve them by "
+        "the id first (Vector geometry > Dissolve).")
+    zones["code"] = [f"z{i}" if i < 6 else None for i in range(7)]
+    with pytest.raises(ZonalError, match=r"does not identify the areas: 1 area has no id \(NULL\)\."):
+        zonal_statistics(raster, zones, "code")
+    assert len(zonal_statistics(raster, zones, "n").table) == 7  # a unique field is fine
+
+
+@pytest.mark.fault("inputs", "error")
+def test_zonalstatistics_refuses_repeated_ids_before_any_work(provider, tmp_path):
+    from qgis import processing
+    from qgis.core import QgsProcessingException
+
+    raster, _ = _zone_rasters(tmp_path)
+    zones = _zones_gpkg(tmp_path / "zones.gpkg", _squares(300, 2.0, (500000.0, 199500.0)),
+                        [["E0701", "E0702", "E0703", "E0704"][i % 4] for i in range(300)], crs="EPSG:27700",
+                        field="district", code=[f"E{i:08d}" for i in range(300)])
+    out = tmp_path / "areas.gpkg"
+    with pytest.raises(QgsProcessingException) as caught:
+        processing.run("cloudprob:zonalstatistics", {"INPUT_RASTER": raster, "ZONES": zones,
+                                                     "ZONE_ID_FIELD": "district", "OUTPUT": str(out)})
+    assert str(caught.value).splitlines()[-1].startswith(
+        "The area id field 'district' does not identify the areas: 300 areas have only 4 distinct ids (4 repeated: "
+        "'E0701' 75 times, 'E0702' 75 times, 'E0703' 75 times …). The table is joined back to the areas by this "
+        "field, so each area needs an id of its own. Fields of this layer with one value per area: fid, code.")
+    assert not out.exists()
+    processing.run("cloudprob:zonalstatistics", {"INPUT_RASTER": raster, "ZONES": zones, "ZONE_ID_FIELD": "code",
+                                                 "OUTPUT": str(out)})
+    assert out.exists()
+
+
+# --- Inputs: extents that are not what was meant (issue 23) --------------------------------
+
+
+@pytest.mark.fault("inputs", "error")
+def test_degrees_labelled_with_a_projected_crs_are_refused_with_the_fix(provider, faults, tmp_path):
+    """Was: a box of 0.3 × 0.2 m near the British National Grid's origin, and "No scenes found".
+    The km are the geodesic sizes of the box on WGS 84 (20.83 × 22.25 km and 22.26 × 33.40 km
+    by pyproj.Geod), to three figures."""
+    from qgis.core import QgsProcessingException
+
+    before = faults.hits["ok"]
+    with pytest.raises(QgsProcessingException) as caught:
+        _run_search(faults, tmp_path, AOI="-0.2,0.1,51.4,51.6 [EPSG:27700]")
+    assert str(caught.value).splitlines()[-1] == (
+        "The extent '-0.2,0.1,51.4,51.6 [EPSG:27700]' is 0.3 × 0.2 m in EPSG:27700, smaller than one Sentinel-2 "
+        "pixel, and its numbers look like degrees of longitude and latitude. Did you mean "
+        "'-0.2,0.1,51.4,51.6 [EPSG:4326]' (longitude -0.2…0.1, latitude 51.4…51.6, about 20.8 × 22.3 km) or "
+        "'51.4,51.6,-0.2,0.1 [EPSG:4326]' (longitude 51.4…51.6, latitude -0.2…0.1, about 22.3 × 33.4 km)?")
+    assert faults.hits["ok"] == before and not (tmp_path / "scenes.gpkg").exists()
+
+
+@pytest.fixture(scope="module")
+def sample_scenes(sample_servers, tmp_path_factory):
+    """The sample archive's scenes over its 12 km around Greenwich, from cloudprob:searchscenes."""
+    from qgis import processing
+
+    from conftest import ensure_provider
+
+    ensure_provider()
+    out = tmp_path_factory.mktemp("sample-scenes") / "scenes.gpkg"
+    processing.run("cloudprob:searchscenes", {
+        "STAC_URL": sample_servers.stac.url, "AOI": "533000,545000,172000,184000 [EPSG:27700]",
+        "START_DATE": "2024-01-01", "END_DATE": "2024-12-31", "OUTPUT": str(out)})
+    return out
+
+
+@pytest.mark.fault("inputs", "error")
+def test_latitude_and_longitude_swapped_are_named_when_no_scene_is_found(provider, sample_servers, tmp_path):
+    """Was: "No scenes found", no hint. The STAC API (rustac) honours the area: over the Indian
+    Ocean there is nothing; the reading offered finds Greenwich's scenes."""
+    from qgis import processing
+    from qgis.core import QgsProcessingException, QgsVectorLayer
+
+    params = {"STAC_URL": sample_servers.stac.url, "START_DATE": "2024-01-01", "END_DATE": "2024-12-31",
+              "OUTPUT": str(tmp_path / "scenes.gpkg")}
+    with pytest.raises(QgsProcessingException) as caught:
+        processing.run("cloudprob:searchscenes", {**params, "AOI": "51.45,51.5,-0.05,0.05 [EPSG:4326]"})
+    message = str(caught.value)
+    assert message.startswith("No scenes of 'sentinel-2-c1-l2a' found at") and message.endswith(
+        "If latitude and longitude are swapped, the area you meant is '-0.05,0.05,51.45,51.5 [EPSG:4326]' "
+        "(longitude -0.05…0.05, latitude 51.45…51.5).")
+    processing.run("cloudprob:searchscenes", {**params, "AOI": "-0.05,0.05,51.45,51.5 [EPSG:4326]"})
+    assert QgsVectorLayer(str(tmp_path / "scenes.gpkg")).featureCount() > 0
+
+
+# --- Inputs: what a run costs, said before it starts (issue 23) ----------------------------
+
+
+class _Log:
+    """A Processing feedback that keeps its lines and cancels when one contains ``cancel_on``."""
+
+    def __new__(cls, cancel_on=None):
+        from qgis.core import QgsProcessingFeedback
+
+        class Log(QgsProcessingFeedback):
+            def __init__(self):
+                super().__init__()
+                self.lines = []
+
+            def _keep(self, text):
+                self.lines.append(text)
+                if cancel_on and cancel_on in text:
+                    self.cancel()
+
+            def pushInfo(self, info):  # noqa: N802
+                self._keep(info)
+                super().pushInfo(info)
+
+            def pushWarning(self, warning):  # noqa: N802
+                self._keep(warning)
+                super().pushWarning(warning)
+
+            def pushDebugInfo(self, info):  # noqa: N802
+                self._keep(info)
+                super().pushDebugInfo(info)
+
+        return Log()
+
+
+@pytest.mark.fault("inputs", "behaves")
+def test_a_grid_far_finer_than_the_sources_says_its_cost_first(provider, sample_scenes, tmp_path):
+    """Was: 1 or 2 m from the 20 m SCL started without a word. The run's first line now says the
+    pixels (12 km at 2 m: 6000 × 6000), how much finer than the sources, the time at a measured
+    rate and the disk; cancelled on that line, it has read nothing and written nothing."""
+    from qgis import processing
+
+    log = _Log(cancel_on="This run will make")
+    processing.run("cloudprob:cloudfrequency", {
+        "SCENES": str(sample_scenes), "AOI": "533000,545000,172000,184000 [EPSG:27700]", "TARGET_CRS": "EPSG:27700",
+        "RESOLUTION": 2, "MEASURE": 1, **_frequency_outputs(tmp_path)}, feedback=log)
+    said = next(line for line in log.lines if line.startswith("This run will make"))
+    assert said.startswith("This run will make 36,000,000 pixels × 1 band(s), about ")
+    assert re.search(r"million pixel-acquisitions: about [\d.]+ (s|min|h) of computing at [\d.]+ million per second "
+                     r"\(measured by benchmarks/bench_cost\.py, finer grids, on a 2-core machine", said), said
+    disk = re.search(r"and ([\d.]+) MB to ([\d.]+) MB of disk", said)
+    # at most: at least the four rasters uncompressed (36 M pixels × 14 bytes) with their pyramids (a third more)
+    assert disk and 0 < float(disk.group(1)) < float(disk.group(2)) and float(disk.group(2)) >= 36e6 * 14 * 4 / 3 / 1e6
+    assert said.endswith("The grid is 10 times finer than the sources' 20 m: 100 pixels for each source pixel, and "
+                         "no more detail.")
+    assert log.lines.index(said) < min(i for i, line in enumerate(log.lines) if line.startswith("Grid "))
+    assert not any("pixel-observations from" in line for line in log.lines)  # no tile was counted
+    assert list(tmp_path.iterdir()) == []
+
+
+def _in_a_small_disk(folder: Path, size: str, script: str, env: dict) -> subprocess.CompletedProcess:
+    """``script`` (bash) run with a tmpfs of ``size`` mounted on ``folder``, in a mount namespace of
+    its own (the mount ends with it): a real small disk, for root or with user namespaces."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("util-linux's unshare is not installed")
+    folder.mkdir(parents=True, exist_ok=True)
+    namespace = [unshare, "--mount"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    probe = subprocess.run(namespace + ["true"], capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"no mount namespace here: {probe.stderr.strip()}")
+    return subprocess.run(namespace + ["bash", "-c", f"mount -t tmpfs -o size={size} tmpfs '{folder}' && {script}"],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.fault("inputs", "error")
+def test_outputs_that_cannot_fit_on_their_disk_are_refused_before_any_work(provider, sample_scenes, tmp_path):
+    """On an 8 MB disk, the sample archive's 12 km at 2 m (36 M pixels; at least 16 MB at the
+    compression measured) is refused before a scene is read, nothing written; at 20 m (360,000
+    pixels) it fits, and runs."""
+    from conftest import ROOT
+
+    disk = tmp_path / "small-disk"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    run = (f"{ROOT / 'scripts' / 'qgis_process'} run cloudprob:cloudfrequency -- SCENES={sample_scenes} "
+           f"'AOI=533000,545000,172000,184000 [EPSG:27700]' TARGET_CRS=EPSG:27700 MEASURE=1 "
+           + " ".join(f"{k}={disk}/{k.lower()}.tif" for k in ("OUTPUT_PROBABILITY", "OUTPUT_VALID", "OUTPUT_CLOUDY",
+                                                              "OUTPUT_STDEV")))
+    done = _in_a_small_disk(disk, "8m", f"{run} RESOLUTION=2; echo \"exit $?\"; ls -A '{disk}'; "
+                                        f"{run} RESOLUTION=20 > /dev/null 2>&1; echo \"then $?\"; ls '{disk}'", env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(rf"The disk of {re.escape(str(disk))}/\w+\.tif has 8\.39 MB free; this run needs at least "
+                     r"[\d.]+ MB there \(at the compression measured on the sample archive; up to [\d.]+ MB "
+                     r"uncompressed\)\. Free some space, write elsewhere, or use a coarser resolution or a smaller "
+                     r"area\.", done.stderr), done.stderr[-3000:]
+    out = done.stdout.splitlines()
+    assert out[out.index("exit 1") + 1] == "then 0"  # refused at 2 m, nothing on the disk; written at 20 m
+    assert sorted(out[out.index("then 0") + 1:]) == sorted(f"{k}.tif" for k in ("output_cloudy", "output_probability",
+                                                                                 "output_stdev", "output_valid"))
+
+
+@pytest.mark.fault("inputs", "behaves")
+def test_the_model_says_its_cost_before_the_search(provider, faults, tmp_path):
+    """The model's first lines: the area's warnings, then what the run will cost (12 km at 5 m:
+    2400 × 2400 pixels), before the search is asked anything."""
+    from qgis import processing
+
+    zones = _zones_gpkg(tmp_path / "ok.gpkg", _squares(3), ["a", "b", "c"])
+    log = _Log(cancel_on="This run will make")
+    before = faults.hits["ok"]
+    processing.run("cloudprob:annualcloudprobability", {
+        **_model_params(faults, tmp_path / "out", zones), "RESOLUTION": 5}, feedback=log)
+    said = next(line for line in log.lines if line.startswith("This run will make"))
+    assert said.startswith("This run will make 5,760,000 pixels × 1 band(s)") and "4 times finer" in said
+    assert faults.hits["ok"] == before  # cancelled on that line, before the search
+
+
+# --- Partial files after SIGTERM and Ctrl-C (issue 23) -------------------------------------
+
+
+@pytest.mark.fault("cache", "behaves")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_writing_leaves_no_partial_file(provider, sample_scenes, tmp_path_factory, signame):
+    """Was: SIGTERM ended qgis_process at once and its *.part-PID files stayed beside the outputs
+    for good (the next run, naming its outputs differently, never removed them); Ctrl-C did
+    nothing. The signal now cancels the run: sent as soon as a partial file appears beside the
+    outputs, it ends qgis_process within seconds with a sentence, and leaves no partial file
+    and no half-written output. (The same cache for both signals: the second run resumes.)"""
+    from conftest import ROOT
+
+    cache = tmp_path_factory.getbasetemp() / "signal-cache"
+    out = tmp_path_factory.mktemp(f"signal-{signame}")
+    outputs = {k: out / f"{k.lower()}.tif" for k in ("OUTPUT_PROBABILITY", "OUTPUT_VALID", "OUTPUT_CLOUDY",
+                                                     "OUTPUT_STDEV")}
+    child = subprocess.Popen(
+        [str(ROOT / "scripts" / "qgis_process"), "run", "cloudprob:cloudfrequency", "--", f"SCENES={sample_scenes}",
+         "AOI=533000,545000,172000,184000 [EPSG:27700]", "TARGET_CRS=EPSG:27700", "RESOLUTION=5", "MEASURE=1",
+         *(f"{k}={v}" for k, v in outputs.items())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_CACHE_HOME=str(cache)))
+    try:
+        deadline = time.monotonic() + 240
+        parts = []
+        while not parts and child.poll() is None and time.monotonic() < deadline:
+            parts = [p.name for p in out.iterdir() if ".part-" in p.name]
+            time.sleep(0.002)
+        assert parts and child.poll() is None, "no partial file seen while the run wrote its outputs"
+        child.send_signal(getattr(signal, signame))
+        sent = time.monotonic()
+        stdout, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert time.monotonic() - sent < 10
+    assert child.returncode == 1, (child.returncode, stderr[-2000:])
+    name = {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C (SIGINT)"}[signame]
+    assert (f"Stopped by {name}: the run was cancelled and its partial files removed; outputs finished before the "
+            "signal are kept.") in stderr
+    assert [p.name for p in out.iterdir()] == []  # no partial file, no output half-written under its name

@@ -69,3 +69,24 @@ def test_every_readme_command_runs_on_the_sample_archive(sample_servers, sample_
 def test_the_two_setup_commands_are_in_the_readme_and_the_makefile(target):
     assert f"make {target}" in (ROOT / "README.md").read_text()
     assert re.search(rf"^{target}:", (ROOT / "Makefile").read_text(), flags=re.M)
+
+
+def test_the_model_runs_with_the_readme_parameters_but_target_crs(sample_servers, sample_archive, tmp_path):
+    """Issue 23: TARGET_CRS's default (EPSG:27700) was ignored outside the dialog: qgis_process said
+    "The following mandatory parameters were not specified: TARGET_CRS". The README's model
+    command without it runs, and its grid is the default's."""
+    import rasterio
+
+    [command] = [c for c in readme_commands() if "cloudprob:annualcloudprobability" in c and "VARIANT" not in c]
+    assert "TARGET_CRS=EPSG:27700" in command
+    run = command.replace(" TARGET_CRS=EPSG:27700", "")
+    run = run.replace("scripts/qgis_process", shlex.quote(str(ROOT / "scripts" / "qgis_process")), 1)
+    run = run.replace("ZONES=lsoa.gpkg", f"ZONES={shlex.quote(str(sample_archive / 'zones' / 'small_areas.gpkg'))}")
+    run = run.replace("LSOA21CD", "code") + f" STAC_URL={sample_servers.stac.url}"
+    done = subprocess.run(["bash", "-c", run], cwd=tmp_path, env=dict(os.environ, QT_QPA_PLATFORM="offscreen"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert "mandatory parameters were not specified" not in done.stderr
+    with rasterio.open(tmp_path / "probability_adjusted.tif") as ds:
+        assert ds.crs.to_epsg() == 27700
+    assert (tmp_path / "small_areas.csv").read_text().count("\n") == 301  # the header and the 300 areas
