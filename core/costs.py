@@ -23,7 +23,7 @@ OVERVIEW_SHARE = 1 / 3  # pyramids (factors 2…64) of rasters of 4096 px and mo
 TILE_PX = 2048  # core.frequency's tile: each reads every acquisition that meets it
 
 # The time. At the sources' resolution or coarser, the work follows the pixel-observations: the
-# UK year of README's "A UK year on one machine" (make bench-national, this 2-core machine) counted
+# UK year of docs/benchmarks.md's "A UK year on one machine" (make bench-national, this 2-core machine) counted
 # 84.8 G of them in 2,474 s, 34.3 M/s. On a finer grid each tile reads every acquisition that
 # meets it and fills every pixel of it: the work is the pixels × the acquisitions meeting their
 # tile, measured by benchmarks/bench_cost.py (2026-12-02, this 2-core machine shared with other

@@ -20,7 +20,7 @@ from .cache import remove_stale_parts
 from .progress import NullProgress, Progress, check_cancel
 
 # The reference product's statistics per area, coverage-weighted (exactextract), then what an
-# analyst needs to trust them. Units in FIELD_UNITS (the GeoPackage's aliases, the README).
+# analyst needs to trust them. Units in FIELD_UNITS (the GeoPackage's aliases, docs/method.md).
 PROBABILITY_STATS = ["mean", "median", "min", "max", "stdev"]
 COLUMNS = [f"probability_{s}" for s in PROBABILITY_STATS] + ["coverage_pct", "covered_cells"]
 VALID_COLUMNS = [f"acquisition_count_{s}" for s in PROBABILITY_STATS] + ["probability_ci95_low", "probability_ci95_high"]

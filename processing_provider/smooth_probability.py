@@ -81,7 +81,7 @@ class SmoothProbabilityAlgorithm(CloudProbAlgorithm):
             "the adjusted raster.\n\n"
             "The extent matters. Both adjustments are fitted over the extent of the counts, i.e. the extent "
             "chosen for the run that made them (in the annual model, its area of interest): the same small areas "
-            "run over another extent get another fit, and every adjusted value moves a little (in the README's "
+            "run over another extent get another fit, and every adjusted value moves a little (in docs/headless.md's "
             "example, by up to several points). To compare runs, or to work a large area piece by piece, give "
             "FIT_FROM, the .regression.json of a previous run of the same method (same kernel size and threshold, "
             "same covariates): its fit is applied instead of fitting this extent, so runs agree exactly wherever a "

@@ -163,7 +163,7 @@ def main() -> int:
         print(f"    {name:13s} RMSE {np.sqrt(np.nanmean(err ** 2)):5.2f}   bias {np.nanmean(err):+5.2f}   "
               f"spread {np.nanstd(err):5.2f}")
     print("  (the bias is the archive's designed orbit-overlap artefact, uniform over 46 % of the areas, plus this"
-          " year's clouds: see the README's 'The sample archive')")
+          " year's clouds: see docs/development.md, 'The sample archive')")
     render = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_map.py"), str(OUT / "small_areas.gpkg"),
                              str(OUT / "small_areas.png"), "--place", "Greenwich, London (sample archive)",
                              "--start", "2024-01-01", "--end", "2024-12-31", "--measure", "mean"],

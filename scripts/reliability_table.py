@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The README's reliability table, counted from the fault tests themselves.
+"""The reliability table of docs/reliability.md, counted from the fault tests themselves.
 
 Every test case of ``tests/test_faults.py`` (each parametrized case counts once) carries a
 marker ``@pytest.mark.fault(group, outcome, memory=False)``: its group as issue 14 groups the
@@ -8,7 +8,7 @@ it should), and whether it bounds peak memory. This script collects the file wit
 test runs) and counts the markers.
 
     python scripts/reliability_table.py           print the table (Markdown)
-    python scripts/reliability_table.py --check   exit 1 if README.md's table differs, or a case has no marker
+    python scripts/reliability_table.py --check   exit 1 if docs/reliability.md's table differs, or a case has no marker
 
 The last three columns are zero because every case asserts them: a case that hung, gave a
 silently wrong number or let memory run away would fail its test.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests" / "test_faults.py"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "reliability.md"
 BEGIN = "<!-- reliability-table: made by scripts/reliability_table.py from tests/test_faults.py -->"
 END = "<!-- /reliability-table -->"
 GROUPS = {
@@ -81,7 +81,7 @@ def table(items) -> str:
         rows[group]["memory"] += bool(kwargs.get("memory"))
     total = {k: sum(r[k] for r in rows.values()) for k in ("cases", "error", "behaves", "memory")}
     lines = [
-        "| group (issue 14) | cases | clear error | behaves (goes on, fault named) | peak memory asserted "
+        "| group | cases | clear error | behaves (goes on, fault named) | peak memory asserted "
         "| silent wrong results | hangs | unbounded allocations |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -94,7 +94,7 @@ def table(items) -> str:
 
 
 def readme_table(text: str) -> str | None:
-    """The table between the markers in the README's text, or None."""
+    """The table between the markers in the page's text, or None."""
     if BEGIN not in text or END not in text:
         return None
     return text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
@@ -102,7 +102,7 @@ def readme_table(text: str) -> str | None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare with README.md instead of printing")
+    parser.add_argument("--check", action="store_true", help="compare with docs/reliability.md instead of printing")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "scripts"))
     items = collect()
@@ -115,8 +115,8 @@ def main(argv=None) -> int:
         return 1 if problems else 0
     found = readme_table(README.read_text(encoding="utf-8"))
     if found != made:
-        problems.append(f"README.md's reliability table differs from the fault tests' markers; it should be:\n{made}"
-                        f"\n(README.md has:\n{found})")
+        problems.append(f"docs/reliability.md's reliability table differs from the fault tests' markers; it should be:\n{made}"
+                        f"\n(docs/reliability.md has:\n{found})")
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

@@ -1,4 +1,4 @@
-"""Every `scripts/qgis_process` command the README shows runs as written against the sample
+"""Every `scripts/qgis_process` command the README and docs/ show runs as written against the sample
 archive, exits 0 and writes the files it names — so the README cannot drift from the plugin.
 
 The commands are taken from the README's ```sh blocks and run by bash in a scratch folder. Two
@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def readme_commands() -> list[str]:
-    """The README's shell commands that call scripts/qgis_process, continuation lines joined."""
-    text = (ROOT / "README.md").read_text()
+    """The shell commands of the README and the user documentation (docs/*.md) that call
+    scripts/qgis_process, continuation lines joined."""
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
@@ -77,7 +78,8 @@ def test_the_model_runs_with_the_readme_parameters_but_target_crs(sample_servers
     command without it runs, and its grid is the default's."""
     import rasterio
 
-    [command] = [c for c in readme_commands() if "cloudprob:annualcloudprobability" in c and "VARIANT" not in c]
+    [command] = [c for c in readme_commands() if "cloudprob:annualcloudprobability" in c and "VARIANT" not in c
+                 and "smoothing:ADJUSTED=probability_adjusted.tif" in c]  # the headless page's full command
     assert "TARGET_CRS=EPSG:27700" in command
     run = command.replace(" TARGET_CRS=EPSG:27700", "")
     run = run.replace("scripts/qgis_process", shlex.quote(str(ROOT / "scripts" / "qgis_process")), 1)

@@ -1,4 +1,4 @@
-"""The README's reliability table is what tests/test_faults.py's cases say (their fault markers)."""
+"""docs/reliability.md's reliability table is what tests/test_faults.py's cases say (their fault markers)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from conftest import ROOT
 
 def test_readme_reliability_table_matches_the_fault_tests():
     """Collects tests/test_faults.py in another process (nothing runs) and compares the counts
-    of its ``@pytest.mark.fault`` markers with the README's table; a case without a marker, or
+    of its ``@pytest.mark.fault`` markers with the table in docs/reliability.md; a case without a marker, or
     with a malformed one, fails too."""
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "reliability_table.py"), "--check"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT,

@@ -63,7 +63,7 @@ class PackageInstaller(QObject):
         """Starts pip; False (and ``finished``) if it cannot start."""
         if self.python is None:
             self._finish(False, "The Python QGIS runs was not found beside QGIS: install the packages with pip "
-                                "from a shell instead (see the README).")
+                                "from a shell instead (see docs/install.md).")
             return False
         self.base.mkdir(parents=True, exist_ok=True)
         requirements = [p.requirement for p in self.packages]
