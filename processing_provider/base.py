@@ -4,15 +4,7 @@ from __future__ import annotations
 from qgis.core import QgsProcessingAlgorithm
 from qgis.PyQt.QtCore import QCoreApplication
 
-
-def with_help(param, text: str):
-    """``param`` with ``text`` as its help (the dialog's tooltip on the parameter).
-
-    Labels stay short enough to be read whole in the parameter panel (QGIS does not wrap them);
-    what a label used to say in brackets goes here and into the algorithm's help.
-    """
-    param.setHelp(text)
-    return param
+from .params import with_help  # noqa: F401 (the algorithms take it from here)
 
 
 class CloudProbAlgorithm(QgsProcessingAlgorithm):

@@ -16,7 +16,7 @@ from qgis.core import (
 from ..core.extent import ExtentError, check_typed_extent, no_scene_hints, read_extent_text
 from ..core.masks import PRESET_LABELS, PRESETS, MaskError, MaskSpec, parse_classes, preset
 from ..core.stac import ItemError, Scene, normalise_item, scene_from_json
-from .base import with_help
+from .params import with_help
 
 MASK_SOURCE = "MASK_SOURCE"
 CLOUD_CLASSES = "CLOUD_CLASSES"

@@ -52,11 +52,11 @@ def test_core_modules_import_without_qgis(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def _core_graph() -> dict[str, set[str]]:
-    """core's modules and the core modules each imports, anywhere in it (inside functions too: an import
-    hidden in a function is still a dependency)."""
+def _core_graph(folder: Path = CORE) -> dict[str, set[str]]:
+    """A folder's modules and the modules of that folder each imports, anywhere in it (inside functions
+    too: an import hidden in a function is still a dependency)."""
     graph: dict[str, set[str]] = {}
-    for path in sorted(CORE.glob("*.py")):
+    for path in sorted(folder.glob("*.py")):
         deps = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.level == 1:
@@ -64,14 +64,23 @@ def _core_graph() -> dict[str, set[str]]:
                     deps.add(node.module.split(".")[0])
                 else:  # from . import http
                     deps.update(a.name for a in node.names)
-        graph[path.stem] = {d for d in deps if (CORE / f"{d}.py").exists()} - {path.stem}
+        graph[path.stem] = {d for d in deps if (folder / f"{d}.py").exists()} - {path.stem}
     return graph
 
 
 def test_core_has_no_import_circle():
     """Each core module imports only modules below it: a circle (stac → reading → planetary → stac was one)
     means no module of it can be read, tested or moved apart from the others."""
-    graph = _core_graph()
+    _no_circle(_core_graph())
+    assert {"stac", "catalogue", "reading", "planetary"} <= set(_core_graph())
+
+
+def test_processing_provider_has_no_import_circle():
+    """The same for the algorithms' folder (base ↔ common was one)."""
+    _no_circle(_core_graph(CORE.parent / "processing_provider"))
+
+
+def _no_circle(graph: dict[str, set[str]]) -> None:
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -80,7 +89,7 @@ def test_core_has_no_import_circle():
         stack.append(module)
         for dep in sorted(graph[module]):
             if state.get(dep) == 1:
-                raise AssertionError("import circle in core/: " + " → ".join(stack[stack.index(dep):] + [dep]))
+                raise AssertionError("import circle: " + " → ".join(stack[stack.index(dep):] + [dep]))
             if dep not in state:
                 visit(dep)
         stack.pop()
@@ -89,4 +98,3 @@ def test_core_has_no_import_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module)
-    assert {"stac", "catalogue", "reading", "planetary"} <= set(graph)
