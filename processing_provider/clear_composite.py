@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterCrs,
     QgsProcessingParameterExtent,
-    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterString,
@@ -16,7 +14,8 @@ from .base import CloudProbAlgorithm, with_help
 from ..core.composite import CompositeError, clear_composite
 from ..core.progress import Cancelled
 from .common import (
-    add_mask_parameters, check_scenes_layer, grid_from_parameters, mask_spec, output_path, scenes_from_source,
+    add_mask_parameters, add_scenes_parameter, check_scenes_layer, grid_from_parameters, mask_spec, output_path,
+    scenes_from_source,
 )
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import RgbStretchPostProcessor
@@ -51,11 +50,7 @@ class ClearCompositeAlgorithm(CloudProbAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
-            [QgsProcessing.SourceType.TypeVectorPolygon]),
-            self.tr("The output of 'Search Sentinel-2 scenes' or 'Cloud cover inside the area' (it carries each "
-                    "scene's STAC item); no default.")))
+        add_scenes_parameter(self)
         self.addParameter(with_help(QgsProcessingParameterExtent(self.AOI, self.tr("Extent of the composite")),
                                     self.tr("The area the composite covers, any CRS; no default.")))
         self.addParameter(with_help(QgsProcessingParameterString(

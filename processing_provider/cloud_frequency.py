@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterCrs,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
-    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -21,8 +19,8 @@ from ..core.frequency import MEASURES, OBSERVATIONS, FrequencyError, cloud_frequ
 from ..core.masks import MaskError, parse_classes
 from ..core.progress import Cancelled
 from .common import (
-    add_mask_parameters, add_scheduler_parameter, check_scenes_layer, grid_from_parameters, mask_spec, output_path,
-    scenes_from_source, scheduler_from_parameters,
+    add_mask_parameters, add_scenes_parameter, add_scheduler_parameter, check_scenes_layer, grid_from_parameters,
+    mask_spec, output_path, scenes_from_source, scheduler_from_parameters,
 )
 from .feedback import FeedbackProgress, core_logging_to
 from .styling import StylePostProcessor
@@ -92,11 +90,7 @@ class CloudFrequencyAlgorithm(CloudProbAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
-            [QgsProcessing.SourceType.TypeVectorPolygon]),
-            self.tr("The output of 'Search Sentinel-2 scenes' or 'Cloud cover inside the area' (it carries each "
-                    "scene's STAC item); no default.")))
+        add_scenes_parameter(self)
         self.addParameter(with_help(QgsProcessingParameterExtent(
             self.AOI, self.tr("Extent of the output grid"), optional=True),
             self.tr("The area the grid covers, any CRS; xmin,xmax,ymin,ymax [CRS] as text. No default: give this "

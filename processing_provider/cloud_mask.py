@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterExtent,
-    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterString,
@@ -16,8 +14,8 @@ from ..core.masks import MASK_LEGEND, NODATA
 from ..core.reading import gdal_http_env, write_raster
 from ..core.screening import observe
 from .common import (
-    add_mask_parameters, area_geometry, check_extent, check_scenes_layer, extent_geometry, mask_spec,
-    scenes_from_source,
+    add_mask_parameters, add_scenes_parameter, area_geometry, check_extent, check_scenes_layer, extent_geometry,
+    mask_spec, scenes_from_source,
 )
 from .styling import StylePostProcessor
 from .signals import stops_on_signals
@@ -51,11 +49,7 @@ class CloudMaskAlgorithm(CloudProbAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
-            [QgsProcessing.SourceType.TypeVectorPolygon]),
-            self.tr("The output of 'Search Sentinel-2 scenes' or 'Cloud cover inside the area' (it carries each "
-                    "scene's STAC item); no default.")))
+        add_scenes_parameter(self)
         self.addParameter(with_help(QgsProcessingParameterString(
             self.SCENE_ID, self.tr("Scene id"), "", optional=True),
             self.tr("The item id of the scene. Default: empty, the first selected feature, else the first scene.")))

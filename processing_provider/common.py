@@ -6,9 +6,11 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsFeatureRequest,
     QgsGeometry,
+    QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
@@ -25,6 +27,14 @@ SCORE_ASSET = "SCORE_ASSET"
 THRESHOLD = "THRESHOLD"
 BUFFER = "BUFFER"
 MASK_SOURCES = list(PRESETS)
+
+
+def add_scenes_parameter(alg) -> None:
+    """The SCENES input every algorithm that reads scenes declares: a layer of Search Sentinel-2 scenes."""
+    alg.addParameter(with_help(QgsProcessingParameterFeatureSource(
+        alg.SCENES, alg.tr("Scenes (from Search Sentinel-2 scenes)"), [QgsProcessing.SourceType.TypeVectorPolygon]),
+        alg.tr("The output of 'Search Sentinel-2 scenes' or 'Cloud cover inside the area' (it carries each "
+               "scene's STAC item); no default.")))
 
 
 def add_mask_parameters(alg, with_shadows: bool = True) -> None:

@@ -20,7 +20,10 @@ from qgis.core import (
 from .base import CloudProbAlgorithm, with_help
 from ..core.progress import Cancelled
 from ..core.screening import ScreeningError, passes, screen_scenes
-from .common import add_mask_parameters, area_from_parameters, check_scenes_layer, mask_spec, scenes_from_source
+from .common import (
+    add_mask_parameters, add_scenes_parameter, area_from_parameters, check_scenes_layer, mask_spec,
+    scenes_from_source,
+)
 from .compat import field_type
 from .feedback import FeedbackProgress, core_logging_to
 from .search_scenes import WGS84, footprint_geometry
@@ -132,11 +135,7 @@ class ScreenScenesAlgorithm(CloudProbAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(with_help(QgsProcessingParameterFeatureSource(
-            self.SCENES, self.tr("Scenes (from Search Sentinel-2 scenes)"),
-            [QgsProcessing.SourceType.TypeVectorPolygon]),
-            self.tr("The output of 'Search Sentinel-2 scenes' or 'Cloud cover inside the area' (it carries each "
-                    "scene's STAC item); no default.")))
+        add_scenes_parameter(self)
         self.addParameter(with_help(QgsProcessingParameterExtent(
             self.AOI, self.tr("Area of interest (extent)"), optional=True),
             self.tr("The area whose cloud is measured, any CRS; xmin,xmax,ymin,ymax [CRS] as text. No default: give "
